@@ -1,0 +1,50 @@
+# Two commands for users: `make demo` and `make test`. Both create .venv on first use (idempotent:
+# the stamp is rebuilt only when the packaging files change).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+EXTRAS ?= train,peft,dev
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+comma := ,
+# Nothing at run time may reach the Hub; the Mamba path must not look for hub kernels.
+export HF_HUB_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export USE_HUB_KERNELS := 0
+export TOKENIZERS_PARALLELISM := false
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test test-slow lint format bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	# torch first: the pinned CPU build lies on disk; a bare `torch` would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
+	touch $@
+
+venv: $(STAMP)
+
+demo: venv
+	$(BIN)/python -m causalqwen.demo
+
+# pytest exits 5 when the marker selects no test; that is not a failure.
+test: venv
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+test-slow: venv
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+
+format: venv
+	$(BIN)/ruff check --fix src tests benchmarks examples
+	$(BIN)/ruff format src tests benchmarks examples
+
+bench:
+	$(MAKE) venv EXTRAS=train,peft,dev,bench
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

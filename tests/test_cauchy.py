@@ -1,0 +1,126 @@
+import math
+
+import pytest
+import torch
+from torch.distributions import Cauchy
+
+from causalqwen.modeling.cauchy import (
+    cauchy_cdf,
+    cauchy_interval,
+    cauchy_log_prob,
+    cauchy_nll,
+    cauchy_quantile,
+    cauchy_sample,
+    linear_cauchy,
+    ovr_log_probs,
+    ovr_probability,
+    softplus_inverse,
+)
+
+torch.manual_seed(0)
+LOC = torch.randn(64, dtype=torch.float64) * 3
+SCALE = torch.rand(64, dtype=torch.float64) * 2 + 0.05
+Y = torch.randn(64, dtype=torch.float64) * 5
+
+
+def test_nll_matches_torch_distributions():
+    ref = -Cauchy(LOC, SCALE).log_prob(Y)
+    torch.testing.assert_close(cauchy_nll(Y, LOC, SCALE), ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(cauchy_log_prob(Y, LOC, SCALE), -ref, rtol=1e-12, atol=1e-12)
+
+
+def test_nll_closed_form():
+    # At the median the NLL is log(pi * scale).
+    torch.testing.assert_close(cauchy_nll(LOC, LOC, SCALE), torch.log(math.pi * SCALE))
+
+
+def test_cdf_and_ovr_match_torch_distributions():
+    ref = Cauchy(LOC, SCALE).cdf(Y)
+    torch.testing.assert_close(cauchy_cdf(Y, LOC, SCALE), ref, rtol=1e-12, atol=1e-12)
+    # OvR probability is the survival function at the threshold.
+    torch.testing.assert_close(ovr_probability(LOC, SCALE, Y), 1 - ref, rtol=1e-12, atol=1e-12)
+    closed = 0.5 + torch.atan((LOC - Y) / SCALE) / math.pi
+    torch.testing.assert_close(ovr_probability(LOC, SCALE, Y), closed, rtol=1e-12, atol=1e-12)
+
+
+def test_ovr_log_probs_are_logs_of_p_and_one_minus_p():
+    log_p, log_q = ovr_log_probs(LOC, SCALE, 0.3)
+    p = ovr_probability(LOC, SCALE, 0.3)
+    torch.testing.assert_close(log_p.exp(), p)
+    torch.testing.assert_close(log_q.exp(), 1 - p)
+
+
+def test_quantile_inverts_cdf_and_matches_icdf():
+    for q in (0.05, 0.25, 0.5, 0.9):
+        x = cauchy_quantile(LOC, SCALE, q)
+        torch.testing.assert_close(cauchy_cdf(x, LOC, SCALE), torch.full_like(x, q))
+        torch.testing.assert_close(x, Cauchy(LOC, SCALE).icdf(torch.tensor(q, dtype=torch.float64)))
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        cauchy_quantile(LOC, SCALE, 1.0)
+
+
+def test_interval_coverage_is_exact():
+    lo, hi = cauchy_interval(LOC, SCALE, 0.9)
+    mass = cauchy_cdf(hi, LOC, SCALE) - cauchy_cdf(lo, LOC, SCALE)
+    torch.testing.assert_close(mass, torch.full_like(mass, 0.9))
+    with pytest.raises(ValueError, match="coverage"):
+        cauchy_interval(LOC, SCALE, 0.0)
+
+
+def test_linear_propagation_matches_closed_form_and_monte_carlo():
+    w = torch.tensor([[2.0, -3.0], [0.5, 0.0]], dtype=torch.float64)
+    b = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    loc = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    scale = torch.tensor([0.2, 0.1], dtype=torch.float64)
+    out_loc, out_scale = linear_cauchy(loc, scale, w, b)
+    torch.testing.assert_close(
+        out_loc, torch.tensor([2.0 * 0.5 + 3.0 + 1.0, 0.25 - 1.0], dtype=torch.float64)
+    )
+    torch.testing.assert_close(out_scale, torch.tensor([2 * 0.2 + 3 * 0.1, 0.5 * 0.2], dtype=torch.float64))
+    g = torch.Generator().manual_seed(1)
+    u = cauchy_sample(loc.expand(200_000, 2), scale.expand(200_000, 2), generator=g)
+    s = u @ w.T + b
+    # Median and half inter-quartile range of the sampled output equal loc and scale.
+    med = s.median(dim=0).values
+    iqr_half = (s.quantile(0.75, dim=0) - s.quantile(0.25, dim=0)) / 2
+    torch.testing.assert_close(med, out_loc, atol=0.02, rtol=0)
+    torch.testing.assert_close(iqr_half, out_scale, atol=0.02, rtol=0)
+    assert linear_cauchy(loc, None, w, b)[1] is None
+
+
+def test_sampling_matches_distribution():
+    g = torch.Generator().manual_seed(0)
+    x = cauchy_sample(torch.full((100_000,), 2.0), torch.full((100_000,), 0.5), generator=g)
+    assert torch.isfinite(x).all()
+    assert abs(x.median().item() - 2.0) < 0.02
+    frac_inside = ((x > 1.5) & (x < 2.5)).float().mean().item()
+    assert abs(frac_inside - 0.5) < 0.01
+
+
+def test_extreme_values_stay_finite_float32():
+    loc = torch.tensor([0.0, 1e12, -1e12, 3.0], requires_grad=True)
+    scale = torch.tensor([1e-9, 1e-6, 1e-6, 1e-7], requires_grad=True)
+    y = torch.tensor([1e12, -1e12, 1e12, 3.0])
+    nll = cauchy_nll(y, loc, scale)
+    log_p, log_q = ovr_log_probs(loc, scale, 0.0)
+    p = ovr_probability(loc, scale, 0.0)
+    total = nll.sum() + log_p.sum() + log_q.sum()
+    total.backward()
+    for t in (nll, log_p, log_q, p, loc.grad, scale.grad):
+        assert torch.isfinite(t).all()
+    # Far tails: P is tiny but positive on the negative side and ~1 on the positive side.
+    assert 0 < p[2].item() < 1e-17 and p[1].item() == pytest.approx(1.0)
+    # 1e12 away with scale 1e-6: NLL ~ log(pi) + 2 log(2e12) - log(1e-6)
+    expected = math.log(math.pi) + 2 * math.log(2e12) - math.log(1e-6)
+    assert nll[1].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_softplus_inverse_round_trip():
+    for x in (1e-4, 0.1, 1.0, 20.0):
+        assert torch.nn.functional.softplus(
+            torch.tensor(softplus_inverse(x), dtype=torch.float64)
+        ).item() == (pytest.approx(x, rel=1e-12))
+    t = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    torch.testing.assert_close(torch.nn.functional.softplus(softplus_inverse(t)), t)
+    with pytest.raises(ValueError):
+        softplus_inverse(0.0)
