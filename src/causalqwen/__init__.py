@@ -5,17 +5,29 @@ Importing the package registers both model families with the transformers Auto c
 
 from .configuration.configuration_causal_qwen import CausalQwenConfig
 from .configuration.configuration_tool_router import ToolRouterConfig
+from .modeling.modeling_causal_qwen import CausalQwenForNumericCausalLM, CausalQwenModel
 from .registration import ModelFamily, register_family
 
 __version__ = "0.1.0"
 
 # One row per model family; register_family wires each into AutoConfig / AutoModel* / AutoTokenizer.
 MODEL_FAMILIES: tuple[ModelFamily, ...] = (
-    ModelFamily(CausalQwenConfig),
+    ModelFamily(
+        CausalQwenConfig,
+        models={"AutoModel": CausalQwenModel, "AutoModelForCausalLM": CausalQwenForNumericCausalLM},
+    ),
     ModelFamily(ToolRouterConfig),
 )
 
 for _family in MODEL_FAMILIES:
     register_family(_family)
 
-__all__ = ["MODEL_FAMILIES", "CausalQwenConfig", "ModelFamily", "ToolRouterConfig", "register_family"]
+__all__ = [
+    "MODEL_FAMILIES",
+    "CausalQwenConfig",
+    "CausalQwenForNumericCausalLM",
+    "CausalQwenModel",
+    "ModelFamily",
+    "ToolRouterConfig",
+    "register_family",
+]

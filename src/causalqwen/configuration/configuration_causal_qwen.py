@@ -1,19 +1,177 @@
-"""CausalQwen configuration (skeleton; extended by the modeling work of issue #3)."""
+"""CausalQwen configuration: a Qwen2 configuration plus the abduction-action settings.
+
+Unknown keys. ``PreTrainedConfig`` subclasses accept arbitrary ``**kwargs`` and store them as attributes,
+so a typo such as ``gama_init=2.0`` would be silently ignored. :class:`CausalQwenConfig` rejects every
+extra keyword that is not one transformers itself consumes or writes (``transformers_version``,
+``architectures``, ``auto_map``, ``dtype``/``torch_dtype``, legacy RoPE keys, generation defaults that old
+checkpoints carry, ``quantization_config``...; see :data:`TRANSFORMERS_EXTRA_KEYS`) or a private ``_`` key.
+The error names the key and, when there is one, the closest field.
+
+``causal_temperature`` is the noise temperature of the action network. It is deliberately not called
+``temperature``: transformers copies a model config's ``temperature`` into the generation config (where it
+means softmax temperature) and refuses to save a model config that carries one.
+"""
 
 from __future__ import annotations
 
+import difflib
+import math
+from typing import Any
+
 from huggingface_hub.dataclasses import strict
 from transformers import Qwen2Config
+from transformers.generation.configuration_utils import GenerationConfig
+
+__all__ = [
+    "INFERENCE_MODES",
+    "TRANSFORMERS_EXTRA_KEYS",
+    "VALUE_ENCODINGS",
+    "VALUE_NORMALIZATIONS",
+    "CausalQwenConfig",
+]
+
+INFERENCE_MODES = ("standard", "deterministic", "exogenous", "endogenous", "sampling")
+VALUE_ENCODINGS = ("multiscale", "xval", "log_additive")
+VALUE_NORMALIZATIONS = ("none", "affine", "symlog")
+
+# Keys that are not dataclass fields but that transformers (or its Hub ecosystem) passes to a config's
+# constructor when it loads a config.json it wrote, or that older Qwen2 checkpoints carry.
+TRANSFORMERS_EXTRA_KEYS = frozenset(
+    {
+        "model_type",
+        "auto_map",
+        "custom_pipelines",
+        "tokenizer_class",
+        "name_or_path",
+        "torch_dtype",
+        "num_labels",
+        "attn_implementation",
+        "experts_implementation",
+        "output_attentions",
+        "per_layer_config",
+        "rope_theta",
+        "rope_scaling",
+        "partial_rotary_factor",
+        "quantization_config",
+        "use_return_dict",
+        "torchscript",
+        "pruned_heads",
+        "tie_encoder_decoder",
+        "is_decoder",
+        "add_cross_attention",
+        "cross_attention_hidden_size",
+        "decoder_start_token_id",
+        "sep_token_id",
+        "prefix",
+        "task_specific_params",
+        "finetuning_task",
+        "tf_legacy_loss",
+        "use_bfloat16",
+        "gradient_checkpointing",
+        "base_model_tp_plan",
+        "base_model_pp_plan",
+        "peft_config",
+    }
+    | set(GenerationConfig._get_default_generation_params())
+)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
 
 
 @strict
 class CausalQwenConfig(Qwen2Config):
-    """A Qwen2 configuration plus the abduction-action settings of CausalQwen."""
+    """A Qwen2 configuration plus the abduction-action settings of CausalQwen.
+
+    Args (beyond :class:`~transformers.Qwen2Config`):
+        causal_size: size C of the latent causal vector U (``None``: equal to ``hidden_size``, which makes the
+            abduction an exact identity at init and allows tying ``lm_head`` to the embeddings).
+        num_token_id: id of the ``<NUM>`` token (151665, the first free reserved id of Qwen2.5).
+        gamma_init: exact initial scale of U (``softplus(b_s)`` with zero weights).
+        b_noise_init: initial value of every entry of the exogenous noise scale ``b_noise`` (>= 0).
+        ovr_threshold_init: initial One-vs-Rest threshold C_k of every token.
+        inference_mode: default decision rule, one of :data:`INFERENCE_MODES`.
+        causal_temperature: factor on the exogenous noise (>= 0).
+        value_encoding: ``"multiscale"`` (gated fusion of sign / log-magnitude / sinusoidal features),
+            ``"xval"`` (``embed(<NUM>) * value``) or ``"log_additive"`` (``embed(<NUM>) + symlog(value) a``).
+        value_encoding_frequencies: number of sinusoidal frequencies of ``ln|v|`` in the multiscale encoding.
+        value_normalization: ``"none"``, ``"affine"`` (``(y - shift) / scale``) or ``"symlog"``
+            (``sign(y') log1p(|y'|)`` of the affine-normalised value); applied to regression targets and
+            inverted for predictions, so outputs are in the data's units.
+        value_norm_shift / value_norm_scale: the affine part of the normalisation.
+        gate_alpha: floor of the regression gate ``alpha + (1 - alpha) P_NUM`` in [0, 1].
+        reg_lambda: weight of the regression term (>= 0).
+        loss_chunk_size: positions per chunk in the chunked loss (bounds the [positions x V] working set).
+    """
 
     model_type = "causal_qwen"
 
     causal_size: int | None = None
     num_token_id: int = 151665
+    gamma_init: float | int = 1.0
+    b_noise_init: float | int = 0.1
+    ovr_threshold_init: float | int = 0.0
+    inference_mode: str = "standard"
+    causal_temperature: float | int = 1.0
+    value_encoding: str = "multiscale"
+    value_encoding_frequencies: int = 16
+    value_normalization: str = "none"
+    value_norm_shift: float | int = 0.0
+    value_norm_scale: float | int = 1.0
+    gate_alpha: float | int = 0.1
+    reg_lambda: float | int = 1.0
+    loss_chunk_size: int = 1024
 
+    def __post_init__(self, **kwargs: Any):
+        unknown = sorted(k for k in kwargs if k not in TRANSFORMERS_EXTRA_KEYS and not k.startswith("_"))
+        if unknown:
+            names = [f.name for f in self.__dataclass_fields__.values()]
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, names, n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ValueError(f"CausalQwenConfig got unknown configuration key(s): {', '.join(hints)}")
+        if self.causal_size is None:
+            self.causal_size = self.hidden_size
+        super().__post_init__(**kwargs)
+        # Checked here rather than in a ``validate_*`` class validator, which strict dataclasses would wrap
+        # in a non-ValueError exception type.
+        self._validate_causal_settings()
 
-__all__ = ["CausalQwenConfig"]
+    def _validate_causal_settings(self) -> None:
+        _check(self.causal_size > 0, f"causal_size must be positive, got {self.causal_size}")
+        _check(
+            0 <= self.num_token_id < self.vocab_size,
+            f"num_token_id must lie in [0, vocab_size={self.vocab_size}), got {self.num_token_id}",
+        )
+        for name in ("gamma_init", "value_norm_scale"):
+            value = getattr(self, name)
+            _check(
+                math.isfinite(value) and value > 0, f"{name} must be a positive finite number, got {value}"
+            )
+        for name in ("b_noise_init", "causal_temperature", "reg_lambda"):
+            value = getattr(self, name)
+            _check(math.isfinite(value) and value >= 0, f"{name} must be finite and >= 0, got {value}")
+        for name in ("ovr_threshold_init", "value_norm_shift"):
+            value = getattr(self, name)
+            _check(math.isfinite(value), f"{name} must be finite, got {value}")
+        _check(0.0 <= self.gate_alpha <= 1.0, f"gate_alpha must lie in [0, 1], got {self.gate_alpha}")
+        _check(self.loss_chunk_size > 0, f"loss_chunk_size must be positive, got {self.loss_chunk_size}")
+        _check(
+            self.value_encoding_frequencies > 0,
+            f"value_encoding_frequencies must be positive, got {self.value_encoding_frequencies}",
+        )
+        for name, allowed in (
+            ("inference_mode", INFERENCE_MODES),
+            ("value_encoding", VALUE_ENCODINGS),
+            ("value_normalization", VALUE_NORMALIZATIONS),
+        ):
+            value = getattr(self, name)
+            _check(value in allowed, f"unknown {name} {value!r}; expected one of {', '.join(allowed)}")
+        _check(
+            not (self.tie_word_embeddings and self.causal_size != self.hidden_size),
+            "tie_word_embeddings needs causal_size == hidden_size "
+            f"(got causal_size={self.causal_size}, hidden_size={self.hidden_size})",
+        )

@@ -1,0 +1,163 @@
+"""Gated CausalQwen loss, computed chunk by chunk from hidden states (DESIGN.md section 2).
+
+With shifted labels (ignore index -100)::
+
+    L = mean_cls + lambda * sum_i m_i (alpha + (1 - alpha) P_NUM,i) NLL_i / max(sum_i m_i, 1)
+
+* ``mean_cls``: One-vs-Rest binary cross-entropy of the target token against ``P_k`` (every token k is its
+  own binary event ``S_k > C_k``), **summed over the vocabulary** and averaged over labelled positions.
+  Summing is the exact negative log-likelihood of the V independent decisions the OvR model makes; a mean
+  over V would divide the target token's gradient by V (1/151936 for Qwen), so the classifier would barely
+  learn next to the regression term. ``reg_lambda`` rebalances the two terms if needed.
+* ``NLL``: Cauchy negative log-likelihood of the value at positions whose target token is ``<NUM>`` (m_i).
+* ``P_NUM`` **is detached** in the gate: the gate is a curriculum ("learn to predict <NUM> first, then its
+  value"), not a path for gradients. Without the detach, the cheapest way to lower a large NLL early in
+  training would be to push ``P_NUM`` down, i.e. the regression term would teach the classifier to *not*
+  predict numbers. With ``alpha = 1`` the gate is constant (plain NLL); with ``alpha = 0`` it is ``P_NUM``.
+
+Memory: only positions with a label are gathered, and the head matmuls ([n x C] @ [C x V]) run inside
+chunks of ``chunk_size`` positions, so no [positions x V] tensor larger than one chunk exists, as in fused
+linear cross-entropy kernels. With autograd on, each chunk runs under ``torch.utils.checkpoint`` so backward
+recomputes a chunk's [chunk x V] activations instead of keeping all of them alive (RNG state is preserved,
+so the ``sampling`` mode's noise is identical in the recomputation).
+
+All terms stay finite for huge values and tiny scales: ``cauchy.ovr_log_probs`` and ``cauchy.cauchy_nll``
+never divide by the scale and clamp it at ``SCALE_EPS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from .cauchy import cauchy_nll, ovr_log_probs
+
+__all__ = ["IGNORE_INDEX", "CauchyHeads", "GatedLoss", "gated_loss"]
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class CauchyHeads:
+    """What a head function returns for a chunk of n hidden states (regression in normalised units).
+
+    ``scale_S`` / ``scale_Y`` may be ``None`` (deterministic mode: a point mass, scored with scale ``SCALE_EPS``).
+    """
+
+    loc_S: torch.Tensor  # [n, V]
+    scale_S: torch.Tensor | None  # [n, V]
+    loc_Y: torch.Tensor  # [n]
+    scale_Y: torch.Tensor | None  # [n]
+
+
+@dataclass
+class GatedLoss:
+    total: torch.Tensor
+    cls: torch.Tensor
+    reg: torch.Tensor
+
+
+def _chunk_sums(
+    head: Callable[[torch.Tensor], CauchyHeads],
+    thresholds: torch.Tensor,
+    num_token_id: int,
+    gate_alpha: float,
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    targets: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed OvR BCE and summed gated NLL over one chunk of labelled positions."""
+    out = head(hidden)
+    loc_S = out.loc_S.float()
+    scale_S = torch.zeros_like(loc_S) if out.scale_S is None else out.scale_S.float()
+    log_p, log_q = ovr_log_probs(loc_S, scale_S, thresholds.float())
+    # -sum_k [y_k log P_k + (1 - y_k) log(1 - P_k)] with one-hot y: every token's "no" term, with the
+    # target's swapped for its "yes" term. No one-hot [n x V] tensor is built.
+    idx = labels.unsqueeze(-1)
+    bce = -log_q.sum(-1) - log_p.gather(-1, idx).squeeze(-1) + log_q.gather(-1, idx).squeeze(-1)
+
+    is_num = labels == num_token_id
+    p_num = log_p[:, num_token_id].exp().detach()
+    gate = gate_alpha + (1.0 - gate_alpha) * p_num
+    loc_Y = out.loc_Y.float()
+    scale_Y = torch.zeros_like(loc_Y) if out.scale_Y is None else out.scale_Y.float()
+    # Positions that are not <NUM> may carry any placeholder target; score them against loc_Y so the
+    # (discarded) NLL is finite and contributes no gradient.
+    y = torch.where(is_num, targets.float(), loc_Y.detach())
+    nll = cauchy_nll(y, loc_Y, scale_Y)
+    reg = torch.where(is_num, gate * nll, torch.zeros_like(nll))
+    return bce.sum(), reg.sum()
+
+
+def gated_loss(
+    hidden_states: torch.Tensor,
+    labels: torch.Tensor,
+    numeric_targets: torch.Tensor | None,
+    head: Callable[[torch.Tensor], CauchyHeads],
+    thresholds: torch.Tensor,
+    *,
+    num_token_id: int,
+    gate_alpha: float,
+    reg_lambda: float,
+    chunk_size: int = 1024,
+    shift: bool = True,
+) -> GatedLoss:
+    """Gated loss from hidden states [B, S, H], unshifted ``labels`` [B, S] and value targets [B, S].
+
+    ``head`` maps [n, H] hidden states to :class:`CauchyHeads`; ``numeric_targets`` holds the (normalised)
+    value wherever the label is ``<NUM>`` and may be ``None`` only when no label is ``<NUM>``. With
+    ``shift=True`` position t is scored against label t + 1, as in Hugging Face causal LMs.
+    """
+    if labels.shape != hidden_states.shape[:-1]:
+        raise ValueError(
+            f"labels must have shape {tuple(hidden_states.shape[:-1])} (batch, sequence), got {tuple(labels.shape)}"
+        )
+    if not 0.0 <= gate_alpha <= 1.0:
+        raise ValueError(f"gate_alpha must lie in [0, 1], got {gate_alpha}")
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    if numeric_targets is None:
+        if (labels == num_token_id).any():
+            raise ValueError("labels contain <NUM> but no numeric targets were given (numeric_labels)")
+        numeric_targets = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
+    elif numeric_targets.shape != labels.shape:
+        raise ValueError(
+            f"numeric targets must have the shape of labels {tuple(labels.shape)}, got {tuple(numeric_targets.shape)}"
+        )
+    if shift:
+        hidden_states, labels, numeric_targets = hidden_states[:, :-1], labels[:, 1:], numeric_targets[:, 1:]
+
+    valid = labels != IGNORE_INDEX
+    hidden = hidden_states[valid]
+    flat_labels = labels[valid]
+    flat_targets = numeric_targets[valid]
+    vocab = thresholds.shape[0]
+    if flat_labels.numel() and (flat_labels.min() < 0 or flat_labels.max() >= vocab):
+        raise ValueError(f"labels must be token ids in [0, {vocab}) or {IGNORE_INDEX}")
+    is_num = flat_labels == num_token_id
+    if not torch.isfinite(flat_targets[is_num]).all():
+        raise ValueError("numeric targets at <NUM> labels must be finite (got NaN or inf)")
+
+    use_checkpoint = torch.is_grad_enabled() and hidden.requires_grad
+    cls_sum = hidden_states.new_zeros((), dtype=torch.float32)
+    reg_sum = hidden_states.new_zeros((), dtype=torch.float32)
+    for start in range(0, flat_labels.shape[0], chunk_size):
+        args = (
+            head,
+            thresholds,
+            num_token_id,
+            gate_alpha,
+            hidden[start : start + chunk_size],
+            flat_labels[start : start + chunk_size],
+            flat_targets[start : start + chunk_size],
+        )
+        c, r = checkpoint(_chunk_sums, *args, use_reentrant=False) if use_checkpoint else _chunk_sums(*args)
+        cls_sum = cls_sum + c
+        reg_sum = reg_sum + r
+
+    cls = cls_sum / max(flat_labels.shape[0], 1)
+    reg = reg_sum / max(int(is_num.sum()), 1)
+    return GatedLoss(total=cls + reg_lambda * reg, cls=cls, reg=reg)

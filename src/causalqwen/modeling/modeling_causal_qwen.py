@@ -1,0 +1,506 @@
+"""CausalQwen: a Qwen2 backbone with numeric inputs, Cauchy abduction and action heads (DESIGN.md section 2).
+
+Data flow for one position::
+
+    x, v --embed + <NUM> fusion--> Qwen2 layers --> z
+    abduction:  loc_U = W_loc z + b_loc,  scale_U = softplus(W_s z + b_s)                (Cauchy U, size C)
+    action:     U' per inference mode (noise b_noise, temperature T)
+    token head: loc_S = W loc_U',  scale_S = |W| scale_U'     ->  P_k = 1/2 + atan((loc_S,k - C_k)/scale_S,k)/pi
+    value head: loc_Y = w loc_U' + b,  scale_Y = |w| scale_U'  ->  value_loc / value_scale in data units
+
+``logits`` ranks tokens as the active mode decides, so ``generate`` and logits processors work unchanged:
+``(loc_S - C) / scale_S`` in the One-vs-Rest modes (P_k is monotone in it), ``loc_S`` in ``deterministic``.
+
+Initialisation (``from_qwen2``): W_loc = I, b_loc = 0, W_s = 0, b_s = softplus^-1(gamma_init), the token head
+is the base ``lm_head``, thresholds ``ovr_threshold_init`` (0), ``b_noise = b_noise_init`` (0.1). Hence in
+``deterministic`` mode ``loc_S`` equals the base logits and greedy generation reproduces the base model. In
+the OvR modes every scale_U' coordinate equals ``gamma_init + T b_noise_init`` at init, so
+``scale_S,k = c ||W_k||_1`` and the rank is ``(loc_k - C_k) / ||W_k||_1`` whatever ``gamma_init`` and
+``b_noise_init`` are: they set the sharpness of P (and the loss), not the ranking. Only the thresholds move
+the ranking. Measured top-1 agreement with the base model in ``standard`` mode (tiny random Qwen2, H=64,
+V=384, 4,096 random positions, ``tests/test_causal_qwen_model.py``): 0.52 with C_k = 0 versus 0.11 with
+C_k = -1 and 0.10 with C_k = +1 (a threshold far from the logits makes the rank follow 1/||W_k||_1, i.e.
+ignore the context). C_k = 0 is therefore the default; it is what keeps the rank closest to the base,
+and ``deterministic`` mode gives exact agreement for users who need it before fine-tuning.
+
+Generation: ``numeric_values`` enter on prefill only; at every step the predicted ``value_loc`` of the last
+position is appended to a per-call value track and fed back when the sampled token is ``<NUM>``.
+``generate(..., return_dict_in_generate=True)`` returns :class:`CausalQwenGenerateOutput` with
+``numeric_values`` [B, L] (0 where the token is not ``<NUM>``). The action noise temperature is passed to
+``generate`` as ``causal_temperature=`` (``temperature=`` there is the softmax temperature of sampling).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel, Qwen2ForCausalLM, Qwen2Model
+from transformers import initialization as init
+from transformers.cache_utils import Cache
+from transformers.generation.utils import GenerateDecoderOnlyOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.models.qwen2.modeling_qwen2 import Qwen2PreTrainedModel
+from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
+
+from ..configuration.configuration_causal_qwen import INFERENCE_MODES, CausalQwenConfig
+from ..hub import RemoteCodeMixin
+from .cauchy import SCALE_EPS, cauchy_sample, linear_cauchy, softplus_inverse
+from .loss import CauchyHeads, gated_loss
+from .numeric_embedding import ValueNormalizer, build_value_encoding, check_numeric_values, embed_numbers
+
+__all__ = [
+    "CausalAbduction",
+    "CausalAction",
+    "CausalQwenForNumericCausalLM",
+    "CausalQwenGenerateOutput",
+    "CausalQwenModel",
+    "CausalQwenOutput",
+    "CausalQwenPreTrainedModel",
+]
+
+# First unused reserved id of the Qwen2.5 vocabulary (151,643 BPE ranks + 22 special tokens).
+QWEN25_NUM_TOKEN_ID = 151665
+
+
+@dataclass
+class CausalQwenOutput(ModelOutput):
+    """Output of :class:`CausalQwenForNumericCausalLM`.
+
+    ``logits`` ranks tokens by the active decision rule; ``loc_S``/``scale_S`` [B, S, V] are the token scores'
+    Cauchy parameters (``scale_S`` is 0 in ``deterministic`` mode); ``value_loc``/``value_scale`` [B, S] the
+    next value's Cauchy median and scale in data units; ``loc_U``/``scale_U`` [B, S, C] the abducted
+    causal representation. In training with labels the vocabulary-sized fields are ``None`` unless
+    ``return_logits=True``.
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_cls: torch.FloatTensor | None = None
+    loss_reg: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    loc_S: torch.FloatTensor | None = None
+    scale_S: torch.FloatTensor | None = None
+    value_loc: torch.FloatTensor | None = None
+    value_scale: torch.FloatTensor | None = None
+    loc_U: torch.FloatTensor | None = None
+    scale_U: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class CausalQwenGenerateOutput(GenerateDecoderOnlyOutput):
+    """``GenerateDecoderOnlyOutput`` plus ``numeric_values`` [B, L] aligned with ``sequences``."""
+
+    numeric_values: torch.FloatTensor | None = None
+
+
+class CausalAbduction(nn.Module):
+    """Infers Cauchy(loc_U, scale_U) from hidden states; identity loc path and exact scale at init."""
+
+    def __init__(self, hidden_size: int, causal_size: int):
+        super().__init__()
+        self.loc_weight = nn.Parameter(torch.empty(causal_size, hidden_size))
+        self.loc_bias = nn.Parameter(torch.empty(causal_size))
+        self.scale_weight = nn.Parameter(torch.empty(causal_size, hidden_size))
+        self.scale_bias = nn.Parameter(torch.empty(causal_size))
+
+    def _init_causal_weights(self, config: CausalQwenConfig) -> None:
+        # Rectangular identity when C != H: U copies the first min(C, H) coordinates of z.
+        init.eye_(self.loc_weight)
+        init.zeros_(self.loc_bias)
+        init.zeros_(self.scale_weight)
+        init.constant_(self.scale_bias, softplus_inverse(float(config.gamma_init)))
+
+    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc = F.linear(hidden, self.loc_weight, self.loc_bias)
+        scale = F.softplus(F.linear(hidden, self.scale_weight, self.scale_bias))
+        return loc, scale
+
+
+class CausalAction(nn.Module):
+    """Exogenous noise ``b_noise`` [C] and the One-vs-Rest thresholds ``ovr_thresholds`` [V] (a buffer)."""
+
+    def __init__(self, causal_size: int, vocab_size: int):
+        super().__init__()
+        self.b_noise = nn.Parameter(torch.empty(causal_size))
+        self.register_buffer("ovr_thresholds", torch.empty(vocab_size), persistent=True)
+
+    def _init_causal_weights(self, config: CausalQwenConfig) -> None:
+        init.constant_(self.b_noise, float(config.b_noise_init))
+        init.constant_(self.ovr_thresholds, float(config.ovr_threshold_init))
+
+    def forward(
+        self, loc_U: torch.Tensor, scale_U: torch.Tensor, mode: str, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(loc_U', scale_U') of the mode; ``None`` scale is a point mass (deterministic)."""
+        noise = temperature * self.b_noise.abs()
+        if mode == "standard":
+            return loc_U, scale_U + noise
+        if mode == "deterministic":
+            return loc_U, None
+        if mode == "exogenous":
+            return loc_U, noise.expand_as(loc_U)
+        if mode == "endogenous":
+            return loc_U, scale_U
+        if mode == "sampling":
+            eps = cauchy_sample(torch.zeros_like(loc_U), torch.ones_like(loc_U))
+            return loc_U + noise * eps, scale_U
+        raise ValueError(f"unknown inference_mode {mode!r}; expected one of {', '.join(INFERENCE_MODES)}")
+
+
+class CausalQwenPreTrainedModel(Qwen2PreTrainedModel):
+    config_class = CausalQwenConfig
+    config: CausalQwenConfig
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Leaf modules holding their own parameters carry their special init (transformers initialises
+        # bottom-up and ignores a parent's init of a child's parameters).
+        if hasattr(module, "_init_causal_weights"):
+            module._init_causal_weights(self.config)
+        else:
+            super()._init_weights(module)
+
+
+class CausalQwenModel(RemoteCodeMixin, CausalQwenPreTrainedModel, Qwen2Model):
+    """The Qwen2 backbone with ``<NUM>`` value fusion in the input embedding; returns hidden states.
+
+    Parameter names match ``Qwen2Model`` (plus ``value_encoding.*``), so Qwen2 weights load as they are.
+    """
+
+    def __init__(self, config: CausalQwenConfig):
+        super().__init__(config)
+        self.value_encoding = build_value_encoding(config)
+        # Qwen2Model.__init__ already ran post_init; running it again initialises only the new module.
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        numeric_values: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if input_ids is not None and inputs_embeds is None:
+            inputs_embeds = embed_numbers(
+                self.embed_tokens(input_ids),
+                input_ids,
+                numeric_values,
+                self.config.num_token_id,
+                self.value_encoding,
+            )
+            input_ids = None
+        elif numeric_values is not None:
+            raise ValueError("numeric_values needs input_ids (with inputs_embeds, fuse the values yourself)")
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+
+
+class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, GenerationMixin):
+    """CausalQwen language model: next-token OvR decisions plus a Cauchy value for ``<NUM>`` tokens."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    # The loss is a mean over positions; the Trainer must not pass num_items_in_batch.
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: CausalQwenConfig):
+        super().__init__(config)
+        self.model = CausalQwenModel(config)
+        self.vocab_size = config.vocab_size
+        self.abduction = CausalAbduction(config.hidden_size, config.causal_size)
+        self.action = CausalAction(config.causal_size, config.vocab_size)
+        self.lm_head = nn.Linear(config.causal_size, config.vocab_size, bias=False)
+        self.value_head = nn.Linear(config.causal_size, 1)
+        self.loss_type = "ForCausalLM"
+        self._numeric_track: torch.Tensor | None = None
+        self.post_init()
+
+    @property
+    def normalizer(self) -> ValueNormalizer:
+        return ValueNormalizer.from_config(self.config)
+
+    def _resolve_mode(self, inference_mode: str | None, temperature: float | None) -> tuple[str, float]:
+        mode = self.config.inference_mode if inference_mode is None else inference_mode
+        if mode not in INFERENCE_MODES:
+            raise ValueError(f"unknown inference_mode {mode!r}; expected one of {', '.join(INFERENCE_MODES)}")
+        temp = self.config.causal_temperature if temperature is None else temperature
+        if isinstance(temp, torch.Tensor):
+            temp = float(temp)
+        if not (isinstance(temp, (int, float)) and math.isfinite(temp) and temp >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temp!r}")
+        return mode, float(temp)
+
+    def _heads(
+        self, hidden: torch.Tensor, mode: str, temperature: float
+    ) -> tuple[CauchyHeads, torch.Tensor, torch.Tensor]:
+        """Cauchy parameters of the token and value heads (value in normalised units), plus loc_U, scale_U."""
+        loc_U, scale_U = self.abduction(hidden)
+        loc, scale = self.action(loc_U, scale_U, mode, temperature)
+        loc_S, scale_S = linear_cauchy(loc, scale, self.lm_head.weight)
+        loc_Y, scale_Y = linear_cauchy(loc, scale, self.value_head.weight, self.value_head.bias)
+        heads = CauchyHeads(
+            loc_S, scale_S, loc_Y.squeeze(-1), None if scale_Y is None else scale_Y.squeeze(-1)
+        )
+        return heads, loc_U, scale_U
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        numeric_values: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        numeric_labels: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        inference_mode: str | None = None,
+        temperature: float | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        return_logits: bool | None = None,
+        **kwargs,
+    ) -> CausalQwenOutput:
+        r"""
+        numeric_values (`torch.FloatTensor` [B, S], *optional*): value of each `<NUM>` input token (0 elsewhere).
+        labels (`torch.LongTensor` [B, S], *optional*): unshifted target ids, -100 ignored (the model shifts).
+        numeric_labels (`torch.FloatTensor` [B, S], *optional*): target values aligned with `labels`; defaults to
+            `numeric_values` (in causal-LM training the input numbers are the targets).
+        inference_mode (`str`, *optional*): overrides `config.inference_mode` for this call.
+        temperature (`float`, *optional*): overrides `config.causal_temperature` (noise temperature) for this call.
+        return_logits (`bool`, *optional*): return the vocabulary-sized fields even when training with labels.
+        """
+        mode, temp = self._resolve_mode(inference_mode, temperature)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            numeric_values=numeric_values,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state
+
+        loss = loss_cls = loss_reg = None
+        if labels is not None:
+            targets = numeric_labels if numeric_labels is not None else numeric_values
+            if targets is not None:
+                check_numeric_values(targets, labels)
+                targets = self.normalizer(targets.float())
+            result = gated_loss(
+                hidden,
+                labels,
+                targets,
+                lambda h: self._heads(h, mode, temp)[0],
+                self.action.ovr_thresholds,
+                num_token_id=self.config.num_token_id,
+                gate_alpha=float(self.config.gate_alpha),
+                reg_lambda=float(self.config.reg_lambda),
+                chunk_size=self.config.loss_chunk_size,
+            )
+            loss, loss_cls, loss_reg = result.total, result.cls, result.reg
+
+        if return_logits is None:
+            return_logits = labels is None or not self.training
+        if not return_logits:
+            return CausalQwenOutput(
+                loss=loss,
+                loss_cls=loss_cls,
+                loss_reg=loss_reg,
+                past_key_values=outputs.past_key_values,
+                hidden_states=outputs.hidden_states,
+                attentions=outputs.attentions,
+            )
+
+        heads, loc_U, scale_U = self._heads(slice_logits_to_keep(hidden, logits_to_keep), mode, temp)
+        if heads.scale_S is None:
+            # A point mass; expanded views cost no memory.
+            scale_S = heads.loc_S.new_zeros(()).expand_as(heads.loc_S)
+            scale_Y = heads.loc_Y.new_zeros(()).expand_as(heads.loc_Y)
+            logits = heads.loc_S
+        else:
+            scale_S, scale_Y = heads.scale_S, heads.scale_Y
+            logits = (heads.loc_S - self.action.ovr_thresholds) / scale_S.clamp_min(SCALE_EPS)
+        value_loc, value_scale = self.normalizer.inverse_cauchy(heads.loc_Y, scale_Y)
+        return CausalQwenOutput(
+            loss=loss,
+            loss_cls=loss_cls,
+            loss_reg=loss_reg,
+            logits=logits,
+            loc_S=heads.loc_S,
+            scale_S=scale_S,
+            value_loc=value_loc,
+            value_scale=value_scale,
+            loc_U=loc_U,
+            scale_U=scale_U,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    # ----------------------------------------------------------------------------------------- generation
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        past_key_values: Cache | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        is_first_iteration: bool | None = False,
+        numeric_values: torch.Tensor | None = None,
+        causal_temperature: float | None = None,
+        **kwargs,
+    ):
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            next_sequence_length=next_sequence_length,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
+        )
+        if causal_temperature is not None:
+            model_inputs["temperature"] = causal_temperature
+        step_ids = model_inputs.get("input_ids")
+        if numeric_values is not None and step_ids is not None:
+            # The value track is as long as input_ids: slice it like the ids, keep values only at <NUM>.
+            values = numeric_values[:, -step_ids.shape[1] :].to(step_ids.device)
+            model_inputs["numeric_values"] = torch.where(
+                step_ids == self.config.num_token_id, values, torch.zeros_like(values)
+            )
+        return model_inputs
+
+    def _update_model_kwargs_for_generation(
+        self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1
+    ):
+        model_kwargs = super()._update_model_kwargs_for_generation(
+            outputs, model_kwargs, is_encoder_decoder=is_encoder_decoder, num_new_tokens=num_new_tokens
+        )
+        track = model_kwargs.get("numeric_values")
+        value_loc = getattr(outputs, "value_loc", None)
+        if track is not None and value_loc is not None:
+            # value_loc at the last position is the value of the token about to be generated.
+            new = value_loc[:, -num_new_tokens:].to(device=track.device, dtype=track.dtype)
+            model_kwargs["numeric_values"] = torch.cat([track, new], dim=-1)
+            self._numeric_track = model_kwargs["numeric_values"]
+        return model_kwargs
+
+    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
+        """``GenerationMixin.generate`` that also consumes ``numeric_values`` and returns generated values.
+
+        Extra keyword arguments: ``numeric_values`` [B, P] for the prompt, ``inference_mode`` and
+        ``causal_temperature`` (per-call overrides). Beam search is not supported (the value track is not
+        reordered with the beams).
+        """
+        prompt = inputs if inputs is not None else kwargs.get("input_ids")
+        numeric_values = kwargs.pop("numeric_values", None)
+        if prompt is None:
+            if numeric_values is not None:
+                raise ValueError("numeric_values needs input_ids in generate")
+            return super().generate(inputs, generation_config, **kwargs)
+        if numeric_values is None:
+            numeric_values = torch.zeros(prompt.shape, dtype=torch.float32, device=prompt.device)
+        else:
+            check_numeric_values(numeric_values, prompt)
+            numeric_values = numeric_values.float()
+        base_config = generation_config if generation_config is not None else self.generation_config
+        if kwargs.get("num_beams", base_config.num_beams or 1) > 1:
+            raise ValueError("CausalQwen generate does not support beam search (num_beams > 1)")
+        self._numeric_track = None
+        try:
+            out = super().generate(inputs, generation_config, numeric_values=numeric_values, **kwargs)
+            track = self._numeric_track
+        finally:
+            self._numeric_track = None
+        sequences = out if isinstance(out, torch.Tensor) else out.sequences
+        if not isinstance(out, GenerateDecoderOnlyOutput):
+            return out
+        if track is None:
+            track = numeric_values
+        track = track[:, : sequences.shape[1]].to(sequences.device)
+        values = torch.where(sequences == self.config.num_token_id, track, torch.zeros_like(track))
+        fields_ = {f.name: getattr(out, f.name) for f in fields(GenerateDecoderOnlyOutput)}
+        return CausalQwenGenerateOutput(**fields_, numeric_values=values)
+
+    # ------------------------------------------------------------------------------- knowledge inheritance
+
+    @classmethod
+    def from_qwen2(cls, path_or_model: str | os.PathLike | PreTrainedModel, **config_overrides):
+        """Build a CausalQwen from a Qwen2 causal LM (a local path or a loaded ``Qwen2ForCausalLM``).
+
+        Backbone weights are copied and the token head starts as the base ``lm_head``, so the
+        ``deterministic`` mode reproduces the base logits. ``<NUM>`` takes id 151665 when the vocabulary has
+        Qwen2.5's reserved rows; otherwise ``num_token_id`` (default: the first id past the embedding) gets a
+        new row initialised to the mean embedding. Embeddings only ever grow.
+        """
+        if isinstance(path_or_model, (str, os.PathLike)):
+            base = Qwen2ForCausalLM.from_pretrained(path_or_model)
+        elif isinstance(path_or_model, PreTrainedModel):
+            base = path_or_model
+        else:
+            raise TypeError(
+                f"from_qwen2 needs a path or a Qwen2 causal LM, got {type(path_or_model).__name__}"
+            )
+        if not (hasattr(base, "model") and hasattr(base, "lm_head") and base.config.model_type in ("qwen2",)):
+            raise TypeError(
+                f"from_qwen2 needs a Qwen2 causal LM (model_type 'qwen2'), got {type(base).__name__}"
+            )
+
+        base_rows = base.get_input_embeddings().weight.shape[0]
+        default_num_id = QWEN25_NUM_TOKEN_ID if base_rows > QWEN25_NUM_TOKEN_ID else base_rows
+        num_token_id = config_overrides.pop("num_token_id", default_num_id)
+        field_names = {f.name for f in fields(CausalQwenConfig)}
+        base_dict = {
+            k: v for k, v in base.config.to_dict().items() if k in field_names and k != "architectures"
+        }
+        base_dict.update(config_overrides)
+        base_dict.update(num_token_id=num_token_id, vocab_size=max(base_rows, num_token_id + 1))
+        config = CausalQwenConfig(**base_dict)
+
+        model = cls(config)
+        src_dtype = base.lm_head.weight.dtype
+        with torch.no_grad():
+            state = {k: v for k, v in base.model.state_dict().items() if k != "embed_tokens.weight"}
+            missing, unexpected = model.model.load_state_dict(state, strict=False)
+            if unexpected or any(
+                not k.startswith("value_encoding.") and k != "embed_tokens.weight" for k in missing
+            ):
+                raise ValueError(f"backbone mismatch: missing {missing}, unexpected {unexpected}")
+            embed = base.get_input_embeddings().weight.float()
+            new_embed = model.model.embed_tokens.weight
+            new_embed[:base_rows] = embed
+            if new_embed.shape[0] > base_rows:
+                new_embed[base_rows:] = embed.mean(0)
+            if not config.tie_word_embeddings:
+                head = base.lm_head.weight.float()
+                width = min(config.causal_size, head.shape[1])
+                new_head = model.lm_head.weight
+                new_head.zero_()
+                new_head[:base_rows, :width] = head[:, :width]
+                if new_head.shape[0] > base_rows:
+                    new_head[base_rows:, :width] = head[:, :width].mean(0)
+        model.generation_config = copy.deepcopy(base.generation_config)
+        return model.to(src_dtype)

@@ -1,0 +1,237 @@
+"""Numeric input embedding: the value of each ``<NUM>`` token is fused into its embedding.
+
+The tokenizer replaces every number by ``<NUM>`` and returns ``numeric_values`` [B, S]. At ``<NUM>`` positions
+the embedding becomes ``encoding(embed(<NUM>), v)``; elsewhere it is untouched. Three encodings are
+pluggable through ``config.value_encoding`` (a benchmark compares them):
+
+* ``"multiscale"`` (default, seed 002): features of v (sign, ``ln|v|``, decade, position in the decade,
+  sin/cos of ``ln|v|`` at geometric frequencies ``10000^(-k/K)``) are projected to H and fused with
+  ``embed(<NUM>)`` by sigmoid gates and a projection. At init the value block of the projection is zero
+  and the embedding block is ``I / sigmoid(b)``, so the fused vector equals ``embed(<NUM>)`` (to float
+  rounding): a pretrained backbone sees exactly what it saw before.
+* ``"xval"`` (xVal): ``embed(<NUM>) * t`` with t the normalised value (``config.value_normalization``).
+* ``"log_additive"``: ``embed(<NUM>) + symlog(t) * a`` with a learned direction a (zero at init).
+
+Values are always handled in float32 (bf16 cannot even tell 1000 from 1001); NaN/inf raise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+
+from ..configuration.configuration_causal_qwen import CausalQwenConfig
+
+__all__ = [
+    "LogAdditiveEncoding",
+    "MultiScaleValueEncoding",
+    "ValueNormalizer",
+    "XValEncoding",
+    "build_value_encoding",
+    "check_numeric_values",
+    "embed_numbers",
+    "multiscale_features",
+]
+
+# sigmoid(4) = 0.982: the gates start almost open for the token embedding and almost closed for the
+# value, but away from saturation so that they still receive usable gradients.
+_GATE_BIAS = 4.0
+# float32 expm1 overflows above ~88.7; symlog inverses clamp there instead of returning inf.
+_MAX_LOG = 88.0
+
+
+def check_numeric_values(numeric_values: torch.Tensor, input_ids: torch.Tensor | None) -> None:
+    """Raise a clear error for a malformed ``numeric_values`` tensor (shape, dtype, NaN/inf)."""
+    if not isinstance(numeric_values, torch.Tensor):
+        raise TypeError(f"numeric_values must be a torch.Tensor, got {type(numeric_values).__name__}")
+    if not numeric_values.is_floating_point():
+        raise TypeError(f"numeric_values must be a floating-point tensor, got {numeric_values.dtype}")
+    if input_ids is not None and numeric_values.shape != input_ids.shape:
+        raise ValueError(
+            f"numeric_values must have the shape of input_ids {tuple(input_ids.shape)}, "
+            f"got {tuple(numeric_values.shape)}"
+        )
+    if not torch.isfinite(numeric_values).all():
+        raise ValueError("numeric_values contains NaN or infinite entries; numbers must be finite")
+
+
+def multiscale_features(values: torch.Tensor, num_frequencies: int) -> torch.Tensor:
+    """Features [..., 4 + 2K] of finite ``values``: sign, ln|v|/10, decade/10, position in the decade, sin, cos.
+
+    Zero has sign 0 and ``ln|v|`` treated as 0, so it never produces ``-inf``.
+    """
+    v = values.float()
+    nonzero = v != 0
+    log_abs = torch.where(nonzero, torch.log(v.abs().clamp_min(torch.finfo(torch.float32).tiny)), 0.0)
+    log10 = log_abs / math.log(10.0)
+    decade = torch.floor(log10)
+    freqs = torch.pow(
+        10000.0, -torch.arange(num_frequencies, device=v.device, dtype=torch.float32) / num_frequencies
+    )
+    angles = log_abs.unsqueeze(-1) * freqs
+    scalars = torch.stack([torch.sign(v), log_abs / 10.0, decade / 10.0, log10 - decade], dim=-1)
+    return torch.cat([scalars, torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+class ValueNormalizer:
+    """Config-driven transform of values: ``t = (y - shift) / scale``, then optionally ``symlog``.
+
+    Regression targets are normalised before the loss; predicted Cauchy (loc, scale) are mapped back with
+    :meth:`inverse_cauchy`, so the model reports values in the data's units.
+    """
+
+    def __init__(self, kind: str = "none", shift: float = 0.0, scale: float = 1.0):
+        if kind not in ("none", "affine", "symlog"):
+            raise ValueError(f"unknown value normalisation {kind!r}")
+        if not scale > 0:
+            raise ValueError(f"value normalisation scale must be positive, got {scale}")
+        self.kind, self.shift, self.scale = kind, float(shift), float(scale)
+
+    @classmethod
+    def from_config(cls, config: CausalQwenConfig) -> ValueNormalizer:
+        return cls(config.value_normalization, config.value_norm_shift, config.value_norm_scale)
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        if self.kind == "none":
+            return y
+        t = (y - self.shift) / self.scale
+        return torch.sign(t) * torch.log1p(t.abs()) if self.kind == "symlog" else t
+
+    def inverse(self, t: torch.Tensor) -> torch.Tensor:
+        if self.kind == "none":
+            return t
+        if self.kind == "symlog":
+            t = torch.sign(t) * torch.expm1(t.abs().clamp_max(_MAX_LOG))
+        return t * self.scale + self.shift
+
+    def inverse_cauchy(self, loc: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Map a normalised Cauchy (loc, scale) to data units.
+
+        A monotone map sends quantiles to quantiles: the median maps to the median, and the Cauchy scale (half
+        the inter-quartile range) is reported as half the mapped inter-quartile range, which is exact for the
+        affine map and the natural spread for ``symlog``.
+        """
+        if self.kind == "none":
+            return loc, scale
+        if self.kind == "affine":
+            return self.inverse(loc), scale * self.scale
+        lo, hi = self.inverse(loc.float() - scale.float()), self.inverse(loc.float() + scale.float())
+        return self.inverse(loc.float()).to(loc.dtype), ((hi - lo) / 2).to(scale.dtype)
+
+
+class MultiScaleValueEncoding(nn.Module):
+    """Gated fusion of ``embed(<NUM>)`` with a projection of :func:`multiscale_features` (seed 002)."""
+
+    def __init__(self, hidden_size: int, num_frequencies: int):
+        super().__init__()
+        self.num_frequencies = num_frequencies
+        num_features = 4 + 2 * num_frequencies
+        h = hidden_size
+        self.value_proj_weight = nn.Parameter(torch.empty(h, num_features))
+        self.value_proj_bias = nn.Parameter(torch.empty(h))
+        self.num_gate_weight = nn.Parameter(torch.empty(h, h))
+        self.num_gate_bias = nn.Parameter(torch.empty(h))
+        self.value_gate_weight = nn.Parameter(torch.empty(h, h))
+        self.value_gate_bias = nn.Parameter(torch.empty(h))
+        self.fusion_weight = nn.Parameter(torch.empty(h, 2 * h))
+        self.fusion_bias = nn.Parameter(torch.empty(h))
+
+    def _init_causal_weights(self, config: CausalQwenConfig) -> None:
+        h = self.num_gate_bias.shape[0]
+        init.normal_(self.value_proj_weight, std=config.initializer_range)
+        init.zeros_(self.value_proj_bias)
+        init.zeros_(self.num_gate_weight)
+        init.constant_(self.num_gate_bias, _GATE_BIAS)
+        init.zeros_(self.value_gate_weight)
+        init.constant_(self.value_gate_bias, -_GATE_BIAS)
+        # [I / sigmoid(b) | 0]: undoes the open gate exactly, ignores the value until training moves it.
+        identity = torch.eye(h, dtype=self.fusion_weight.dtype, device=self.fusion_weight.device)
+        block = torch.cat(
+            [identity / torch.sigmoid(torch.tensor(_GATE_BIAS)), torch.zeros_like(identity)], dim=1
+        )
+        init.copy_(self.fusion_weight, block)
+        init.zeros_(self.fusion_bias)
+
+    def forward(self, num_embeds: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        dtype = self.value_proj_weight.dtype
+        h = F.linear(
+            multiscale_features(values, self.num_frequencies).to(dtype),
+            self.value_proj_weight,
+            self.value_proj_bias,
+        )
+        e = num_embeds.to(dtype)
+        w_num = torch.sigmoid(F.linear(h, self.num_gate_weight, self.num_gate_bias))
+        w_val = torch.sigmoid(F.linear(e, self.value_gate_weight, self.value_gate_bias))
+        return F.linear(torch.cat([w_num * e, w_val * h], dim=-1), self.fusion_weight, self.fusion_bias)
+
+
+class XValEncoding(nn.Module):
+    """xVal: the ``<NUM>`` embedding scaled by the (normalised) value; no parameters of its own."""
+
+    def __init__(self, normalizer: ValueNormalizer):
+        super().__init__()
+        self.normalizer = normalizer
+
+    def _init_causal_weights(self, config: CausalQwenConfig) -> None:
+        pass
+
+    def forward(self, num_embeds: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return num_embeds * self.normalizer(values.float()).to(num_embeds.dtype).unsqueeze(-1)
+
+
+class LogAdditiveEncoding(nn.Module):
+    """``embed(<NUM>) + symlog(t) * a``: one learned direction, zero at init."""
+
+    def __init__(self, hidden_size: int, normalizer: ValueNormalizer):
+        super().__init__()
+        self.normalizer = normalizer
+        self.direction = nn.Parameter(torch.empty(hidden_size))
+
+    def _init_causal_weights(self, config: CausalQwenConfig) -> None:
+        init.zeros_(self.direction)
+
+    def forward(self, num_embeds: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        t = self.normalizer(values.float())
+        symlog = torch.sign(t) * torch.log1p(t.abs())
+        return num_embeds + symlog.to(num_embeds.dtype).unsqueeze(-1) * self.direction.to(num_embeds.dtype)
+
+
+def build_value_encoding(config: CausalQwenConfig) -> nn.Module:
+    """The encoding module named by ``config.value_encoding``."""
+    normalizer = ValueNormalizer.from_config(config)
+    if config.value_encoding == "multiscale":
+        return MultiScaleValueEncoding(config.hidden_size, config.value_encoding_frequencies)
+    if config.value_encoding == "xval":
+        return XValEncoding(normalizer)
+    if config.value_encoding == "log_additive":
+        return LogAdditiveEncoding(config.hidden_size, normalizer)
+    raise ValueError(f"unknown value_encoding {config.value_encoding!r}")
+
+
+def embed_numbers(
+    inputs_embeds: torch.Tensor,
+    input_ids: torch.Tensor,
+    numeric_values: torch.Tensor | None,
+    num_token_id: int,
+    encoding: nn.Module,
+) -> torch.Tensor:
+    """Replace the embeddings at ``<NUM>`` positions by ``encoding(embed(<NUM>), value)``.
+
+    Only the ``<NUM>`` rows are encoded (no [B, S, H] work for ordinary tokens). Without ``numeric_values``
+    the ``<NUM>`` positions are encoded with value 0.
+    """
+    mask = input_ids == num_token_id
+    if numeric_values is None:
+        numeric_values = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+    else:
+        check_numeric_values(numeric_values, input_ids)
+    if not mask.any():
+        return inputs_embeds
+    fused = encoding(inputs_embeds[mask], numeric_values[mask])
+    out = inputs_embeds.clone()
+    out[mask] = fused.to(out.dtype)
+    return out
