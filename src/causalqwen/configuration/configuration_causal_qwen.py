@@ -53,7 +53,6 @@ TRANSFORMERS_EXTRA_KEYS = frozenset(
         "rope_scaling",
         "partial_rotary_factor",
         "quantization_config",
-        "use_return_dict",
         "torchscript",
         "pruned_heads",
         "tie_encoder_decoder",

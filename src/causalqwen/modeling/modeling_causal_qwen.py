@@ -70,6 +70,24 @@ __all__ = [
 QWEN25_NUM_TOKEN_ID = 151665
 
 
+@torch.no_grad()
+def _calibrated_threshold(base: PreTrainedModel, input_ids: torch.LongTensor | None) -> float:
+    """Median over positions of the base model's top logit (one sequence at a time: [1, S, V] at most)."""
+    if input_ids is None:
+        generator = torch.Generator().manual_seed(0)
+        input_ids = torch.randint(0, base.config.vocab_size, (8, 128), generator=generator)
+    if input_ids.dim() != 2 or input_ids.numel() == 0:
+        raise ValueError(
+            f"calibration_input_ids must be a non-empty [batch, seq] tensor, got {tuple(input_ids.shape)}"
+        )
+    was_training = base.training
+    base.eval()
+    device = base.get_input_embeddings().weight.device
+    top = [base(input_ids=row[None].to(device)).logits.float().amax(-1).flatten().cpu() for row in input_ids]
+    base.train(was_training)
+    return float(torch.cat(top).median())
+
+
 @dataclass
 class CausalQwenOutput(ModelOutput):
     """Output of :class:`CausalQwenForNumericCausalLM`.
@@ -448,13 +466,24 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
     # ------------------------------------------------------------------------------- knowledge inheritance
 
     @classmethod
-    def from_qwen2(cls, path_or_model: str | os.PathLike | PreTrainedModel, **config_overrides):
+    def from_qwen2(
+        cls,
+        path_or_model: str | os.PathLike | PreTrainedModel,
+        *,
+        calibration_input_ids: torch.LongTensor | None = None,
+        **config_overrides,
+    ):
         """Build a CausalQwen from a Qwen2 causal LM (a local path or a loaded ``Qwen2ForCausalLM``).
 
         Backbone weights are copied and the token head starts as the base ``lm_head``, so the
         ``deterministic`` mode reproduces the base logits. ``<NUM>`` takes id 151665 when the vocabulary has
         Qwen2.5's reserved rows; otherwise ``num_token_id`` (default: the first id past the embedding) gets a
-        new row initialised to the mean embedding. Embeddings only ever grow.
+        new row initialised to the mean embedding (and mean head row, whose logit is the mean logit, so it
+        never wins the deterministic argmax). Embeddings only ever grow.
+
+        Unless ``ovr_threshold_init`` is given, the One-vs-Rest threshold is calibrated on the base model: the
+        median over positions of the top base logit, on ``calibration_input_ids`` (default: 8 x 128 random
+        tokens, fixed seed). See the module docstring for why and for the measured agreement.
         """
         if isinstance(path_or_model, (str, os.PathLike)):
             base = Qwen2ForCausalLM.from_pretrained(path_or_model)
@@ -472,6 +501,8 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         base_rows = base.get_input_embeddings().weight.shape[0]
         default_num_id = QWEN25_NUM_TOKEN_ID if base_rows > QWEN25_NUM_TOKEN_ID else base_rows
         num_token_id = config_overrides.pop("num_token_id", default_num_id)
+        if "ovr_threshold_init" not in config_overrides:
+            config_overrides["ovr_threshold_init"] = _calibrated_threshold(base, calibration_input_ids)
         field_names = {f.name for f in fields(CausalQwenConfig)}
         base_dict = {
             k: v for k, v in base.config.to_dict().items() if k in field_names and k != "architectures"

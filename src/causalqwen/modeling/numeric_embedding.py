@@ -17,8 +17,6 @@ Values are always handled in float32 (bf16 cannot even tell 1000 from 1001); NaN
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -66,8 +64,9 @@ def multiscale_features(values: torch.Tensor, num_frequencies: int) -> torch.Ten
     """
     v = values.float()
     nonzero = v != 0
-    log_abs = torch.where(nonzero, torch.log(v.abs().clamp_min(torch.finfo(torch.float32).tiny)), 0.0)
-    log10 = log_abs / math.log(10.0)
+    safe_abs = torch.where(nonzero, v.abs(), 1.0)
+    log_abs = torch.log(safe_abs)
+    log10 = torch.log10(safe_abs)
     decade = torch.floor(log10)
     freqs = torch.pow(
         10000.0, -torch.arange(num_frequencies, device=v.device, dtype=torch.float32) / num_frequencies

@@ -1,0 +1,238 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from causalqwen.modeling.loss import IGNORE_INDEX, CauchyHeads, gated_loss
+
+B, S, H, V, NUM = 2, 9, 8, 11, 10
+
+
+class ToyHead(torch.nn.Module):
+    """A Cauchy head with the model's structure (loc/scale paths, token and value heads), recording calls."""
+
+    def __init__(self, scale_floor: float = 0.0):
+        super().__init__()
+        torch.manual_seed(0)
+        self.w_loc = torch.nn.Parameter(torch.randn(H, H) * 0.5)
+        self.w_scale = torch.nn.Parameter(torch.randn(H, H) * 0.1)
+        self.token = torch.nn.Parameter(torch.randn(V, H))
+        self.value = torch.nn.Parameter(torch.randn(1, H))
+        self.value_bias = torch.nn.Parameter(torch.tensor([0.3]))
+        self.scale_floor = scale_floor
+        self.call_sizes: list[int] = []
+
+    def forward(self, h):
+        self.call_sizes.append(h.shape[0])
+        loc = h @ self.w_loc.T
+        scale = F.softplus(h @ self.w_scale.T) + self.scale_floor
+        return CauchyHeads(
+            loc @ self.token.T,
+            scale @ self.token.abs().T,
+            (loc @ self.value.T).squeeze(-1) + self.value_bias,
+            (scale @ self.value.abs().T).squeeze(-1),
+        )
+
+
+def naive_loss(hidden, labels, targets, head, thresholds, alpha, lam):
+    """Full-tensor reference straight from DESIGN.md (no chunks, no stable rewrites)."""
+    h, y_tok, y = hidden[:, :-1].reshape(-1, H), labels[:, 1:].reshape(-1), targets[:, 1:].reshape(-1)
+    keep = y_tok != IGNORE_INDEX
+    h, y_tok, y = h[keep], y_tok[keep], y[keep]
+    out = head(h)
+    p = 0.5 + torch.atan((out.loc_S - thresholds) / out.scale_S) / math.pi
+    onehot = F.one_hot(y_tok, V).float()
+    bce = -(onehot * torch.log(p) + (1 - onehot) * torch.log(1 - p)).sum(-1)
+    m = (y_tok == NUM).float()
+    nll = torch.log(math.pi * out.scale_Y) + torch.log1p(((y - out.loc_Y) / out.scale_Y) ** 2)
+    gate = alpha + (1 - alpha) * p[:, NUM].detach()
+    reg = (m * gate * nll).sum() / m.sum().clamp_min(1)
+    cls = bce.mean()
+    return cls + lam * reg, cls, reg
+
+
+def make_batch():
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(B, S, H, generator=g, requires_grad=True)
+    labels = torch.randint(0, V, (B, S), generator=g)
+    labels[0, 2] = labels[1, 5] = labels[1, 7] = NUM
+    labels[0, 4] = labels[1, 0] = IGNORE_INDEX
+    targets = torch.randn(B, S, generator=g) * 5
+    thresholds = torch.linspace(-0.5, 0.5, V)
+    return hidden, labels, targets, thresholds
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 1024])
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_matches_naive_reference_value_and_gradient(chunk_size, alpha):
+    hidden, labels, targets, thresholds = make_batch()
+    head = ToyHead()
+    ref = naive_loss(hidden, labels, targets, head, thresholds, alpha, 0.7)
+    ref_grads = torch.autograd.grad(ref[0], [hidden, *head.parameters()])
+    out = gated_loss(
+        hidden,
+        labels,
+        targets,
+        head,
+        thresholds,
+        num_token_id=NUM,
+        gate_alpha=alpha,
+        reg_lambda=0.7,
+        chunk_size=chunk_size,
+    )
+    for got, want in zip((out.total, out.cls, out.reg), ref):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(out.total, [hidden, *head.parameters()])
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_chunks_bound_the_vocab_sized_work_and_backward_recomputes():
+    hidden, labels, targets, thresholds = make_batch()
+    head = ToyHead()
+    n_valid = int((labels[:, 1:] != IGNORE_INDEX).sum())
+    out = gated_loss(
+        hidden,
+        labels,
+        targets,
+        head,
+        thresholds,
+        num_token_id=NUM,
+        gate_alpha=0.1,
+        reg_lambda=1.0,
+        chunk_size=5,
+    )
+    assert max(head.call_sizes) == 5 and sum(head.call_sizes) == n_valid  # only labelled positions, in chunks
+    forward_calls = len(head.call_sizes)
+    out.total.backward()
+    # checkpointing: each chunk's head runs again in backward instead of keeping its [chunk x V] tensors
+    assert len(head.call_sizes) == 2 * forward_calls
+    with torch.no_grad():
+        head.call_sizes.clear()
+        gated_loss(
+            hidden,
+            labels,
+            targets,
+            head,
+            thresholds,
+            num_token_id=NUM,
+            gate_alpha=0.1,
+            reg_lambda=1.0,
+            chunk_size=5,
+        )
+    assert len(head.call_sizes) == forward_calls
+
+
+def test_gate_alpha_one_is_plain_nll_and_alpha_zero_is_weighted_by_p_num():
+    hidden, labels, targets, thresholds = make_batch()
+    head = ToyHead()
+    kw = dict(num_token_id=NUM, reg_lambda=1.0)
+    r1 = gated_loss(hidden, labels, targets, head, thresholds, gate_alpha=1.0, **kw).reg
+    r0 = gated_loss(hidden, labels, targets, head, thresholds, gate_alpha=0.0, **kw).reg
+    # Moving the <NUM> threshold changes P_NUM: the alpha=1 term ignores it, the alpha=0 term follows it.
+    shifted = thresholds.clone()
+    shifted[NUM] += 50.0
+    r1s = gated_loss(hidden, labels, targets, head, shifted, gate_alpha=1.0, **kw).reg
+    r0s = gated_loss(hidden, labels, targets, head, shifted, gate_alpha=0.0, **kw).reg
+    assert torch.equal(r1, r1s)
+    assert r0s.item() < 0.2 * r0.item()
+    assert r0.item() < r1.item()  # P_NUM < 1 scales the NLL down
+
+
+def test_p_num_is_detached_in_the_gate():
+    hidden, labels, targets, thresholds = make_batch()
+    head = ToyHead()
+    out = gated_loss(
+        hidden, labels, targets, head, thresholds, num_token_id=NUM, gate_alpha=0.0, reg_lambda=1.0
+    )
+    (grad_token,) = torch.autograd.grad(out.reg, [head.token], allow_unused=True)
+    assert grad_token is None or torch.count_nonzero(grad_token) == 0
+
+
+def test_finite_for_extreme_values_and_tiny_scales():
+    hidden, labels, targets, thresholds = make_batch()
+    head = ToyHead()
+    with torch.no_grad():
+        head.w_scale.fill_(-50.0)  # softplus(-50 * sum h) ~ 0 for positive sums: scales near 0
+        head.w_loc.mul_(1e4)
+    targets = targets.sign() * 1e12
+    out = gated_loss(
+        hidden * 3, labels, targets, head, thresholds, num_token_id=NUM, gate_alpha=0.1, reg_lambda=1.0
+    )
+    assert torch.isfinite(out.total) and torch.isfinite(out.cls) and torch.isfinite(out.reg)
+    grads = torch.autograd.grad(out.total, [hidden, *head.parameters()])
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_point_mass_heads_are_scored_at_scale_eps():
+    hidden, labels, targets, thresholds = make_batch()
+    head = ToyHead()
+
+    def deterministic(h):
+        out = head(h)
+        return CauchyHeads(out.loc_S, None, out.loc_Y, None)
+
+    out = gated_loss(
+        hidden, labels, targets, deterministic, thresholds, num_token_id=NUM, gate_alpha=0.1, reg_lambda=1.0
+    )
+    assert torch.isfinite(out.total)
+
+
+def test_no_labels_and_no_numbers():
+    hidden, labels, targets, thresholds = make_batch()
+    head = ToyHead()
+    out = gated_loss(
+        hidden,
+        torch.full_like(labels, IGNORE_INDEX),
+        None,
+        head,
+        thresholds,
+        num_token_id=NUM,
+        gate_alpha=0.1,
+        reg_lambda=1.0,
+    )
+    assert out.total.item() == 0.0 and out.reg.item() == 0.0
+    no_num = labels.masked_fill(labels == NUM, 0)
+    out = gated_loss(hidden, no_num, None, head, thresholds, num_token_id=NUM, gate_alpha=0.1, reg_lambda=1.0)
+    assert out.reg.item() == 0.0 and out.cls.item() > 0
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda h, lab, t: (h, lab, None), "labels contain <NUM> but no numeric targets"),
+        (lambda h, lab, t: (h, lab[:, :-1], t), "labels must have shape"),
+        (lambda h, lab, t: (h, lab, t[:, :-1]), "numeric targets must have the shape of labels"),
+        (lambda h, lab, t: (h, lab.masked_fill(lab == 3, V), t), r"labels must be token ids in \[0, 11\)"),
+        (lambda h, lab, t: (h, lab, t.masked_fill(lab == NUM, float("nan"))), "must be finite"),
+    ],
+)
+def test_bad_inputs_raise(change, match):
+    hidden, labels, targets, thresholds = make_batch()
+    labels[0, 3] = 3
+    hidden, labels, targets = change(hidden, labels, targets)
+    with pytest.raises(ValueError, match=match):
+        gated_loss(
+            hidden, labels, targets, ToyHead(), thresholds, num_token_id=NUM, gate_alpha=0.1, reg_lambda=1.0
+        )
+
+
+def test_bad_settings_raise():
+    hidden, labels, targets, thresholds = make_batch()
+    with pytest.raises(ValueError, match=r"gate_alpha must lie in \[0, 1\]"):
+        gated_loss(
+            hidden, labels, targets, ToyHead(), thresholds, num_token_id=NUM, gate_alpha=2.0, reg_lambda=1.0
+        )
+    with pytest.raises(ValueError, match="chunk_size must be positive"):
+        gated_loss(
+            hidden,
+            labels,
+            targets,
+            ToyHead(),
+            thresholds,
+            num_token_id=NUM,
+            gate_alpha=0.1,
+            reg_lambda=1.0,
+            chunk_size=0,
+        )

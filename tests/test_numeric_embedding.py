@@ -1,0 +1,166 @@
+import math
+
+import pytest
+import torch
+
+from causalqwen import CausalQwenConfig, CausalQwenModel
+from causalqwen.modeling.numeric_embedding import (
+    LogAdditiveEncoding,
+    MultiScaleValueEncoding,
+    ValueNormalizer,
+    XValEncoding,
+    embed_numbers,
+    multiscale_features,
+)
+
+NUM = 99
+TINY = dict(
+    vocab_size=100,
+    hidden_size=64,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    num_token_id=NUM,
+)
+VALUES = torch.tensor([0.0, 1e-5, -3.5, 1.0, 25.0, 8500.0, -5e4, 1e12, -1e12])
+
+
+def model_for(encoding: str, **overrides) -> CausalQwenModel:
+    torch.manual_seed(0)
+    return CausalQwenModel(CausalQwenConfig(**TINY, value_encoding=encoding, **overrides))
+
+
+def test_multiscale_features_known_values():
+    f = multiscale_features(torch.tensor([100.0, -1e-3, 0.0]), num_frequencies=3)
+    assert f.shape == (3, 4 + 2 * 3)
+    assert f[:, 0].tolist() == [1.0, -1.0, 0.0]  # sign
+    assert f[0, 1].item() == pytest.approx(math.log(100.0) / 10, rel=1e-6)
+    assert f[:, 2].tolist() == pytest.approx([0.2, -0.3, 0.0])  # decade / 10
+    assert f[:, 3].tolist() == pytest.approx([0.0, 0.0, 0.0], abs=1e-6)  # position in the decade
+    assert f[2].tolist() == [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0]  # zero: no -inf
+    assert f[0, 4].item() == pytest.approx(math.sin(math.log(100.0)), rel=1e-5)  # frequency 10000^0 = 1
+
+
+def test_multiscale_features_are_finite_over_the_float_range():
+    f = multiscale_features(torch.tensor([3.0e38, -1.0e-38, 1e-45]), 16)
+    assert torch.isfinite(f).all()
+
+
+@pytest.mark.parametrize("encoding", ["multiscale", "log_additive"])
+def test_fused_embedding_starts_at_num_embedding(encoding):
+    model = model_for(encoding)
+    e = model.embed_tokens.weight[NUM].detach().expand(len(VALUES), -1)
+    with torch.no_grad():
+        fused = model.value_encoding(e, VALUES)
+    rel = (fused - e).norm(dim=-1) / e.norm(dim=-1)
+    assert rel.max().item() < 1e-3
+
+
+def test_xval_scales_the_embedding_by_the_normalised_value():
+    model = model_for("xval", value_normalization="affine", value_norm_shift=1.0, value_norm_scale=2.0)
+    e = torch.randn(3, 64)
+    fused = model.value_encoding(e, torch.tensor([1.0, 5.0, -3.0]))
+    torch.testing.assert_close(fused, e * torch.tensor([[0.0], [2.0], [-2.0]]), rtol=0, atol=0)
+
+
+def test_encodings_separate_values_once_trained():
+    model = model_for("multiscale")
+    enc = model.value_encoding
+    with torch.no_grad():
+        enc.fusion_weight[:, 64:].normal_(std=0.5)  # what training does to the value block
+    e = model.embed_tokens.weight[NUM].detach().expand(6, -1)
+    fused = enc(e, torch.tensor([1e-5, 2e-5, 25.0, 26.0, 1e12, -1e12]))
+    for a, b in [(0, 1), (2, 3), (4, 5)]:
+        assert (fused[a] - fused[b]).abs().max().item() > 1e-4
+
+
+def test_embed_numbers_touches_only_num_positions():
+    model = model_for("multiscale")
+    with torch.no_grad():
+        model.value_encoding.fusion_weight[:, 64:].normal_(std=0.5)
+    ids = torch.tensor([[1, NUM, 2, NUM], [NUM, 3, 4, 5]])
+    values = torch.tensor([[0.0, 7.0, 0.0, -2.0], [1e6, 0.0, 0.0, 0.0]])
+    base = model.embed_tokens(ids)
+    out = embed_numbers(base, ids, values, NUM, model.value_encoding)
+    mask = ids == NUM
+    assert torch.equal(out[~mask], base[~mask])
+    assert (out[mask] - base[mask]).abs().amax(-1).min().item() > 1e-4
+
+
+def test_embed_numbers_without_num_is_identity():
+    model = model_for("multiscale")
+    ids = torch.tensor([[1, 2, 3]])
+    base = model.embed_tokens(ids)
+    assert embed_numbers(base, ids, torch.zeros(1, 3), NUM, model.value_encoding) is base
+
+
+@pytest.mark.parametrize(
+    ("values", "error", "match"),
+    [
+        (torch.tensor([[1.0, float("nan")]]), ValueError, "NaN or infinite"),
+        (torch.tensor([[float("inf"), 1.0]]), ValueError, "NaN or infinite"),
+        (torch.tensor([[1.0, 2.0, 3.0]]), ValueError, "must have the shape of input_ids"),
+        (torch.tensor([[1, 2]]), TypeError, "floating-point"),
+        ([[1.0, 2.0]], TypeError, "must be a torch.Tensor"),
+    ],
+)
+def test_bad_numeric_values_raise(values, error, match):
+    model = model_for("multiscale")
+    ids = torch.tensor([[NUM, 1]])
+    with pytest.raises(error, match=match):
+        embed_numbers(model.embed_tokens(ids), ids, values, NUM, model.value_encoding)
+
+
+def test_gradients_reach_the_fusion():
+    model = model_for("multiscale")
+    ids = torch.tensor([[1, NUM, 2]])
+    out = embed_numbers(
+        model.embed_tokens(ids), ids, torch.tensor([[0.0, 42.0, 0.0]]), NUM, model.value_encoding
+    )
+    (out**2).sum().backward()
+    enc = model.value_encoding
+    assert enc.fusion_weight.grad[:, 64:].abs().sum() > 0  # value block learns from step 0
+    assert enc.num_gate_bias.grad.abs().sum() > 0
+    assert model.embed_tokens.weight.grad[NUM].abs().sum() > 0
+
+
+def test_log_additive_direction_gets_gradient_from_zero():
+    model = model_for("log_additive")
+    assert isinstance(model.value_encoding, LogAdditiveEncoding)
+    out = model.value_encoding(torch.randn(2, 64), torch.tensor([10.0, -3.0]))
+    out.sum().backward()
+    assert model.value_encoding.direction.grad.abs().sum() > 0
+
+
+def test_encoding_registry():
+    assert isinstance(model_for("multiscale").value_encoding, MultiScaleValueEncoding)
+    assert isinstance(model_for("xval").value_encoding, XValEncoding)
+
+
+@pytest.mark.parametrize("kind", ["none", "affine", "symlog"])
+def test_value_normalizer_round_trip(kind):
+    norm = ValueNormalizer(kind, shift=3.0, scale=10.0)
+    y = torch.tensor([-1e6, -2.5, 0.0, 3.0, 1e6], dtype=torch.float64)
+    torch.testing.assert_close(norm.inverse(norm(y)), y, rtol=1e-9, atol=1e-9)
+
+
+def test_value_normalizer_cauchy_inverse():
+    affine = ValueNormalizer("affine", shift=3.0, scale=10.0)
+    loc, scale = affine.inverse_cauchy(torch.tensor([1.0]), torch.tensor([0.5]))
+    assert loc.item() == 13.0 and scale.item() == 5.0
+    symlog = ValueNormalizer("symlog")
+    loc, scale = symlog.inverse_cauchy(torch.tensor([math.log1p(100.0)]), torch.tensor([0.1]))
+    assert loc.item() == pytest.approx(100.0, rel=1e-5)
+    # half the mapped inter-quartile range
+    expected = (math.expm1(math.log1p(100.0) + 0.1) - math.expm1(math.log1p(100.0) - 0.1)) / 2
+    assert scale.item() == pytest.approx(expected, rel=1e-5)
+    big, _ = symlog.inverse_cauchy(torch.tensor([1000.0]), torch.tensor([1.0]))
+    assert torch.isfinite(big).all()
+
+
+def test_value_normalizer_rejects_bad_settings():
+    with pytest.raises(ValueError, match="unknown value normalisation 'log'"):
+        ValueNormalizer("log")
+    with pytest.raises(ValueError, match="scale must be positive"):
+        ValueNormalizer("affine", scale=0.0)
