@@ -319,3 +319,26 @@ def test_from_qwen2_keeps_tied_embeddings_tied():
             rtol=0,
         )
     assert math.isfinite(model.config.ovr_threshold_init)
+
+
+def test_resize_grows_head_and_thresholds_and_never_shrinks():
+    model = tiny_model(ovr_threshold_init=0.25)
+    with torch.no_grad():
+        model.action.ovr_thresholds[3] = -1.0
+    model.resize_token_embeddings(V + 4)
+    assert model.lm_head.weight.shape == (V + 4, 32) and model.config.vocab_size == V + 4
+    assert model.action.ovr_thresholds.shape == (V + 4,)
+    assert model.action.ovr_thresholds[3].item() == -1.0 and model.action.ovr_thresholds[-1].item() == 0.25
+    assert model(input_ids=batch()[0]).logits.shape == (2, 8, V + 4)
+    with pytest.raises(ValueError, match="refusing to shrink the embedding from 100 to 50 rows"):
+        model.resize_token_embeddings(50)
+
+
+def test_backbone_gradient_checkpointing_trains():
+    model = tiny_model()
+    model.activation_checkpointing_enable()
+    model.train()
+    ids, values = batch()
+    out = model(input_ids=ids, numeric_values=values, labels=ids)
+    out.loss.backward()
+    assert model.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0

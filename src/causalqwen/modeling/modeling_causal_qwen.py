@@ -382,6 +382,30 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
             attentions=outputs.attentions,
         )
 
+    def resize_token_embeddings(
+        self,
+        new_num_tokens: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        mean_resizing: bool = True,
+    ) -> nn.Embedding:
+        """Grow the vocabulary (embeddings, token head and OvR thresholds together); never shrink.
+
+        ``resize_token_embeddings(len(tokenizer))`` on a Qwen2 checkpoint would cut its padded 151,936-row
+        embedding (and may cut ``<NUM>``), so a smaller size raises instead.
+        """
+        rows = self.get_input_embeddings().weight.shape[0]
+        if new_num_tokens is not None and new_num_tokens < rows:
+            raise ValueError(
+                f"refusing to shrink the embedding from {rows} to {new_num_tokens} rows (Qwen2 embeddings are "
+                f"padded beyond the tokenizer length; <NUM> is id {self.config.num_token_id})"
+            )
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        old = self.action.ovr_thresholds
+        grown = old.new_full((embeddings.weight.shape[0],), float(self.config.ovr_threshold_init))
+        grown[: old.shape[0]] = old
+        self.action.ovr_thresholds = grown
+        return embeddings
+
     # ----------------------------------------------------------------------------------------- generation
 
     def prepare_inputs_for_generation(
