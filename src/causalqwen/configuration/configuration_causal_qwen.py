@@ -121,7 +121,7 @@ class CausalQwenConfig(Qwen2Config):
     value_norm_scale: float | int = 1.0
     gate_alpha: float | int = 0.1
     reg_lambda: float | int = 1.0
-    loss_chunk_size: int = 1024
+    loss_chunk_size: int = 256
 
     def __post_init__(self, **kwargs: Any):
         unknown = sorted(k for k in kwargs if k not in TRANSFORMERS_EXTRA_KEYS and not k.startswith("_"))

@@ -17,9 +17,11 @@ With shifted labels (ignore index -100)::
 
 Memory: only positions with a label are gathered, and the head matmuls ([n x C] @ [C x V]) run inside
 chunks of ``chunk_size`` positions, so no [positions x V] tensor larger than one chunk exists, as in fused
-linear cross-entropy kernels. With autograd on, each chunk runs under ``torch.utils.checkpoint`` so backward
-recomputes a chunk's [chunk x V] activations instead of keeping all of them alive (RNG state is preserved,
-so the ``sampling`` mode's noise is identical in the recomputation).
+linear cross-entropy kernels: with the default chunk of 256 positions each float32 [chunk x V] tensor is
+155 MB at Qwen's V = 151,936, against 2.5 GB per tensor for an unchunked 4 x 1024 batch. With autograd on,
+each chunk runs under ``torch.utils.checkpoint`` so backward recomputes a chunk's [chunk x V] activations
+instead of keeping all of them alive (RNG state is preserved, so the ``sampling`` mode's noise is identical
+in the recomputation).
 
 All terms stay finite for huge values and tiny scales: ``cauchy.ovr_log_probs`` and ``cauchy.cauchy_nll``
 never divide by the scale and clamp it at ``SCALE_EPS``.
