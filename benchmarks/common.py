@@ -1,0 +1,316 @@
+"""Helpers shared by the benchmark scripts: timing, peak memory, markdown tables, JSON results, CLI flags.
+
+Every script under ``benchmarks/`` prints markdown tables and writes one JSON file
+``bench_results/<name>.json`` (git-ignored) through :func:`write_results`, so ``run_all.py`` and CI can
+collect them the same way. Scripts accept ``--smoke`` (seconds, for CI) and ``--quick`` (what
+``make bench`` runs) through :func:`base_parser`.
+
+Peak memory on CPU is the peak resident set size (RSS) sampled by a background thread, not
+``tracemalloc``: tracemalloc only sees allocations made through Python's allocator, and PyTorch's CPU
+tensors bypass it, so it would report almost nothing for a training step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "RESULTS_DIR",
+    "MemoryMeter",
+    "Timing",
+    "apply_threads",
+    "base_parser",
+    "environment_info",
+    "fmt",
+    "markdown_table",
+    "mean_std",
+    "release_memory",
+    "resolve_device",
+    "synchronize",
+    "time_call",
+    "time_interleaved",
+    "wall_clock",
+    "write_results",
+]
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "bench_results"
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """Argument parser with the flags every benchmark script shares."""
+    parser = argparse.ArgumentParser(description=description)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--smoke", action="store_true", help="a few seconds: proves the script runs (CI)")
+    size.add_argument("--quick", action="store_true", help="the reduced budget that `make bench` uses")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON output path (default: bench_results/)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    return parser
+
+
+def apply_threads(threads: int | None) -> None:
+    """Pin torch's intra-op threads (a fixed count makes timings on a shared machine less jumpy)."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``torch.device`` for ``name``; refuses a CUDA request on a machine without CUDA."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {name!r}: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but torch.cuda.is_available() is False")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"benchmarks support cpu and cuda devices, got {name!r}")
+    return device
+
+
+def synchronize(device: torch.device) -> None:
+    # CUDA kernels run asynchronously: without a sync a timer measures the launch, not the work.
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Timing:
+    """Wall-clock seconds of repeated calls; ``median`` is the figure the benchmarks compare."""
+
+    seconds: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"median_s": self.median, "min_s": min(self.seconds), "runs_s": self.seconds}
+
+
+def time_call(
+    fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1, device: torch.device | None = None
+) -> Timing:
+    """Time ``fn`` ``repeats`` times after ``warmup`` untimed calls (lazy inits and caches settle first)."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    device = device or torch.device("cpu")
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return Timing(seconds)
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]],
+    *,
+    repeats: int = 5,
+    warmup: int = 1,
+    device: torch.device | None = None,
+) -> dict[str, Timing]:
+    """Like :func:`time_call` for several functions, alternating them run by run.
+
+    On a shared machine the load drifts over seconds; alternating A, B, A, B... exposes every function to
+    the same drift, so their *ratio* stays meaningful even when absolute times are noisy.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    device = device or torch.device("cpu")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    seconds: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            seconds[name].append(time.perf_counter() - start)
+    return {name: Timing(values) for name, values in seconds.items()}
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS so the next RSS baseline is honest."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if sys.platform.startswith("linux"):
+        # Not glibc (e.g. musl): no malloc_trim, and RSS baselines are then only approximate.
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _rss_bytes() -> int:
+    import psutil
+
+    return psutil.Process(os.getpid()).memory_info().rss
+
+
+class MemoryMeter:
+    """Peak memory growth of a block of code, in bytes above the level at entry.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (exact, allocator-level). CPU: the peak RSS sampled every
+    ``interval`` seconds by a daemon thread (psutil); short spikes between samples can be missed, so the
+    blocks measured here run for many milliseconds. Use as ``with MemoryMeter(device) as meter: ...`` and
+    read ``meter.peak_bytes``.
+    """
+
+    def __init__(self, device: torch.device, interval: float = 0.002):
+        self.device = device
+        self.interval = interval
+        self.peak_bytes = 0
+        self._baseline = 0
+        self._peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._peak = max(self._peak, _rss_bytes())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> MemoryMeter:
+        release_memory()
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._baseline = torch.cuda.memory_allocated(self.device)
+        else:
+            self._baseline = self._peak = _rss_bytes()
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            assert self._thread is not None
+            self._thread.join()
+            peak = max(self._peak, _rss_bytes())
+        self.peak_bytes = max(peak - self._baseline, 0)
+
+
+@contextmanager
+def wall_clock(label: str) -> Iterator[dict[str, float]]:
+    """Print and record the wall time of a block (``make bench`` reports its total this way)."""
+    record: dict[str, float] = {}
+    start = time.perf_counter()
+    try:
+        yield record
+    finally:
+        record["seconds"] = time.perf_counter() - start
+        print(f"[{label}] wall time {record['seconds']:.1f} s", flush=True)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value); NaNs propagate (a failed metric shows)."""
+    if not values:
+        raise ValueError("mean_std needs at least one value")
+    mean = sum(values) / len(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """Compact cell text: floats to ``digits`` significant digits, ``None`` as an em dash (not applicable)."""
+    if value is None:
+        return "—"
+    if isinstance(value, tuple) and len(value) == 2:
+        return f"{fmt(value[0], digits)} ± {fmt(value[1], 2)}"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if value != 0 and (abs(value) >= 10**digits or abs(value) < 10 ** -(digits - 1)):
+            return f"{value:.{digits - 1}e}"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3) -> str:
+    """A GitHub markdown table; every row must have one cell per header."""
+    for row in rows:
+        if len(row) != len(headers):
+            raise ValueError(f"row {list(row)!r} has {len(row)} cells, expected {len(headers)}")
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(fmt(cell, digits) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def environment_info(device: torch.device) -> dict[str, Any]:
+    """What a reader needs to compare two result files: library versions, threads, hardware."""
+    import transformers
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _jsonable(value: Any) -> Any:
+    # Tensors, numpy scalars, tuples and NaN have no faithful JSON form by default; NaN becomes null.
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _jsonable(value.tolist())
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        return _jsonable(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_results(name: str, results: dict[str, Any], out: Path | None = None) -> Path:
+    """Write ``results`` as ``bench_results/<name>.json`` (or ``out``) and return the path."""
+    if not name or "/" in name:
+        raise ValueError(f"result name must be a plain file stem, got {name!r}")
+    path = Path(out) if out is not None else RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_jsonable(results), indent=2, allow_nan=False) + "\n")
+    print(f"wrote {path}", flush=True)
+    return path

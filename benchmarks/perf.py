@@ -1,0 +1,443 @@
+"""Performance of CausalQwen relative to a plain ``Qwen2ForCausalLM`` of the same shape (issue #9).
+
+Measured in one process, on the same inputs, median of ``--repeats`` (>= 5) runs after a warm-up:
+
+* train step (forward + backward + AdamW step) time and peak memory (weights, gradients, optimizer
+  state and activations: the growth above the process level before the model is built);
+* ``generate`` throughput with the KV cache at batch 1 and 8 (greedy, a fixed number of new tokens);
+* tokenizer throughput with number parsing (``CausalQwenTokenizer`` on the real Qwen vocabulary) against
+  the plain Qwen2 tokenizer of the same vocabulary.
+
+Targets (ratios CausalQwen / base): train step <= 1.15, peak memory <= 1.0, generate >= 0.85, tokenizer
+>= 0.5. Sizes: ``tiny`` (H=64, 2 layers) and ``0.5b`` (the Qwen2.5-0.5B shape, random weights). Both
+models get identical backbones (same seed), so the ratios isolate what CausalQwen adds: the ``<NUM>``
+fusion, abduction, the Cauchy heads (``loc_S`` and ``scale_S = |W| scale_U'``: two vocabulary matmuls) and
+the chunked gated loss.
+
+    python benchmarks/perf.py --quick            # what `make bench` runs
+    python benchmarks/perf.py --sizes tiny,0.5b  # full
+    python benchmarks/perf.py --device cuda      # on a GPU machine
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+
+from causalqwen import CausalQwenConfig, CausalQwenForNumericCausalLM  # noqa: E402
+from common import (  # noqa: E402
+    MemoryMeter,
+    apply_threads,
+    base_parser,
+    environment_info,
+    markdown_table,
+    release_memory,
+    resolve_device,
+    time_call,
+    time_interleaved,
+    wall_clock,
+    write_results,
+)
+
+TARGETS = {"train_step": 1.15, "peak_memory": 1.0, "generate": 0.85, "tokenizer": 0.5}
+
+# Backbone shapes. ``0.5b`` is Qwen2.5-0.5B's config (tied embeddings, 151,936 rows).
+SHAPES: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    ),
+    "0.5b": dict(
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+    ),
+}
+
+
+@dataclass
+class Budget:
+    """Work per measurement; ``--smoke`` shrinks everything so CI proves the script runs in seconds."""
+
+    repeats: int
+    batch: int
+    seq: int
+    prompt_len: int
+    new_tokens: int
+    tokenizer_texts: int
+
+
+BUDGETS = {
+    "smoke": Budget(repeats=2, batch=2, seq=16, prompt_len=4, new_tokens=4, tokenizer_texts=50),
+    "quick": Budget(repeats=5, batch=4, seq=128, prompt_len=16, new_tokens=32, tokenizer_texts=2000),
+    "full": Budget(repeats=7, batch=8, seq=256, prompt_len=32, new_tokens=64, tokenizer_texts=5000),
+}
+
+
+def build_models(size: str, device: torch.device, dtype: torch.dtype) -> dict[str, Callable[[], Any]]:
+    """Constructors (not models: only one model lives at a time) for the base and CausalQwen."""
+    shape = SHAPES[size]
+
+    def base():
+        torch.manual_seed(0)
+        return Qwen2ForCausalLM(Qwen2Config(**shape)).to(device=device, dtype=dtype)
+
+    def causal():
+        torch.manual_seed(0)
+        config = CausalQwenConfig(**shape, num_token_id=shape["vocab_size"] - 1)
+        return CausalQwenForNumericCausalLM(config).to(device=device, dtype=dtype)
+
+    return {"qwen2": base, "causalqwen": causal}
+
+
+def make_batch(
+    vocab: int, num_id: int, batch: int, seq: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Random ids with 10% ``<NUM>`` tokens carrying values; labels are the ids (causal-LM training)."""
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, num_id, (batch, seq), generator=generator)
+    is_num = torch.rand((batch, seq), generator=generator) < 0.1
+    ids[is_num] = num_id
+    values = torch.where(is_num, torch.randn((batch, seq), generator=generator) * 100, 0.0)
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": torch.ones_like(ids).to(device),
+        "labels": ids.to(device),
+        "numeric_values": values.to(device),
+    }
+
+
+def model_inputs(name: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # The base model sees the same ids (<NUM> is an ordinary token for it) but has no value inputs.
+    if name == "causalqwen":
+        return batch
+    return {k: v for k, v in batch.items() if k != "numeric_values"}
+
+
+def fits_in_memory(size: str, device: torch.device, copies: int = 1) -> tuple[bool, str]:
+    """Whether ``copies`` training setups fit (weights, grads, AdamW state: 16 bytes/param, +50% slack)."""
+    shape = SHAPES[size]
+    h, layers, vocab, inter = (
+        shape["hidden_size"],
+        shape["num_hidden_layers"],
+        shape["vocab_size"],
+        shape["intermediate_size"],
+    )
+    params = vocab * h + layers * (4 * h * h + 3 * h * inter)
+    need = copies * 16 * params * 1.5
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    return need < free, f"needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB available"
+
+
+def train_step(model, optimizer, batch: dict[str, torch.Tensor]) -> Callable[[], None]:
+    """One optimisation step on ``batch`` (the unit the train-step ratio compares)."""
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        model(**batch).loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def generate_call(model, kwargs: dict[str, Any], expected_len: int) -> Callable[[], None]:
+    """One ``generate`` call that must produce exactly the requested number of tokens."""
+
+    def run() -> None:
+        with torch.inference_mode():
+            out = model.generate(**kwargs)
+        if out.shape[1] != expected_len:
+            raise RuntimeError(f"generate produced {out.shape[1]} tokens, expected {expected_len}")
+
+    return run
+
+
+def prepare_train(
+    name: str, build: Callable[[], Any], budget: Budget, device: torch.device, shape: dict
+) -> tuple[int, Callable[[], None]]:
+    """Peak memory of building the model and optimizer and running two steps; returns it and the step.
+
+    The memory meter is off while timing: its sampling thread would steal CPU from the step.
+    """
+    vocab = shape["vocab_size"]
+    batch = model_inputs(name, make_batch(vocab, vocab - 1, budget.batch, budget.seq, device))
+    with MemoryMeter(device) as meter:
+        model = build()
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        step = train_step(model, optimizer, batch)
+        step()
+        step()
+    return meter.peak_bytes, step
+
+
+def measure_train(
+    builders: dict[str, Callable[[], Any]], budget: Budget, device: torch.device, size: str
+) -> dict[str, Any]:
+    """Peak memory per model (one at a time), then step times, interleaved when both fit at once."""
+    shape = SHAPES[size]
+    interleave, _ = fits_in_memory(size, device, copies=2)
+    memory, steps, timings = {}, {}, {}
+    for name, build in builders.items():
+        memory[name], step = prepare_train(name, build, budget, device, shape)
+        if interleave:
+            steps[name] = step
+        else:
+            timings[name] = time_call(step, repeats=budget.repeats, warmup=0, device=device)
+        del step
+        release_memory()
+    if steps:
+        timings = time_interleaved(steps, repeats=budget.repeats, warmup=0, device=device)
+    del steps
+    release_memory()
+    return {
+        name: {
+            "train_step": timings[name].to_dict(),
+            "peak_memory_bytes": memory[name],
+            "interleaved": interleave,
+        }
+        for name in builders
+    }
+
+
+def measure_generate(
+    builders: dict[str, Callable[[], Any]], budget: Budget, device: torch.device, size: str
+) -> dict[str, Any]:
+    """Greedy decoding of exactly ``new_tokens`` tokens with the KV cache, batch 1 and 8; tokens/s."""
+    vocab = SHAPES[size]["vocab_size"]
+    models = {name: build().eval() for name, build in builders.items()}
+    results = {}
+    for batch_size in (1, 8):
+        generator = torch.Generator().manual_seed(2)
+        prompt = torch.randint(0, vocab - 1, (batch_size, budget.prompt_len), generator=generator).to(device)
+        kwargs = dict(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=budget.new_tokens,
+            min_new_tokens=budget.new_tokens,
+            do_sample=False,
+            use_cache=True,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+        expected = budget.prompt_len + budget.new_tokens
+        calls = {"qwen2": generate_call(models["qwen2"], kwargs, expected)}
+        for mode in ("standard", "deterministic"):
+            calls[f"causalqwen[{mode}]"] = generate_call(
+                models["causalqwen"], {**kwargs, "inference_mode": mode}, expected
+            )
+        timings = time_interleaved(calls, repeats=budget.repeats, warmup=1, device=device)
+        results[f"batch{batch_size}"] = {
+            key: {**t.to_dict(), "tokens_per_s": batch_size * budget.new_tokens / t.median}
+            for key, t in timings.items()
+        }
+    del models, calls
+    release_memory()
+    return results
+
+
+# ------------------------------------------------------------------------------------------ tokenizers
+
+_WORDS = [
+    "the",
+    "loan",
+    "rate",
+    "year",
+    "price",
+    "total",
+    "growth",
+    "sample",
+    "mean",
+    "patient",
+    "dose",
+    "value",
+    "store",
+    "sales",
+    "order",
+]
+
+
+def number_corpus(n: int, seed: int = 0) -> list[str]:
+    """Deterministic sentences mixing words and numbers of every surface form the grammar handles."""
+    rng = random.Random(seed)
+    forms = [
+        lambda: str(rng.randint(0, 10**6)),
+        lambda: f"{rng.uniform(-1000, 1000):.3f}",
+        lambda: f"{rng.uniform(0, 1):.4g}",
+        lambda: f"{rng.uniform(1, 9):.2f}e{rng.randint(-5, 5)}",
+        lambda: f"{rng.randint(1000, 10**7):,}",
+        lambda: f"{rng.randint(0, 100)}%",
+    ]
+    texts = []
+    for _ in range(n):
+        parts = []
+        for _ in range(rng.randint(6, 16)):
+            parts.append(rng.choice(forms)() if rng.random() < 0.3 else rng.choice(_WORDS))
+        texts.append(" ".join(parts) + ".")
+    return texts
+
+
+def load_tokenizers() -> tuple[Any, Any]:
+    """(CausalQwenTokenizer on the real Qwen vocabulary, the plain Qwen2 tokenizer it wraps)."""
+    from causalqwen.tokenization.qwen_vocab import load_qwen2_tokenizer
+    from causalqwen.tokenization.tokenization_causal_qwen import CausalQwenTokenizer
+
+    return CausalQwenTokenizer.from_qwen_vocab(), load_qwen2_tokenizer()
+
+
+def measure_tokenizers(budget: Budget) -> dict[str, Any]:
+    """Batch-encoding throughput (texts/s) of both tokenizers on the same corpus; calls are interleaved."""
+    causal_tok, plain_tok = load_tokenizers()
+    texts = number_corpus(budget.tokenizer_texts)
+    chars = sum(len(t) for t in texts)
+    results = {}
+    for name, tok in (("qwen2", plain_tok), ("causalqwen", causal_tok)):
+        timing = time_call(lambda tok=tok: tok(texts), repeats=budget.repeats, warmup=1)
+        results[name] = {**timing.to_dict(), "texts_per_s": len(texts) / timing.median, "chars": chars}
+    encoded = causal_tok(texts[:1])
+    if "numeric_values" not in encoded:
+        raise RuntimeError("CausalQwenTokenizer did not return numeric_values")
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+def ratio_row(metric: str, base: float, causal: float, higher_is_better: bool, unit: str) -> list[Any]:
+    ratio = causal / base if base else float("nan")
+    target = TARGETS[metric]
+    met = ratio >= target if higher_is_better else ratio <= target
+    bound = ">=" if higher_is_better else "<="
+    return [
+        metric,
+        f"{base:.4g} {unit}",
+        f"{causal:.4g} {unit}",
+        ratio,
+        f"{bound} {target}",
+        "yes" if met else "NO",
+    ]
+
+
+def run_size(size: str, budget: Budget, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    builders = build_models(size, device, dtype)
+    result: dict[str, Any] = {"shape": SHAPES[size]}
+    ok, why = fits_in_memory(size, device)
+    if ok:
+        result["train"] = measure_train(builders, budget, device, size)
+    else:
+        result["train_skipped"] = why
+        print(f"[perf] {size}: train step skipped ({why})", flush=True)
+    result["generate"] = measure_generate(builders, budget, device, size)
+    return result
+
+
+def summary_rows(size: str, result: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    train = result.get("train")
+    if train:
+        base, causal = train["qwen2"], train["causalqwen"]
+        rows.append(
+            ratio_row(
+                "train_step",
+                base["train_step"]["median_s"] * 1e3,
+                causal["train_step"]["median_s"] * 1e3,
+                False,
+                "ms",
+            )
+        )
+        rows.append(
+            ratio_row(
+                "peak_memory",
+                base["peak_memory_bytes"] / 2**20,
+                causal["peak_memory_bytes"] / 2**20,
+                False,
+                "MiB",
+            )
+        )
+    for batch_key, gen in result["generate"].items():
+        for mode in ("standard", "deterministic"):
+            row = ratio_row(
+                "generate",
+                gen["qwen2"]["tokens_per_s"],
+                gen[f"causalqwen[{mode}]"]["tokens_per_s"],
+                True,
+                "tok/s",
+            )
+            row[0] = f"generate {batch_key} ({mode})"
+            rows.append(row)
+    return [[size, *row] for row in rows]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default=None, help="comma list of tiny,0.5b (default: tiny,0.5b)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (>= 5)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--skip-tokenizer", action="store_true", help="skip the tokenizer comparison")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    apply_threads(args.threads)
+    budget = BUDGETS["smoke" if args.smoke else "quick" if args.quick else "full"]
+    if args.repeats is not None:
+        if args.repeats < 5 and not args.smoke:
+            raise ValueError(f"--repeats must be >= 5 for reported medians, got {args.repeats}")
+        budget.repeats = args.repeats
+    sizes = (args.sizes or ("tiny" if args.smoke else "tiny,0.5b")).split(",")
+    unknown = [s for s in sizes if s not in SHAPES]
+    if unknown:
+        raise ValueError(f"unknown size(s) {unknown}; expected some of {', '.join(SHAPES)}")
+    dtype = getattr(torch, args.dtype)
+
+    results: dict[str, Any] = {"env": environment_info(device), "budget": vars(budget), "targets": TARGETS}
+    rows = []
+    with wall_clock("perf") as clock:
+        for size in sizes:
+            with wall_clock(f"perf {size}"):
+                results[size] = run_size(size, budget, device, dtype)
+            rows += summary_rows(size, results[size])
+        if not args.skip_tokenizer:
+            with wall_clock("perf tokenizer"):
+                tok = measure_tokenizers(budget)
+            results["tokenizer"] = tok
+            row = ratio_row(
+                "tokenizer", tok["qwen2"]["texts_per_s"], tok["causalqwen"]["texts_per_s"], True, "texts/s"
+            )
+            rows.append(["real vocab", *row])
+    results["wall_s"] = clock["seconds"]
+    headers = ["size", "metric", "Qwen2", "CausalQwen", "ratio", "target", "met"]
+    print(f"\n## perf ({device}, {args.dtype}, median of {budget.repeats})\n")
+    print(markdown_table(headers, rows))
+    results["table"] = {"headers": headers, "rows": rows}
+    write_results("perf", results, args.out)
+    return results
+
+
+if __name__ == "__main__":
+    main()
