@@ -330,25 +330,31 @@ class RemoteCodeMixin:
         ``metrics`` (e.g. ``trainer.evaluate()``) go into the card's results table; ``model_card`` (a
         ``huggingface_hub.ModelCard``) replaces the rendered card.
         """
-        if model_card is None and hasattr(self, "config") and _has_card_template(self):
-            model_card = render_model_card(self, metrics=metrics, repo_id=repo_id)
-        elif model_card is None and metrics is not None:
-            raise ValueError(
-                f"metrics given but no model card template is available for {type(self).__name__}"
-            )
-        self.__dict__["_pending_model_card"] = model_card
+        renders = hasattr(self, "config") and _has_card_template(self)
+        if metrics is not None:
+            _clean_metrics(metrics)  # fail before anything is uploaded
+            if model_card is None and not renders:
+                raise ValueError(
+                    f"metrics given but no model card template is available for {type(self).__name__}"
+                )
+        pending = (model_card, metrics) if model_card is not None or renders else None
+        self.__dict__["_pending_model_card"] = pending
         try:
             return super().push_to_hub(repo_id, **kwargs)
         finally:
             self.__dict__.pop("_pending_model_card", None)
 
     def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
+        # Rendered here, where repo_id is resolved ("name" -> "user/name") for the loading snippets.
         # transformers' push_to_hub has just written its generic README.md (with the tags passed to it) into
         # working_dir; the rendered card replaces it, keeping those tags.
-        card = self.__dict__.get("_pending_model_card")
-        if card is not None:
+        pending = self.__dict__.get("_pending_model_card")
+        if pending is not None:
             from huggingface_hub import ModelCard
 
+            card, metrics = pending
+            if card is None:
+                card = render_model_card(self, metrics=metrics, repo_id=repo_id)
             readme = Path(working_dir) / "README.md"
             if readme.is_file():
                 tags = ModelCard.load(readme).data.tags or []
