@@ -293,3 +293,60 @@ def test_causal_qwen_loads_as_remote_code_without_the_package(tmp_path):
     )
     assert result["resaved_equal"] is True
     assert result["loaded"] == []
+
+
+# ------------------------------------------------------------------------ tokenizer auto_map (generic)
+TOY_TOKENIZER_PACKAGE = {
+    "text/casing.py": """
+        def shout(text):
+            return text.upper() + "!"
+    """,
+    "tokenization/tokenization_toy.py": """
+        from transformers import TokenizersBackend
+
+        from ..text.casing import shout
+
+        class ToyTokenizer(TokenizersBackend):
+            def shout(self, text):
+                return shout(text)
+    """,
+}
+
+TOY_TOKENIZER_LOAD = """
+import json
+from transformers import AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("toy_tok", trust_remote_code=True)
+print(json.dumps({
+    "class": type(tokenizer).__name__,
+    "module": type(tokenizer).__module__,
+    "ids": tokenizer("hello world unknown")["input_ids"],
+    "shout": tokenizer.shout("hi"),
+}))
+"""
+
+
+def test_tokenizer_auto_map_loads_with_auto_tokenizer(tmp_path, monkeypatch):
+    """The tokenizer half of the mechanism on a test-only tokenizer class of a throwaway package."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    _make_package(tmp_path / "src", "toytok_pkg", TOY_TOKENIZER_PACKAGE)
+    module = importlib.import_module("toytok_pkg.tokenization.tokenization_toy")
+    backend = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1, "world": 2}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = module.ToyTokenizer(tokenizer_object=backend, unk_token="[UNK]")
+    assert tokenizer("hello world unknown")["input_ids"] == [1, 2, 0]
+    tokenizer.save_pretrained(tmp_path / "toy_tok")
+
+    auto_map = export_remote_code(tokenizer, tmp_path / "toy_tok")
+    assert auto_map == {"AutoTokenizer": ["tokenization_toy.ToyTokenizer", None]}
+    saved = json.loads((tmp_path / "toy_tok" / "tokenizer_config.json").read_text())
+    assert saved["auto_map"] == auto_map
+    assert sorted(p.name for p in (tmp_path / "toy_tok").glob("*.py")) == ["casing.py", "tokenization_toy.py"]
+
+    result = last_json_line(run_isolated(TOY_TOKENIZER_LOAD, tmp_path))
+    assert result["class"] == "ToyTokenizer"
+    assert result["module"].startswith("transformers_modules.toy_tok.")
+    assert result["ids"] == [1, 2, 0]
+    assert result["shout"] == "HI!"
