@@ -312,6 +312,8 @@ class RemoteCodeMixin:
         if push and "token" in kwargs:
             hub_kwargs["token"] = kwargs["token"]
         result = super().save_pretrained(save_directory, *args, **kwargs)
+        if not kwargs.get("is_main_process", True):
+            return result  # in distributed saves only the main process writes the folder
         export_remote_code(self, save_directory)
         readme = Path(save_directory) / "README.md"
         if hasattr(self, "config") and not readme.exists() and _has_card_template(self):
