@@ -1,0 +1,668 @@
+"""Numeric quality of CausalQwen against its ablations and baselines (issue #9).
+
+Every neural model has the same tiny backbone (H=64, 2 layers) and the same training budget (steps, batch,
+learning rate, seeds) in the same training loop:
+
+* ``causalqwen``: standard mode, multi-scale gated value encoding, Cauchy NLL value loss (the default);
+* ``cq-xval`` / ``cq-log_additive``: the other value encodings (``config.value_encoding``);
+* ``cq-mse``: the value loss replaced by a squared error of the Cauchy median (same gate), see
+  :class:`CausalQwenMSEAblation`; it has no trained spread, so no interval is reported for it;
+* ``qwen2-digits``: a ``Qwen2ForCausalLM`` of the same shape reading and writing numbers as digit text
+  (greedy generation of the target; an unparsable output is a failure, counted and imputed with the
+  training mean);
+* scikit-learn ``linear`` and ``gbm`` (gradient boosting) on the raw feature values.
+
+Metrics on the clean test set: MAE, RMSE, R^2, median AE, 50%/90% interval coverage, ``<NUM>`` decision
+accuracy (is ``<NUM>`` the argmax where the target number starts). Label-noise sweep: a fraction of the
+training targets is shuffled among themselves; mean +- std over seeds.
+
+    python benchmarks/numeric.py --quick                       # what `make bench` runs
+    python benchmarks/numeric.py --csv data.csv --target price # any table
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+
+from causalqwen import CausalQwenConfig, CausalQwenForNumericCausalLM  # noqa: E402
+from common import (  # noqa: E402
+    apply_threads,
+    base_parser,
+    environment_info,
+    markdown_table,
+    mean_std,
+    resolve_device,
+    wall_clock,
+    write_results,
+)
+
+IGNORE_INDEX = -100
+# Half-widths of central Cauchy intervals in units of the scale: tan(pi * coverage / 2).
+INTERVAL_LEVELS = (0.5, 0.9)
+METRICS = ("mae", "rmse", "r2", "median_ae", "cover50", "cover90", "num_acc")
+
+BACKBONE = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    tie_word_embeddings=True,
+)
+
+
+@dataclass
+class Budget:
+    steps: int
+    batch_size: int
+    lr: float
+    seeds: int
+    noise_levels: tuple[float, ...]
+    max_train: int | None  # cap on training examples (None: all)
+    max_test: int | None
+
+
+BUDGETS = {
+    "smoke": Budget(
+        steps=3, batch_size=4, lr=3e-3, seeds=1, noise_levels=(0.0, 0.2), max_train=16, max_test=8
+    ),
+    "quick": Budget(
+        steps=300,
+        batch_size=16,
+        lr=3e-3,
+        seeds=3,
+        noise_levels=(0.0, 0.1, 0.2, 0.3, 0.4),
+        max_train=None,
+        max_test=None,
+    ),
+    "full": Budget(
+        steps=1000,
+        batch_size=16,
+        lr=3e-3,
+        seeds=3,
+        noise_levels=(0.0, 0.1, 0.2, 0.3, 0.4),
+        max_train=None,
+        max_test=None,
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class Split:
+    """Prompts (feature sentences), target sentences (holding the value) and the target values."""
+
+    prompts: list[str]
+    targets: list[str]
+    values: np.ndarray
+
+    def __post_init__(self):
+        if not (len(self.prompts) == len(self.targets) == len(self.values)):
+            raise ValueError(
+                f"split sizes differ: {len(self.prompts)} prompts, {len(self.targets)} targets, "
+                f"{len(self.values)} values"
+            )
+
+    def head(self, n: int | None) -> Split:
+        return self if n is None else Split(self.prompts[:n], self.targets[:n], self.values[:n])
+
+
+@dataclass
+class Task:
+    name: str
+    train: Split
+    test: Split
+
+
+def add_label_noise(split: Split, fraction: float, rng: np.random.Generator) -> Split:
+    """Shuffle the targets (sentence and value together) of ``fraction`` of the examples among themselves."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"noise fraction must lie in [0, 1), got {fraction}")
+    n = len(split.values)
+    chosen = rng.choice(n, size=int(round(fraction * n)), replace=False)
+    order = np.arange(n)
+    order[chosen] = rng.permutation(chosen)
+    return Split(split.prompts, [split.targets[i] for i in order], split.values[order])
+
+
+def choose_normalization(values: np.ndarray) -> dict[str, Any]:
+    """Value normalisation for the config: affine (mean/std) unless targets span many decades (symlog)."""
+    nonzero = np.abs(values[values != 0])
+    if nonzero.size and nonzero.max() / max(np.percentile(nonzero, 5), 1e-30) > 1e3:
+        return dict(
+            value_normalization="symlog",
+            value_norm_shift=0.0,
+            value_norm_scale=float(np.percentile(nonzero, 5)),
+        )
+    return dict(
+        value_normalization="affine",
+        value_norm_shift=float(values.mean()),
+        value_norm_scale=float(values.std() or 1.0),
+    )
+
+
+# ------------------------------------------------------------------------------------------ encoding
+
+
+@dataclass
+class Encoded:
+    """Right-padded token tensors of prompt + target, with labels only on the target part."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    numeric_values: torch.Tensor
+    labels: torch.Tensor
+    target_pos: torch.Tensor  # index of the first target token that is the number (-1: none)
+
+    def batch(
+        self, idx: torch.Tensor, device: torch.device, with_values: bool = True
+    ) -> dict[str, torch.Tensor]:
+        length = int(self.attention_mask[idx].sum(1).max())
+        out = {
+            "input_ids": self.input_ids[idx, :length].to(device),
+            "attention_mask": self.attention_mask[idx, :length].to(device),
+            "labels": self.labels[idx, :length].to(device),
+        }
+        if with_values:
+            out["numeric_values"] = self.numeric_values[idx, :length].to(device)
+        return out
+
+
+def _ids_and_values(tok, text: str) -> tuple[list[int], list[float]]:
+    enc = tok(text, add_special_tokens=False)
+    ids = list(enc["input_ids"])
+    values = list(enc["numeric_values"]) if "numeric_values" in enc else [0.0] * len(ids)
+    return ids, [float(v) for v in values]
+
+
+def encode_split(tok, split: Split, pad_id: int, num_id: int | None) -> Encoded:
+    """Encode prompt and target separately (no BPE merge across the boundary) and concatenate.
+
+    ``num_id`` is the ``<NUM>`` id for CausalQwen (the target position is the first ``<NUM>`` of the
+    target) or ``None`` for the digits baseline (the target position is then unused).
+    """
+    rows, targets = [], []
+    for prompt, target in zip(split.prompts, split.targets):
+        p_ids, p_vals = _ids_and_values(tok, prompt)
+        t_ids, t_vals = _ids_and_values(tok, target)
+        pos = -1
+        if num_id is not None:
+            if num_id not in t_ids:
+                raise ValueError(f"target sentence {target!r} has no number for the tokenizer")
+            pos = len(p_ids) + t_ids.index(num_id)
+        rows.append((p_ids + t_ids, p_vals + t_vals, [IGNORE_INDEX] * len(p_ids) + t_ids))
+        targets.append(pos)
+    width = max(len(r[0]) for r in rows)
+    n = len(rows)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    values = torch.zeros((n, width), dtype=torch.float32)
+    labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+    for i, (r_ids, r_vals, r_labels) in enumerate(rows):
+        ids[i, : len(r_ids)] = torch.tensor(r_ids)
+        mask[i, : len(r_ids)] = 1
+        values[i, : len(r_ids)] = torch.tensor(r_vals)
+        labels[i, : len(r_ids)] = torch.tensor(r_labels)
+    return Encoded(ids, mask, values, labels, torch.tensor(targets))
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+class CausalQwenMSEAblation(CausalQwenForNumericCausalLM):
+    """CausalQwen whose value loss is the gated squared error of the Cauchy median (normalised units).
+
+    ``CausalQwenConfig`` has no value-loss switch, so the ablation swaps the regression term here: the
+    forward keeps the model's OvR classification loss and gate ``alpha + (1 - alpha) P_NUM`` (P_NUM
+    detached, as in ``modeling/loss.py``) and replaces ``loss_reg`` by the mean gated squared error.
+    """
+
+    def forward(self, input_ids=None, labels=None, numeric_values=None, numeric_labels=None, **kwargs):
+        if labels is None:
+            return super().forward(input_ids=input_ids, numeric_values=numeric_values, **kwargs)
+        kwargs["return_logits"] = True
+        out = super().forward(
+            input_ids=input_ids,
+            labels=labels,
+            numeric_values=numeric_values,
+            numeric_labels=numeric_labels,
+            **kwargs,
+        )
+        targets = numeric_labels if numeric_labels is not None else numeric_values
+        next_labels, next_targets = labels[:, 1:], targets[:, 1:]
+        is_num = next_labels == self.config.num_token_id
+        normalizer = self.normalizer
+        pred = normalizer(out.value_loc[:, :-1].float())[is_num]
+        y = normalizer(next_targets.float())[is_num]
+        # In the OvR modes logits = (loc_S - C) / scale_S, so P_NUM = 1/2 + atan(logit) / pi.
+        p_num = 0.5 + torch.atan(out.logits[:, :-1, self.config.num_token_id].float()[is_num]) / math.pi
+        gate = self.config.gate_alpha + (1 - self.config.gate_alpha) * p_num.detach()
+        reg = (gate * (pred - y) ** 2).sum() / max(int(is_num.sum()), 1)
+        out.loss_reg = reg
+        out.loss = out.loss_cls + self.config.reg_lambda * reg
+        return out
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    kind: str  # "causal" or "digits"
+    overrides: tuple[tuple[str, Any], ...] = ()
+    mse: bool = False
+
+
+MODEL_SPECS = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("causalqwen", "causal", (("value_encoding", "multiscale"),)),
+        ModelSpec("cq-xval", "causal", (("value_encoding", "xval"),)),
+        ModelSpec("cq-log_additive", "causal", (("value_encoding", "log_additive"),)),
+        ModelSpec("cq-mse", "causal", (("value_encoding", "multiscale"),), mse=True),
+        ModelSpec("qwen2-digits", "digits"),
+    )
+}
+SKLEARN_MODELS = ("linear", "gbm")
+# The label-noise sweep runs the main model against the baselines; ablations are compared at noise 0.
+SWEEP_MODELS = ("causalqwen", "qwen2-digits", "linear", "gbm")
+
+
+def build_model(spec: ModelSpec, vocab_size: int, num_id: int, pad_id: int, norm: dict, seed: int):
+    torch.manual_seed(seed)
+    if spec.kind == "digits":
+        return Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab_size, pad_token_id=pad_id, **BACKBONE))
+    cls = CausalQwenMSEAblation if spec.mse else CausalQwenForNumericCausalLM
+    config = CausalQwenConfig(
+        vocab_size=vocab_size,
+        num_token_id=num_id,
+        pad_token_id=pad_id,
+        **BACKBONE,
+        **norm,
+        **dict(spec.overrides),
+    )
+    return cls(config)
+
+
+def train(
+    model, enc: Encoded, budget: Budget, seed: int, device: torch.device, with_values: bool
+) -> list[float]:
+    """The one training loop every neural model gets: AdamW, constant LR after a 10% warm-up."""
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=budget.lr, weight_decay=0.0)
+    warmup = max(budget.steps // 10, 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    generator = torch.Generator().manual_seed(seed)
+    n = enc.input_ids.shape[0]
+    losses = []
+    for _ in range(budget.steps):
+        idx = torch.randint(0, n, (min(budget.batch_size, n),), generator=generator)
+        loss = model(**enc.batch(idx, device, with_values)).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss.item()} for {type(model).__name__}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+    return losses
+
+
+@torch.no_grad()
+def predict_causal(model, enc: Encoded, device: torch.device, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Teacher-forced prediction at the position before the target ``<NUM>``: median, scale, decision."""
+    model.eval()
+    locs, scales, hits = [], [], []
+    num_id = model.config.num_token_id
+    for start in range(0, enc.input_ids.shape[0], batch_size):
+        idx = torch.arange(start, min(start + batch_size, enc.input_ids.shape[0]))
+        batch = enc.batch(idx, device)
+        batch.pop("labels")
+        out = model(**batch)
+        rows = torch.arange(len(idx), device=device)
+        pos = (enc.target_pos[idx] - 1).to(device)
+        locs.append(out.value_loc[rows, pos].float().cpu())
+        scales.append(out.value_scale[rows, pos].float().cpu())
+        hits.append((out.logits[rows, pos].argmax(-1) == num_id).cpu())
+    return {
+        "pred": torch.cat(locs).numpy().astype(np.float64),
+        "scale": torch.cat(scales).numpy().astype(np.float64),
+        "num_hit": torch.cat(hits).numpy(),
+    }
+
+
+def metrics(y: np.ndarray, pred: np.ndarray, intervals: dict[float, tuple] | None, num_hit) -> dict[str, Any]:
+    """The reported metrics; ``None`` where a model has no such output (intervals, ``<NUM>`` decision)."""
+    err = np.abs(pred - y)
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    out: dict[str, Any] = {
+        "mae": float(err.mean()),
+        "rmse": float(np.sqrt(((pred - y) ** 2).mean())),
+        "r2": 1.0 - float(((pred - y) ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan"),
+        "median_ae": float(np.median(err)),
+    }
+    for level in INTERVAL_LEVELS:
+        key = f"cover{int(level * 100)}"
+        if intervals is None:
+            out[key] = None
+        else:
+            lo, hi = intervals[level]
+            out[key] = float(((y >= lo) & (y <= hi)).mean())
+    out["num_acc"] = None if num_hit is None else float(np.mean(num_hit))
+    return out
+
+
+def cauchy_intervals(pred: np.ndarray, scale: np.ndarray) -> dict[float, tuple]:
+    return {
+        lv: (pred - scale * math.tan(math.pi * lv / 2), pred + scale * math.tan(math.pi * lv / 2))
+        for lv in INTERVAL_LEVELS
+    }
+
+
+# ------------------------------------------------------------------------------------- digits baseline
+
+_NUMBER_RE = None
+
+
+def parse_leading_number(text: str) -> float | None:
+    """The first number in generated text (digits, sign, decimals, exponent, thousands commas) or None."""
+    import re
+
+    global _NUMBER_RE
+    if _NUMBER_RE is None:
+        _NUMBER_RE = re.compile(
+            r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?(?:[eE][-+]?\d+)?|[-+]?\.\d+(?:[eE][-+]?\d+)?"
+        )
+    match = _NUMBER_RE.search(text)
+    if match is None:
+        return None
+    try:
+        value = float(match.group().replace(",", ""))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+@torch.no_grad()
+def predict_digits(
+    model,
+    tok,
+    split: Split,
+    fallback: float,
+    device: torch.device,
+    prefix_fn: Callable[[str], str],
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """Greedy generation after prompt + the target sentence's text before its number; parse the number."""
+    model.eval()
+    pad_id = model.config.pad_token_id
+    preds, failures = [], 0
+    for start in range(0, len(split.prompts), batch_size):
+        texts = [
+            p + prefix_fn(t)
+            for p, t in zip(
+                split.prompts[start : start + batch_size], split.targets[start : start + batch_size]
+            )
+        ]
+        rows = [list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        width = max(map(len, rows))
+        # Left padding: generation appends after the last real token of every row.
+        ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=16,
+            do_sample=False,
+            pad_token_id=pad_id,
+            eos_token_id=None,
+        )
+        for row in out[:, width:]:
+            value = parse_leading_number(tok.decode(row.tolist(), skip_special_tokens=True))
+            failures += value is None
+            preds.append(fallback if value is None else value)
+    return {"pred": np.asarray(preds, dtype=np.float64), "fail_rate": failures / max(len(split.prompts), 1)}
+
+
+# ------------------------------------------------------------------------------------ sklearn baselines
+
+
+def feature_matrix(tok, prompts: Sequence[str], num_id: int, width: int | None = None) -> np.ndarray:
+    """The numbers of each prompt, as the CausalQwen tokenizer parses them (zero-padded to ``width``)."""
+    rows = []
+    for prompt in prompts:
+        enc = tok(prompt, add_special_tokens=False)
+        rows.append([float(v) for i, v in zip(enc["input_ids"], enc["numeric_values"]) if i == num_id])
+    width = width or max(map(len, rows), default=0)
+    X = np.zeros((len(rows), width))
+    for i, row in enumerate(rows):
+        X[i, : min(len(row), width)] = row[:width]
+    return X
+
+
+def run_sklearn(name: str, X_train, y_train, X_test, seed: int) -> tuple[np.ndarray, dict[float, tuple]]:
+    """Point prediction and 50%/90% intervals: Gaussian residual bands (linear), quantile boosting (gbm)."""
+    from sklearn.ensemble import GradientBoostingRegressor
+    from sklearn.linear_model import LinearRegression
+
+    if name == "linear":
+        model = LinearRegression().fit(X_train, y_train)
+        sigma = float(np.std(y_train - model.predict(X_train)))
+        pred = model.predict(X_test)
+        z = {0.5: 0.6744897501960817, 0.9: 1.6448536269514722}
+        return pred, {lv: (pred - z[lv] * sigma, pred + z[lv] * sigma) for lv in INTERVAL_LEVELS}
+    if name == "gbm":
+
+        def fit(**kw):
+            return GradientBoostingRegressor(random_state=seed, **kw).fit(X_train, y_train).predict(X_test)
+
+        pred = fit()
+        intervals = {}
+        for lv in INTERVAL_LEVELS:
+            tail = (1 - lv) / 2
+            intervals[lv] = (fit(loss="quantile", alpha=tail), fit(loss="quantile", alpha=1 - tail))
+        return pred, intervals
+    raise ValueError(f"unknown sklearn baseline {name!r}; expected one of {', '.join(SKLEARN_MODELS)}")
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+def target_prefix(target: str) -> str:
+    """The target sentence up to its number (the digits baseline generates from there)."""
+    parse_leading_number("0")  # compiles the pattern
+    match = _NUMBER_RE.search(target)
+    if match is None:
+        raise ValueError(f"target sentence {target!r} contains no number")
+    return target[: match.start()]
+
+
+def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean +- std over seeds of every metric (``None`` stays ``None``: not applicable to the model)."""
+    out = {}
+    for key in per_seed[0]:
+        values = [run[key] for run in per_seed]
+        out[key] = None if any(v is None for v in values) else mean_std([float(v) for v in values])
+    return out
+
+
+class Runner:
+    """Trains and scores every requested model on one task, for every noise level and seed."""
+
+    def __init__(self, task: Task, tokenizers, budget: Budget, device: torch.device, models: Sequence[str]):
+        self.task, self.budget, self.device, self.models = task, budget, device, list(models)
+        self.tok, self.plain_tok = tokenizers
+        self.num_id = self.tok.convert_tokens_to_ids("<NUM>")
+        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        self.vocab_size = len(self.tok)
+        self.norm = choose_normalization(task.train.values)
+        self.test_enc = encode_split(self.tok, task.test, self.pad_id, self.num_id)
+        self.X_train = feature_matrix(self.tok, task.train.prompts, self.num_id)
+        self.X_test = feature_matrix(self.tok, task.test.prompts, self.num_id, self.X_train.shape[1])
+
+    def run_model(self, name: str, train_split: Split, seed: int) -> dict[str, Any]:
+        y_test = self.task.test.values
+        if name in SKLEARN_MODELS:
+            pred, intervals = run_sklearn(name, self.X_train, train_split.values, self.X_test, seed)
+            return metrics(y_test, pred, intervals, None)
+        spec = MODEL_SPECS[name]
+        model = build_model(spec, self.vocab_size, self.num_id, self.pad_id, self.norm, seed)
+        if spec.kind == "digits":
+            enc = encode_split(self.plain_tok, train_split, self.pad_id, None)
+            losses = train(model, enc, self.budget, seed, self.device, with_values=False)
+            fallback = float(train_split.values.mean())
+            out = predict_digits(model, self.plain_tok, self.task.test, fallback, self.device, target_prefix)
+            result = metrics(y_test, out["pred"], None, None)
+            result["fail_rate"] = out["fail_rate"]
+        else:
+            enc = encode_split(self.tok, train_split, self.pad_id, self.num_id)
+            losses = train(model, enc, self.budget, seed, self.device, with_values=True)
+            out = predict_causal(model, self.test_enc, self.device)
+            intervals = None if spec.mse else cauchy_intervals(out["pred"], out["scale"])
+            result = metrics(y_test, out["pred"], intervals, out["num_hit"])
+        result["final_loss"] = float(np.mean(losses[-10:]))
+        return result
+
+    def run(self, noise_levels: Sequence[float]) -> dict[str, Any]:
+        results: dict[str, Any] = {}
+        for noise in noise_levels:
+            names = self.models if noise == 0 else [m for m in self.models if m in SWEEP_MODELS]
+            per_model: dict[str, list] = {name: [] for name in names}
+            for seed in range(self.budget.seeds):
+                train_split = add_label_noise(self.task.train, noise, np.random.default_rng(seed))
+                for name in names:
+                    with wall_clock(f"numeric {self.task.name} noise={noise} seed={seed} {name}") as clock:
+                        run = self.run_model(name, train_split, seed)
+                    run["seconds"] = clock["seconds"]
+                    per_model[name].append(run)
+            results[str(noise)] = {
+                name: {"per_seed": runs, "summary": summarize(runs)} for name, runs in per_model.items()
+            }
+        return results
+
+
+def quality_table(task_results: dict[str, Any]) -> str:
+    rows = []
+    for name, res in task_results["0.0"].items():
+        s = res["summary"]
+        rows.append([name, *(s[m] for m in METRICS), s.get("fail_rate"), s["seconds"][0]])
+    return markdown_table(["model", *METRICS, "fail_rate", "train+eval s"], rows)
+
+
+def sweep_table(task_results: dict[str, Any], metric: str) -> str:
+    levels = list(task_results)
+    names = [n for n in task_results[levels[-1]]]
+    rows = [[name, *(task_results[lv][name]["summary"][metric] for lv in levels)] for name in names]
+    return markdown_table(["model", *(f"noise {float(lv):.0%}" for lv in levels)], rows)
+
+
+DEFAULT_TASKS = ("diabetes", "synthetic-wide", "synthetic-unit")
+
+
+def load_tokenizers():
+    """(CausalQwenTokenizer, the same vocabulary without number parsing) from the tokenization package."""
+    raise NotImplementedError
+
+
+def load_task(name: str, csv: Path | None = None, target: str | None = None) -> Task:
+    raise NotImplementedError
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument(
+        "--tasks", default=None, help=f"comma list of {', '.join(DEFAULT_TASKS)} (default: all)"
+    )
+    parser.add_argument("--csv", type=Path, default=None, help="also benchmark this CSV table")
+    parser.add_argument("--target", default=None, help="target column of --csv")
+    parser.add_argument(
+        "--models",
+        default=None,
+        help=f"comma list (default: all of {', '.join([*MODEL_SPECS, *SKLEARN_MODELS])})",
+    )
+    parser.add_argument("--steps", type=int, default=None, help="training steps per neural model")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per configuration")
+    parser.add_argument(
+        "--sweep-tasks", default=None, help="tasks that get the label-noise sweep (default: all)"
+    )
+    args = parser.parse_args(argv)
+    if (args.csv is None) != (args.target is None):
+        raise ValueError("--csv and --target go together (the CSV file and its target column)")
+    device = resolve_device(args.device)
+    apply_threads(args.threads)
+    budget = replace(BUDGETS["smoke" if args.smoke else "quick" if args.quick else "full"])
+    if args.steps is not None:
+        if args.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {args.steps}")
+        budget.steps = args.steps
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+        budget.seeds = args.seeds
+    models = (args.models or ",".join([*MODEL_SPECS, *SKLEARN_MODELS])).split(",")
+    unknown = [m for m in models if m not in MODEL_SPECS and m not in SKLEARN_MODELS]
+    if unknown:
+        raise ValueError(
+            f"unknown model(s) {unknown}; expected some of {', '.join([*MODEL_SPECS, *SKLEARN_MODELS])}"
+        )
+    task_names = (args.tasks or ("diabetes" if args.smoke else ",".join(DEFAULT_TASKS))).split(",")
+    task_names = [t for t in task_names if t]
+    bad = [t for t in task_names if t not in DEFAULT_TASKS]
+    if bad:
+        raise ValueError(f"unknown task(s) {bad}; expected some of {', '.join(DEFAULT_TASKS)} (or --csv)")
+    sweep = set((args.sweep_tasks or ",".join([*task_names, "csv"])).split(","))
+
+    tokenizers = load_tokenizers()
+    results: dict[str, Any] = {"env": environment_info(device), "budget": vars(budget), "tasks": {}}
+    tables = []
+    with wall_clock("numeric") as clock:
+        tasks = [load_task(name) for name in task_names]
+        if args.csv is not None:
+            tasks.append(load_task("csv", args.csv, args.target))
+        for task in tasks:
+            task = Task(task.name, task.train.head(budget.max_train), task.test.head(budget.max_test))
+            levels = (
+                budget.noise_levels
+                if task.name in sweep or (task.name.startswith("csv") and "csv" in sweep)
+                else (0.0,)
+            )
+            runner = Runner(task, tokenizers, budget, device, models)
+            task_results = runner.run(levels)
+            results["tasks"][task.name] = {
+                "n_train": len(task.train.values),
+                "n_test": len(task.test.values),
+                "normalization": runner.norm,
+                "results": task_results,
+            }
+            tables.append(
+                f"## {task.name}: quality at 0% noise (mean ± std over {budget.seeds} seeds)\n\n{quality_table(task_results)}"
+            )
+            if len(levels) > 1:
+                for metric in ("mae", "r2"):
+                    tables.append(
+                        f"## {task.name}: label-noise sweep, {metric}\n\n{sweep_table(task_results, metric)}"
+                    )
+    results["wall_s"] = clock["seconds"]
+    results["tables"] = tables
+    print()
+    print("\n\n".join(tables))
+    write_results("numeric", results, args.out)
+    return results
+
+
+if __name__ == "__main__":
+    main()

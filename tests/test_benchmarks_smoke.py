@@ -1,0 +1,237 @@
+"""Benchmark scripts: helpers give exact figures, and every script completes a ``--smoke`` run in seconds."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import common  # noqa: E402
+import numeric  # noqa: E402
+import perf  # noqa: E402
+import run_all  # noqa: E402
+
+# ------------------------------------------------------------------------------------------- common
+
+
+def test_markdown_table_cells_and_errors():
+    table = common.markdown_table(["a", "b"], [[1.23456, None], ["x", (2.0, 0.5)]])
+    assert table.splitlines() == ["| a | b |", "|---|---|", "| 1.23 | — |", "| x | 2 ± 0.5 |"]
+    with pytest.raises(ValueError, match="has 1 cells, expected 2"):
+        common.markdown_table(["a", "b"], [[1]])
+
+
+def test_fmt_uses_scientific_notation_outside_the_readable_range():
+    assert common.fmt(123456.0) == "1.23e+05"
+    assert common.fmt(0.0001234) == "1.23e-04"
+    assert common.fmt(0.5) == "0.5"
+    assert common.fmt(float("nan")) == "nan"
+
+
+def test_mean_std_is_sample_std():
+    assert common.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    assert common.mean_std([4.0]) == (4.0, 0.0)
+    with pytest.raises(ValueError, match="at least one value"):
+        common.mean_std([])
+
+
+def test_time_call_runs_warmup_plus_repeats():
+    calls = []
+    timing = common.time_call(lambda: calls.append(1), repeats=5, warmup=2)
+    assert len(calls) == 7 and len(timing.seconds) == 5
+    assert timing.median == sorted(timing.seconds)[2]
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        common.time_call(lambda: None, repeats=0)
+
+
+def test_time_interleaved_alternates_functions():
+    order = []
+    timings = common.time_interleaved(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=3, warmup=1
+    )
+    assert order == ["a", "b"] + ["a", "b"] * 3
+    assert {k: len(t.seconds) for k, t in timings.items()} == {"a": 3, "b": 3}
+
+
+def test_memory_meter_sees_a_large_cpu_allocation():
+    with common.MemoryMeter(torch.device("cpu")) as meter:
+        block = torch.ones(32 * 2**20 // 4)  # 32 MiB, touched so it is resident
+        block.add_(1)
+        torch.cuda.synchronize() if torch.cuda.is_available() else None
+        import time
+
+        time.sleep(0.05)
+    assert 28 * 2**20 <= meter.peak_bytes < 200 * 2**20
+    del block
+
+
+def test_resolve_device_rejects_unavailable_or_unknown_devices():
+    assert common.resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="torch.cuda.is_available"):
+            common.resolve_device("cuda")
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        common.resolve_device("gpu0")
+
+
+def test_write_results_is_strict_json(tmp_path):
+    path = common.write_results(
+        "x", {"a": torch.tensor([1.5]), "b": float("nan"), "c": (1, 2)}, tmp_path / "x.json"
+    )
+    assert json.loads(path.read_text()) == {"a": [1.5], "b": None, "c": [1, 2]}
+    with pytest.raises(ValueError, match="plain file stem"):
+        common.write_results("a/b", {})
+
+
+# ------------------------------------------------------------------------------------------ numeric
+
+
+def test_label_noise_shuffles_exactly_the_requested_fraction():
+    split = numeric.Split([f"p{i}" for i in range(20)], [f"t{i}" for i in range(20)], np.arange(20.0))
+    noisy = numeric.add_label_noise(split, 0.3, np.random.default_rng(0))
+    moved = np.flatnonzero(noisy.values != split.values)
+    assert 2 <= len(moved) <= 6  # 6 chosen; a shuffle may leave some in place
+    assert sorted(noisy.values) == list(split.values)  # a permutation: no value invented or lost
+    assert all(noisy.targets[i] == f"t{int(v)}" for i, v in enumerate(noisy.values))  # text follows value
+    assert noisy.prompts == split.prompts
+    assert np.array_equal(numeric.add_label_noise(split, 0.0, np.random.default_rng(0)).values, split.values)
+    with pytest.raises(ValueError, match=r"noise fraction must lie in \[0, 1\)"):
+        numeric.add_label_noise(split, 1.0, np.random.default_rng(0))
+
+
+def test_metrics_match_hand_computed_values():
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    pred = np.array([1.0, 2.0, 3.0, 8.0])
+    intervals = {0.5: (pred - 0.5, pred + 0.5), 0.9: (pred - 5, pred + 5)}
+    m = numeric.metrics(y, pred, intervals, np.array([True, True, False, True]))
+    assert m["mae"] == 1.0 and m["rmse"] == 2.0 and m["median_ae"] == 0.0
+    assert m["r2"] == pytest.approx(1 - 16 / 5)
+    assert (m["cover50"], m["cover90"], m["num_acc"]) == (0.75, 1.0, 0.75)
+    none = numeric.metrics(y, pred, None, None)
+    assert none["cover50"] is None and none["num_acc"] is None
+
+
+def test_cauchy_intervals_have_nominal_coverage():
+    rng = np.random.default_rng(0)
+    y = rng.standard_cauchy(200_000) * 2.0 + 5.0
+    iv = numeric.cauchy_intervals(np.full_like(y, 5.0), np.full_like(y, 2.0))
+    for level in (0.5, 0.9):
+        lo, hi = iv[level]
+        assert abs(((y >= lo) & (y <= hi)).mean() - level) < 0.005
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("151.", 151.0),
+        (" -3.5e-4 units", -3.5e-4),
+        ("1,234,567 yuan", 1234567.0),
+        ("abc .5", 0.5),
+        ("none", None),
+    ],
+)
+def test_parse_leading_number(text, value):
+    assert numeric.parse_leading_number(text) == value
+
+
+def test_target_prefix_stops_before_the_number():
+    assert numeric.target_prefix(" The target is 151.") == " The target is "
+    with pytest.raises(ValueError, match="contains no number"):
+        numeric.target_prefix("no number here")
+
+
+def test_choose_normalization_switches_to_symlog_for_many_decades():
+    assert numeric.choose_normalization(np.array([1.0, 3.0]))["value_normalization"] == "affine"
+    norm = numeric.choose_normalization(np.array([1e-5, 1.0, 1e5]))
+    assert norm["value_normalization"] == "symlog"
+
+
+def _tiny_mse_model():
+    norm = dict(value_normalization="affine", value_norm_shift=10.0, value_norm_scale=2.0)
+    spec = numeric.MODEL_SPECS["cq-mse"]
+    return numeric.build_model(spec, vocab_size=40, num_id=39, pad_id=0, norm=norm, seed=0)
+
+
+def test_mse_ablation_replaces_only_the_regression_term():
+    model = _tiny_mse_model().eval()
+    ids = torch.tensor([[5, 6, 39, 7, 39]])
+    values = torch.tensor([[0.0, 0.0, 12.0, 0.0, 4.0]])
+    out = model(input_ids=ids, numeric_values=values, labels=ids)
+    base = numeric.CausalQwenForNumericCausalLM.forward(
+        model, input_ids=ids, numeric_values=values, labels=ids
+    )
+    assert torch.equal(out.loss_cls, base.loss_cls)
+    # Hand-computed gated squared error at the two <NUM> targets (positions 1 and 3 predict them).
+    t = (values[0, [2, 4]] - 10.0) / 2.0
+    pred = (base.value_loc[0, [1, 3]] - 10.0) / 2.0
+    p_num = 0.5 + torch.atan(base.logits[0, [1, 3], 39]) / math.pi
+    gate = 0.1 + 0.9 * p_num
+    expected = (gate * (pred - t) ** 2).sum() / 2
+    torch.testing.assert_close(out.loss_reg, expected)
+    torch.testing.assert_close(out.loss, out.loss_cls + expected)
+    out.loss.backward()
+    assert model.value_head.weight.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------- perf
+
+
+def test_perf_smoke_writes_ratios(tmp_path):
+    out = tmp_path / "perf.json"
+    results = perf.main(["--smoke", "--skip-tokenizer", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    rows = saved["table"]["rows"]
+    assert [r[1] for r in rows] == [
+        "train_step",
+        "peak_memory",
+        "generate batch1 (standard)",
+        "generate batch1 (deterministic)",
+        "generate batch8 (standard)",
+        "generate batch8 (deterministic)",
+    ]
+    assert all(r[4] > 0 for r in rows)
+    gen = results["tiny"]["generate"]["batch8"]["qwen2"]
+    assert len(gen["runs_s"]) == perf.BUDGETS["smoke"].repeats
+    assert gen["tokens_per_s"] == pytest.approx(8 * perf.BUDGETS["smoke"].new_tokens / gen["median_s"])
+
+
+def test_perf_rejects_unknown_size_and_too_few_repeats():
+    with pytest.raises(ValueError, match=r"unknown size\(s\) \['7b'\]"):
+        perf.main(["--smoke", "--sizes", "7b"])
+    with pytest.raises(ValueError, match="--repeats must be >= 5"):
+        perf.main(["--quick", "--repeats", "3"])
+
+
+def test_number_corpus_is_deterministic():
+    assert perf.number_corpus(5) == perf.number_corpus(5)
+    assert len(perf.number_corpus(7)) == 7
+
+
+# -------------------------------------------------------------------------------------------- run_all
+
+
+def test_run_all_discovers_core_scripts_first(tmp_path):
+    for name, body in {
+        "zeta.py": "from common import base_parser\ndef main():\n    base_parser('z')\n",
+        "helper.py": "x = 1\n",
+        "common.py": "def main(): pass  # --smoke\n",
+        "perf.py": "def main(): pass  # --smoke\n",
+        "numeric.py": "def main(): pass  # --smoke\n",
+    }.items():
+        (tmp_path / name).write_text(body)
+    assert run_all.discover(tmp_path) == ["numeric", "perf", "zeta"]
+    assert run_all.discover()[:2] == ["numeric", "perf"]
+
+
+def test_run_all_reports_a_failing_script(tmp_path):
+    (tmp_path / "bad.py").write_text("import sys\nsys.exit(3)\n")
+    run = run_all.run_script("bad", "smoke", [], directory=tmp_path)
+    assert run["exit_code"] == 3 and run["seconds"] >= 0
