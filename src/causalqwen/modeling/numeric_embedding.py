@@ -9,7 +9,9 @@ pluggable through ``config.value_encoding`` (a benchmark compares them):
   ``embed(<NUM>)`` by sigmoid gates and a projection. At init the value block of the projection is zero
   and the embedding block is ``I / sigmoid(b)``, so the fused vector equals ``embed(<NUM>)`` (to float
   rounding): a pretrained backbone sees exactly what it saw before.
-* ``"xval"`` (xVal): ``embed(<NUM>) * t`` with t the normalised value (``config.value_normalization``).
+* ``"xval"`` (xVal): ``embed(<NUM>) * t`` with t the normalised value (``config.value_normalization``);
+  like the xVal paper it needs values of order one, so pair it with an ``affine`` or ``symlog`` normalisation
+  when the data spans large magnitudes (an un-normalised 1e12 multiplies the embedding by 1e12).
 * ``"log_additive"``: ``embed(<NUM>) + symlog(t) * a`` with a learned direction a (zero at init).
 
 Values are always handled in float32 (bf16 cannot even tell 1000 from 1001); NaN/inf raise.
