@@ -14,8 +14,6 @@ from huggingface_hub import ModelCard
 
 from hub_server import HubServer, git_blob_sha1, last_json_line, run_isolated
 
-pytest.importorskip("peft")
-
 # Shared by both client processes: tiny models built deterministically, and the inputs they are run on.
 COMMON = """
 import json, torch
@@ -174,6 +172,7 @@ def test_hub_server_speaks_the_protocol_used_by_huggingface_hub(hub, tmp_path):
 
 
 def test_push_and_pull_model_and_lora_adapter(hub, tmp_path):
+    pytest.importorskip("peft")
     result = last_json_line(
         run_isolated(COMMON + PUSH_AND_PULL, tmp_path, endpoint=hub.url, block_package=False)
     )
