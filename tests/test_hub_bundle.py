@@ -350,3 +350,21 @@ def test_tokenizer_auto_map_loads_with_auto_tokenizer(tmp_path, monkeypatch):
     assert result["module"].startswith("transformers_modules.toy_tok.")
     assert result["ids"] == [1, 2, 0]
     assert result["shout"] == "HI!"
+
+
+def test_hub_module_imports_only_the_standard_library_at_import_time():
+    """hub.py travels in every bundle: importing it must not pull the package or heavy libraries."""
+    import ast
+
+    import causalqwen.hub as hub_module
+
+    tree = ast.parse(Path(hub_module.__file__).read_text())
+    top_level = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top_level |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "hub.py must not import package modules"
+            top_level.add(node.module.split(".")[0])
+    assert top_level - {"__future__"} <= set(sys.stdlib_module_names)
+    assert {"ast", "json", "re"} <= top_level
