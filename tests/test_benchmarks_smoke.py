@@ -235,3 +235,62 @@ def test_run_all_reports_a_failing_script(tmp_path):
     (tmp_path / "bad.py").write_text("import sys\nsys.exit(3)\n")
     run = run_all.run_script("bad", "smoke", [], directory=tmp_path)
     assert run["exit_code"] == 3 and run["seconds"] >= 0
+
+
+# -------------------------------------------------------------------------------------- numeric smoke
+
+
+def test_numeric_smoke_runs_every_model_and_the_noise_sweep(tmp_path):
+    out = tmp_path / "numeric.json"
+    results = numeric.main(["--smoke", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    task = saved["tasks"]["diabetes"]
+    assert (
+        task["n_train"] == numeric.BUDGETS["smoke"].max_train
+        and task["n_test"] == numeric.BUDGETS["smoke"].max_test
+    )
+    assert list(task["results"]) == ["0.0", "0.2"]
+    clean, noisy = task["results"]["0.0"], task["results"]["0.2"]
+    assert list(clean) == [*numeric.MODEL_SPECS, *numeric.SKLEARN_MODELS]
+    assert list(noisy) == list(numeric.SWEEP_MODELS)
+    for name, res in clean.items():
+        assert len(res["per_seed"]) == 1
+        assert math.isfinite(res["summary"]["mae"][0]), name
+    assert clean["cq-mse"]["summary"]["cover90"] is None  # no trained spread, no interval
+    assert 0.0 <= clean["causalqwen"]["summary"]["num_acc"][0] <= 1.0
+    assert 0.0 <= clean["qwen2-digits"]["summary"]["fail_rate"][0] <= 1.0
+    assert results["tables"][0].startswith("## diabetes: quality")
+
+
+def test_numeric_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="--csv and --target go together"):
+        numeric.main(["--smoke", "--csv", "x.csv"])
+    with pytest.raises(ValueError, match=r"unknown model\(s\) \['bert'\]"):
+        numeric.main(["--smoke", "--models", "bert"])
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['mnist'\]"):
+        numeric.main(["--smoke", "--tasks", "mnist"])
+
+
+def test_numeric_csv_task(tmp_path):
+    path = tmp_path / "t.csv"
+    rows = "\n".join(f"{i},{i % 3},{2 * i + 1}" for i in range(20))
+    path.write_text("a,b,price\n" + rows + "\n")
+    out = tmp_path / "n.json"
+    results = numeric.main(
+        [
+            "--smoke",
+            "--tasks",
+            "",
+            "--csv",
+            str(path),
+            "--target",
+            "price",
+            "--models",
+            "linear",
+            "--out",
+            str(out),
+        ]
+    )
+    linear = results["tasks"]["csv"]["results"]["0.0"]["linear"]["summary"]
+    assert linear["mae"][0] < 1e-9  # price = 2a + 1 exactly: the raw-feature baseline must be exact
+    assert results["tasks"]["csv"]["n_test"] == 4
