@@ -627,13 +627,37 @@ class FallbackCharTokenizer:
         return "".join(self.vocab[i] for i in ids if i >= 2 or not skip_special_tokens)
 
 
+class BackendDigitsView:
+    """The same vocabulary as a tokenizers-backed ``CausalQwenTokenizer``, without number parsing.
+
+    Number parsing lives in the Python layer; the Rust backend (``backend_tokenizer``) is the plain Qwen2
+    byte-level BPE, so encoding through it gives the digits-as-text view the baseline needs, with the same
+    ids and padding id.
+    """
+
+    def __init__(self, tok):
+        self.backend = tok.backend_tokenizer
+        self.pad_token_id = tok.pad_token_id
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list]:
+        return {"input_ids": self.backend.encode(text, add_special_tokens=add_special_tokens).ids}
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+
 def load_tokenizers() -> tuple[Any, Any, str]:
-    """(number-parsing tokenizer, the same vocabulary reading digits as text, provenance)."""
+    """(number-parsing tokenizer, the same vocabulary reading digits as text, provenance).
+
+    The package's tiny test tokenizer (a few hundred tokens, Qwen2 pre-tokenizer) keeps the embedding small
+    enough for the 2-core budget; the real 151,936-row vocabulary would dominate every step.
+    """
     try:
-        from causalqwen.tokenization.testing import build_tiny_tokenizer  # noqa: F401
+        from causalqwen.tokenization.testing import build_tiny_tokenizer
     except ImportError:
         return FallbackCharTokenizer(True), FallbackCharTokenizer(False), "fallback-char"
-    raise NotImplementedError("wire the package tokenizer here")
+    tok = build_tiny_tokenizer()
+    return tok, BackendDigitsView(tok), "causalqwen.tokenization.testing.build_tiny_tokenizer"
 
 
 def _split_indices(n: int, test_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
