@@ -294,3 +294,30 @@ def test_numeric_csv_task(tmp_path):
     linear = results["tasks"]["csv"]["results"]["0.0"]["linear"]["summary"]
     assert linear["mae"][0] < 1e-9  # price = 2a + 1 exactly: the raw-feature baseline must be exact
     assert results["tasks"]["csv"]["n_test"] == 4
+
+
+def test_fallback_tokenizer_parses_numbers_and_rejects_non_ascii():
+    tok = numeric.FallbackCharTokenizer(parse_numbers=True)
+    enc = tok("x 1.5e3, -2.")
+    num = tok.convert_tokens_to_ids("<NUM>")
+    assert [v for i, v in zip(enc["input_ids"], enc["numeric_values"]) if i == num] == [1500.0, -2.0]
+    plain = numeric.FallbackCharTokenizer(parse_numbers=False)
+    assert plain.decode(plain("x 1.5e3")["input_ids"]) == "x 1.5e3"
+    with pytest.raises(ValueError, match="cannot encode characters"):
+        tok("25岁")
+
+
+def test_backend_digits_view_bypasses_number_parsing():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<NUM>": 1, "is": 2, "1": 3, "5": 4, "[UNK]": 5}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(True)]
+    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>")
+    view = numeric.BackendDigitsView(tok)
+    assert view("is 151")["input_ids"] == [2, 3, 4, 3]
+    assert view.pad_token_id == 0
+    assert view.decode([2, 3, 4, 3]).replace(" ", "") == "is151"
