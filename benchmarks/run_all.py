@@ -27,11 +27,12 @@ NOT_BENCHMARKS = {"common", "run_all"}
 BUDGET_S = 30 * 60
 
 
-def discover(directory: Path = HERE) -> list[str]:
+def discover(directory: Path = HERE, mode: str | None = "smoke") -> list[str]:
     """Benchmark script names in run order: the core ones first, then the others alphabetically.
 
-    A script qualifies when it is a top-level ``*.py`` with a ``main`` and the shared ``--smoke`` flag
-    (what :func:`common.base_parser` gives); anything else (helpers, notebooks) is skipped.
+    A script qualifies when it is a top-level ``*.py`` with a ``main`` that accepts the ``--<mode>`` flag
+    (scripts built on :func:`common.base_parser` accept ``--smoke`` and ``--quick``; ``mode=None`` is
+    the full run and needs no flag); anything else (helpers, scripts without that mode) is skipped.
     """
     found = []
     for path in sorted(directory.glob("*.py")):
@@ -39,7 +40,7 @@ def discover(directory: Path = HERE) -> list[str]:
         if name in NOT_BENCHMARKS or name.startswith("_"):
             continue
         text = path.read_text(encoding="utf-8", errors="replace")
-        if "def main(" in text and ("base_parser(" in text or "--smoke" in text):
+        if "def main(" in text and (mode is None or "base_parser(" in text or f"--{mode}" in text):
             found.append(name)
     return [n for n in CORE if n in found] + [n for n in found if n not in CORE]
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     selected = "smoke" if args.smoke else None if args.full else "quick"
 
-    names = discover()
+    names = discover(mode=selected)
     if args.only:
         wanted = args.only.split(",")
         missing = [n for n in wanted if n not in names]

@@ -227,7 +227,9 @@ def test_run_all_discovers_core_scripts_first(tmp_path):
         "numeric.py": "def main(): pass  # --smoke\n",
     }.items():
         (tmp_path / name).write_text(body)
-    assert run_all.discover(tmp_path) == ["numeric", "perf", "zeta"]
+    (tmp_path / "stability.py").write_text("def main():\n    '--full-only'\n")
+    assert run_all.discover(tmp_path, "smoke") == ["numeric", "perf", "zeta"]
+    assert run_all.discover(tmp_path, None) == ["numeric", "perf", "stability", "zeta"]
     assert run_all.discover()[:2] == ["numeric", "perf"]
 
 
