@@ -368,3 +368,63 @@ def test_hub_module_imports_only_the_standard_library_at_import_time():
             top_level.add(node.module.split(".")[0])
     assert top_level - {"__future__"} <= set(sys.stdlib_module_names)
     assert {"ast", "json", "re"} <= top_level
+
+
+# ------------------------------------------------------------------------- the real tokenizer and router
+TOKENIZER_TEXTS = ["The loan is 50000 yuan at 3.5% for 25 years", "x = -1.25e3, y = 7"]
+
+REAL_TOKENIZER_LOAD = """
+import json, sys
+from transformers import AutoTokenizer
+
+try:
+    import causalqwen
+    raise SystemExit("causalqwen must not be importable here")
+except ModuleNotFoundError:
+    pass
+texts = json.loads(sys.argv[1]) if len(sys.argv) > 1 else TEXTS
+tokenizer = AutoTokenizer.from_pretrained("tok", trust_remote_code=True)
+encoded = tokenizer(texts, padding=True)
+print(json.dumps({
+    "class": type(tokenizer).__name__,
+    "module": type(tokenizer).__module__,
+    "input_ids": [list(map(int, ids)) for ids in encoded["input_ids"]],
+    "numeric_values": [list(map(float, v)) for v in encoded["numeric_values"]],
+    "decoded": [tokenizer.decode(ids, skip_special_tokens=True) for ids in encoded["input_ids"]],
+}))
+"""
+
+
+def _tiny_real_tokenizer():
+    pytest.importorskip(
+        "causalqwen.tokenization.tokenization_causal_qwen",
+        reason="CausalQwenTokenizer (issue #4) not in the tree",
+    )
+    testing = pytest.importorskip(
+        "causalqwen.tokenization.testing", reason="build_tiny_tokenizer not available"
+    )
+    return testing.build_tiny_tokenizer()
+
+
+def test_causal_qwen_tokenizer_loads_as_remote_code_without_the_package(tmp_path):
+    tokenizer = _tiny_real_tokenizer()
+    assert type(tokenizer).__name__ == "CausalQwenTokenizer"
+    tokenizer.save_pretrained(tmp_path / "tok")
+    saved = json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())
+    assert saved["auto_map"] == {"AutoTokenizer": ["tokenization_causal_qwen.CausalQwenTokenizer", None]}
+    bundle = sorted(p.name for p in (tmp_path / "tok").glob("*.py"))
+    assert "tokenization_causal_qwen.py" in bundle and "hub.py" in bundle
+    assert set(bundle) <= {p.name for p in PACKAGE_DIR.rglob("*.py")}
+    assert not list((tmp_path / "tok").glob("README.md"))  # tokenizers get no model card
+
+    encoded = tokenizer(TOKENIZER_TEXTS, padding=True)
+    code = f"TEXTS = {TOKENIZER_TEXTS!r}\n" + REAL_TOKENIZER_LOAD
+    result = last_json_line(run_isolated(code, tmp_path))
+    assert result["class"] == "CausalQwenTokenizer"
+    assert result["module"].startswith("transformers_modules.tok.")
+    assert result["input_ids"] == [list(map(int, ids)) for ids in encoded["input_ids"]]
+    assert result["numeric_values"] == [list(map(float, v)) for v in encoded["numeric_values"]]
+    assert result["decoded"] == [
+        tokenizer.decode(ids, skip_special_tokens=True) for ids in encoded["input_ids"]
+    ]
+    assert any(v == 50000.0 for v in result["numeric_values"][0])
