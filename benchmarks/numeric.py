@@ -7,6 +7,7 @@ learning rate, seeds) in the same training loop:
 * ``cq-xval`` / ``cq-log_additive``: the other value encodings (``config.value_encoding``);
 * ``cq-mse``: the value loss replaced by a squared error of the Cauchy median (same gate), see
   :class:`CausalQwenMSEAblation`; it has no trained spread, so no interval is reported for it;
+* ``cq-lambda20``: the default model with ``reg_lambda=20`` (a single probe of the loss balance, not tuned);
 * ``qwen2-digits``: a ``Qwen2ForCausalLM`` of the same shape reading and writing numbers as digit text
   (greedy generation of the target; an unparsable output is a failure, counted and imputed with the
   training mean);
@@ -273,6 +274,9 @@ MODEL_SPECS = {
         ModelSpec("cq-xval", "causal", (("value_encoding", "xval"),)),
         ModelSpec("cq-log_additive", "causal", (("value_encoding", "log_additive"),)),
         ModelSpec("cq-mse", "causal", (("value_encoding", "multiscale"),), mse=True),
+        # Loss-balance probe: with the default reg_lambda=1 the OvR term (summed over the vocabulary)
+        # dominates and the value head stays nearly constant in this budget (see docs/benchmarks.md).
+        ModelSpec("cq-lambda20", "causal", (("value_encoding", "multiscale"), ("reg_lambda", 20.0))),
         ModelSpec("qwen2-digits", "digits"),
     )
 }
