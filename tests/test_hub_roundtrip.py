@@ -53,6 +53,8 @@ model = CausalQwenForNumericCausalLM(config).eval()
 metrics = {"eval_loss": 2.71828, "eval_num_mae": 0.125, "eval_samples": 64}
 commit = model.push_to_hub("tiny-causal-qwen", metrics=metrics, tags=["unit-test"])
 
+model.save_pretrained("via_save", push_to_hub=True, repo_id="tester/via-save", commit_message="from save_pretrained")
+
 # The package's own load of a local save is the reference (same memory-mapped weights as a download).
 model.save_pretrained("local")
 reference = outputs(CausalQwenForNumericCausalLM.from_pretrained("local").eval())
@@ -202,6 +204,12 @@ def test_push_and_pull_model_and_lora_adapter(hub, tmp_path):
     assert "| eval_loss | 2.71828 |" in card.text
     assert "| eval_samples | 64 |" in card.text
     assert 'from_pretrained("tester/tiny-causal-qwen", trust_remote_code=True)' in card.text
+
+    # save_pretrained(push_to_hub=True) uploads the same folder content, card included.
+    via_save = hub.files("tester/via-save")
+    assert {name for name in via_save if name.endswith(".py")} == {n for n in files if n.endswith(".py")}
+    assert via_save["model.safetensors"] == files["model.safetensors"]
+    assert 'from_pretrained("tester/via-save", trust_remote_code=True)' in via_save["README.md"].decode()
 
     adapter_files = hub.files("tester/tiny-lora")
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(adapter_files)
