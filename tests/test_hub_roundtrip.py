@@ -257,3 +257,55 @@ def _request_kind(path: str) -> str:
     if parts[0] == "api":
         return parts[1]
     return parts[2] if len(parts) > 2 else "unknown"
+
+
+TOKENIZER_PUSH = """
+import json
+import causalqwen
+from causalqwen.tokenization.testing import build_tiny_tokenizer
+from transformers import AutoTokenizer
+
+TEXTS = ["The loan is 50000 yuan at 3.5% for 25 years", "x = -1.25e3, y = 7"]
+tokenizer = build_tiny_tokenizer()
+tokenizer.push_to_hub("tiny-tokenizer")
+pulled = AutoTokenizer.from_pretrained("tester/tiny-tokenizer")
+want, got = tokenizer(TEXTS, padding=True), pulled(TEXTS, padding=True)
+json.dump({k: [list(map(float, row)) for row in want[k]] for k in ("input_ids", "numeric_values")}, open("tok.json", "w"))
+print(json.dumps({
+    "class": type(pulled).__name__,
+    "equal": {k: list(want[k]) == list(got[k]) for k in ("input_ids", "attention_mask", "numeric_values")},
+}))
+"""
+
+TOKENIZER_PULL_WITHOUT_PACKAGE = """
+import json
+from transformers import AutoTokenizer
+
+TEXTS = ["The loan is 50000 yuan at 3.5% for 25 years", "x = -1.25e3, y = 7"]
+tokenizer = AutoTokenizer.from_pretrained("tester/tiny-tokenizer", trust_remote_code=True)
+got = tokenizer(TEXTS, padding=True)
+want = json.load(open("tok.json"))
+print(json.dumps({
+    "module": type(tokenizer).__module__,
+    "equal": {k: [list(map(float, row)) for row in got[k]] == want[k] for k in want},
+}))
+"""
+
+
+def test_push_and_pull_tokenizer(hub, tmp_path):
+    pytest.importorskip(
+        "causalqwen.tokenization.tokenization_causal_qwen",
+        reason="CausalQwenTokenizer (issue #4) not in the tree",
+    )
+    pytest.importorskip("causalqwen.tokenization.testing", reason="build_tiny_tokenizer not available")
+    result = last_json_line(run_isolated(TOKENIZER_PUSH, tmp_path, endpoint=hub.url, block_package=False))
+    assert result["class"] == "CausalQwenTokenizer"
+    assert result["equal"] == {"input_ids": True, "attention_mask": True, "numeric_values": True}
+    files = hub.files("tester/tiny-tokenizer")
+    config = json.loads(files["tokenizer_config.json"])
+    assert config["auto_map"] == {"AutoTokenizer": ["tokenization_causal_qwen.CausalQwenTokenizer", None]}
+    assert {"tokenization_causal_qwen.py", "hub.py"} <= set(files)
+
+    remote = last_json_line(run_isolated(TOKENIZER_PULL_WITHOUT_PACKAGE, tmp_path, endpoint=hub.url))
+    assert remote["module"].endswith(".tokenization_causal_qwen")
+    assert remote["equal"] == {"input_ids": True, "numeric_values": True}
