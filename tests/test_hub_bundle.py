@@ -428,3 +428,81 @@ def test_causal_qwen_tokenizer_loads_as_remote_code_without_the_package(tmp_path
         tokenizer.decode(ids, skip_special_tokens=True) for ids in encoded["input_ids"]
     ]
     assert any(v == 50000.0 for v in result["numeric_values"][0])
+
+
+# Sizes for a tiny router; only the names ToolRouterConfig defines are used (the class is issue #6's).
+TINY_ROUTER_SIZES = {
+    "vocab_size": 128,
+    "d_tool": 32,
+    "d_resource": 16,
+    "d_model": 32,
+    "num_heads": 4,
+    "num_attention_heads": 4,
+    "num_set_layers": 1,
+    "query_hidden_size": 32,
+    "tool_hidden_size": 32,
+    "mamba_hidden_size": 32,
+    "mamba_num_hidden_layers": 1,
+    "num_mamba_layers": 1,
+    "state_size": 4,
+}
+
+ROUTER_REMOTE_LOAD = """
+import json, torch
+from transformers import AutoModel
+
+try:
+    import causalqwen
+    raise SystemExit("causalqwen must not be importable here")
+except ModuleNotFoundError:
+    pass
+router = AutoModel.from_pretrained("router", trust_remote_code=True).eval()
+with torch.no_grad():
+    output = router(**torch.load("router_inputs.pt"))
+reference = torch.load("router_reference.pt")
+print(json.dumps({
+    "class": type(router).__name__,
+    "module": type(router).__module__,
+    "equal": {k: bool(torch.equal(v, output[k])) for k, v in reference.items()},
+}))
+"""
+
+
+def test_tool_router_loads_as_remote_code_without_the_package(tmp_path):
+    module = pytest.importorskip(
+        "causalqwen.modeling.modeling_tool_router", reason="ToolRouterModel (issue #6) not in the tree"
+    )
+    from causalqwen import ToolRouterConfig
+
+    fields = ToolRouterConfig.__dataclass_fields__
+    config = ToolRouterConfig(**{k: v for k, v in TINY_ROUTER_SIZES.items() if k in fields})
+    torch.manual_seed(0)
+    original = module.ToolRouterModel(config).eval()
+    original.save_pretrained(tmp_path / "router")
+    saved = json.loads((tmp_path / "router" / "config.json").read_text())
+    assert saved["auto_map"]["AutoModel"] == "modeling_tool_router.ToolRouterModel"
+    assert saved["auto_map"]["AutoConfig"] == "configuration_tool_router.ToolRouterConfig"
+    bundle = {p.name for p in (tmp_path / "router").glob("*.py")}
+    assert {"modeling_tool_router.py", "configuration_tool_router.py", "cauchy.py", "hub.py"} <= bundle
+    assert bundle <= {p.name for p in PACKAGE_DIR.rglob("*.py")}
+
+    generator = torch.Generator().manual_seed(1)
+    inputs = {
+        "query_input_ids": torch.randint(0, 128, (2, 6), generator=generator),
+        "query_attention_mask": torch.ones(2, 6, dtype=torch.long),
+        "tool_input_ids": torch.randint(0, 128, (2, 3, 5), generator=generator),
+        "tool_attention_mask": torch.ones(2, 3, 5, dtype=torch.long),
+        "resource_vectors": torch.rand(2, 3, 6, generator=generator),
+        "tool_mask": torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool),
+    }
+    model = module.ToolRouterModel.from_pretrained(tmp_path / "router").eval()
+    with torch.no_grad():
+        reference = tensor_outputs(model(**inputs))
+    assert reference, "the router returned no tensors"
+    torch.save(inputs, tmp_path / "router_inputs.pt")
+    torch.save(reference, tmp_path / "router_reference.pt")
+
+    result = last_json_line(run_isolated(ROUTER_REMOTE_LOAD, tmp_path))
+    assert result["class"] == "ToolRouterModel"
+    assert result["module"].startswith("transformers_modules.router.")
+    assert result["equal"] == dict.fromkeys(reference, True)
