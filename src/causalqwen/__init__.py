@@ -6,6 +6,7 @@ Importing the package registers both model families with the transformers Auto c
 from .configuration.configuration_causal_qwen import CausalQwenConfig
 from .configuration.configuration_tool_router import ToolRouterConfig
 from .modeling.modeling_causal_qwen import CausalQwenForNumericCausalLM, CausalQwenModel
+from .modeling.modeling_tool_router import ToolRouterModel
 from .registration import ModelFamily, register_family
 
 __version__ = "0.1.0"
@@ -16,7 +17,7 @@ MODEL_FAMILIES: tuple[ModelFamily, ...] = (
         CausalQwenConfig,
         models={"AutoModel": CausalQwenModel, "AutoModelForCausalLM": CausalQwenForNumericCausalLM},
     ),
-    ModelFamily(ToolRouterConfig),
+    ModelFamily(ToolRouterConfig, models={"AutoModel": ToolRouterModel}),
 )
 
 for _family in MODEL_FAMILIES:
@@ -29,5 +30,6 @@ __all__ = [
     "CausalQwenModel",
     "ModelFamily",
     "ToolRouterConfig",
+    "ToolRouterModel",
     "register_family",
 ]
