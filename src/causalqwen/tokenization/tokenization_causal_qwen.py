@@ -1,0 +1,221 @@
+"""CausalQwenTokenizer: a Qwen2 tokenizer that turns every number into ``<NUM>`` plus its value.
+
+It subclasses transformers' tokenizers-backed ``Qwen2Tokenizer`` so that ``save_pretrained``, padding,
+chat templates, collators and the Trainer keep working; only text in and text out change:
+
+* ``__call__`` splits numbers out of each text (grammar in ``numbers.py``), tokenizes the templates, and
+  returns ``numeric_values`` (float, 0 where the token is not ``<NUM>``) aligned with ``input_ids``. Each
+  number is one ``<NUM>`` token, so truncation keeps or drops a number together with its value.
+* ``decode``/``batch_decode`` take ``numeric_values=`` and write those values (canonical formatting) in
+  place of ``<NUM>``.
+
+``<NUM>`` is a special added token with ``lstrip=True``: the space before a number is absorbed instead of
+becoming a lone space token. Decoding therefore re-inserts one space before a number when the text before
+it ends in a non-CJK letter or digit or in ``, ; ! ? ) ] } %`` (see docs/tokenization.md).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from tokenizers import AddedToken
+from transformers import Qwen2Tokenizer
+from transformers.tokenization_utils_base import BatchEncoding, PaddingStrategy
+
+from ..hub import RemoteCodeMixin
+from .numbers import NUM_TOKEN, format_number, split_numbers
+
+__all__ = ["NUM_TOKEN", "QWEN25_NUM_TOKEN_ID", "CausalQwenTokenizer", "add_num_token"]
+
+QWEN25_NUM_TOKEN_ID = 151665
+_QWEN25_LEN = 151665
+_SPACE_AFTER = set(",;!?)]}%")
+
+
+def add_num_token(tokenizer) -> int:
+    """Add ``<NUM>`` to any Qwen2 tokenizer (e.g. ``Qwen/Qwen2.5-*`` from the Hub); returns its id.
+
+    Qwen2.5 tokenizers hold 151,665 tokens, so ``<NUM>`` lands on 151665, the first reserved embedding
+    row, and the model's embeddings need no resize.
+    """
+    if NUM_TOKEN in tokenizer.get_vocab():
+        return tokenizer.convert_tokens_to_ids(NUM_TOKEN)
+    before = len(tokenizer)
+    tokenizer.add_tokens(
+        [AddedToken(NUM_TOKEN, special=True, lstrip=True, normalized=False)], special_tokens=True
+    )
+    num_id = tokenizer.convert_tokens_to_ids(NUM_TOKEN)
+    if before == _QWEN25_LEN and num_id != QWEN25_NUM_TOKEN_ID:
+        raise ValueError(f"<NUM> got id {num_id} in a Qwen2.5 vocabulary, expected {QWEN25_NUM_TOKEN_ID}")
+    return num_id
+
+
+def _wants_space(previous: str) -> bool:
+    if not previous or previous[-1].isspace():
+        return False
+    char = previous[-1]
+    if char in _SPACE_AFTER:
+        return True
+    return char.isalnum() and not unicodedata.name(char, "").startswith(
+        ("CJK", "HIRAGANA", "KATAKANA", "HANGUL")
+    )
+
+
+class CausalQwenTokenizer(RemoteCodeMixin, Qwen2Tokenizer):
+    model_input_names = ["input_ids", "attention_mask", "numeric_values"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.num_token_id = add_num_token(self)
+
+    @classmethod
+    def from_qwen2(cls, qwen2_tokenizer) -> CausalQwenTokenizer:
+        """Wrap an existing ``Qwen2Tokenizer`` (its vocabulary, added tokens and chat template)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            qwen2_tokenizer.save_pretrained(folder)
+            return cls.from_pretrained(folder)
+
+    @classmethod
+    def from_qwen_vocab(cls) -> CausalQwenTokenizer:
+        """The real Qwen2.5 vocabulary built offline (``qwen_vocab.py``), ``<NUM>`` at 151665."""
+        from .qwen_vocab import load_qwen2_tokenizer
+
+        return cls.from_qwen2(load_qwen2_tokenizer())
+
+    # ----------------------------------------------------------------------------------------- encoding
+    def __call__(self, text=None, text_pair=None, *args, **kwargs) -> BatchEncoding:
+        if args:
+            raise TypeError("CausalQwenTokenizer takes text and text_pair positionally, the rest by keyword")
+        for unsupported in (
+            "text_target",
+            "text_pair_target",
+            "is_split_into_words",
+            "return_overflowing_tokens",
+        ):
+            if kwargs.get(unsupported):
+                raise ValueError(f"CausalQwenTokenizer does not support {unsupported}=")
+        if text is None:
+            raise ValueError("text is required")
+        batched = isinstance(text, (list, tuple))
+        texts = list(text) if batched else [text]
+        pairs = None
+        if text_pair is not None:
+            pairs = list(text_pair) if batched else [text_pair]
+            if len(pairs) != len(texts):
+                raise ValueError(f"{len(texts)} texts but {len(pairs)} text pairs")
+        for item in texts + (pairs or []):
+            if not isinstance(item, str):
+                raise TypeError(f"texts must be str, got {type(item).__name__}")
+        split_a = [split_numbers(t) for t in texts]
+        split_b = [split_numbers(t) for t in pairs] if pairs else None
+
+        pad_kwargs = {
+            key: kwargs.pop(key)
+            for key in (
+                "padding",
+                "pad_to_multiple_of",
+                "padding_side",
+                "return_tensors",
+                "return_attention_mask",
+            )
+            if key in kwargs
+        }
+        want_offsets = kwargs.pop("return_offsets_mapping", False)
+        encoded = super().__call__(
+            [t for t, _ in split_a],
+            [t for t, _ in split_b] if split_b else None,
+            return_offsets_mapping=True,
+            return_attention_mask=True,
+            **kwargs,
+        )
+        rows = {key: list(value) for key, value in encoded.items()}
+        rows["numeric_values"] = []
+        for i, encoding in enumerate(encoded.encodings):
+            spans = (split_a[i][1], split_b[i][1] if split_b else [])
+            values, offsets = self._align(
+                encoding, rows["input_ids"][i], spans, (split_a[i][0], split_b and split_b[i][0])
+            )
+            rows["numeric_values"].append(values)
+            rows["offset_mapping"][i] = offsets
+        if not want_offsets:
+            rows.pop("offset_mapping")
+        if not batched:
+            rows = {key: value[0] for key, value in rows.items()}
+        out = self.pad(rows, **{"padding": False, **pad_kwargs})
+        return out
+
+    def _align(self, encoding, ids, spans, templates):
+        """Values and original-text offsets of one encoded sequence (from the template offsets)."""
+        values = [0.0] * len(ids)
+        offsets = []
+        for position, (token_id, seq, (start, end)) in enumerate(
+            zip(ids, encoding.sequence_ids, encoding.offsets)
+        ):
+            if seq is None:
+                offsets.append((0, 0))
+                continue
+            number_spans, template = spans[seq], templates[seq]
+            # Template offset -> original offset: shift by the length change of numbers before `start`.
+            k = template.count(NUM_TOKEN, 0, start)
+            shift = sum(len(s.surface) - len(NUM_TOKEN) for s in number_spans[:k])
+            if token_id == self.num_token_id:
+                span = number_spans[template.count(NUM_TOKEN, 0, end) - 1]
+                values[position] = span.value
+                offsets.append((span.start, span.end))
+            else:
+                offsets.append((start + shift, end + shift))
+        return values, offsets
+
+    def _pad(self, encoded_inputs, max_length=None, padding_strategy=PaddingStrategy.DO_NOT_PAD, **kwargs):
+        values = encoded_inputs.get("numeric_values")
+        offsets = encoded_inputs.get("offset_mapping")
+        before = len(encoded_inputs[self.model_input_names[0]])
+        padded = super()._pad(
+            encoded_inputs, max_length=max_length, padding_strategy=padding_strategy, **kwargs
+        )
+        extra = len(padded[self.model_input_names[0]]) - before
+        if extra:
+            left = (kwargs.get("padding_side") or self.padding_side) == "left"
+            for key, fill in (("numeric_values", 0.0), ("offset_mapping", (0, 0))):
+                row = values if key == "numeric_values" else offsets
+                if row is not None:
+                    padded[key] = [fill] * extra + list(row) if left else list(row) + [fill] * extra
+        return padded
+
+    # ----------------------------------------------------------------------------------------- decoding
+    def decode(self, token_ids, skip_special_tokens: bool = False, numeric_values=None, **kwargs) -> str:
+        """Text of ``token_ids``; with ``numeric_values`` (aligned with the ids) numbers replace ``<NUM>``."""
+        if numeric_values is None:
+            return super().decode(token_ids, skip_special_tokens=skip_special_tokens, **kwargs)
+        ids = _to_list(token_ids)
+        values = _to_list(numeric_values)
+        if len(ids) != len(values):
+            raise ValueError(f"numeric_values has {len(values)} entries but token_ids has {len(ids)}")
+        text, segment = "", []
+        for token_id, value in zip(ids, values):
+            if token_id != self.num_token_id:
+                segment.append(token_id)
+                continue
+            text += super().decode(segment, skip_special_tokens=skip_special_tokens, **kwargs)
+            segment = []
+            text += (" " if _wants_space(text) else "") + format_number(value)
+        return text + super().decode(segment, skip_special_tokens=skip_special_tokens, **kwargs)
+
+    def batch_decode(
+        self, sequences, skip_special_tokens: bool = False, numeric_values=None, **kwargs
+    ) -> list[str]:
+        if numeric_values is None:
+            return super().batch_decode(sequences, skip_special_tokens=skip_special_tokens, **kwargs)
+        sequences, numeric_values = _to_list(sequences), _to_list(numeric_values)
+        if len(sequences) != len(numeric_values):
+            raise ValueError(f"{len(sequences)} sequences but {len(numeric_values)} rows of numeric_values")
+        return [
+            self.decode(ids, skip_special_tokens=skip_special_tokens, numeric_values=vals, **kwargs)
+            for ids, vals in zip(sequences, numeric_values)
+        ]
+
+
+def _to_list(values) -> list:
+    return values.tolist() if hasattr(values, "tolist") else list(values)
