@@ -8,6 +8,7 @@ from .configuration.configuration_tool_router import ToolRouterConfig
 from .modeling.modeling_causal_qwen import CausalQwenForNumericCausalLM, CausalQwenModel
 from .modeling.modeling_tool_router import ToolRouterModel
 from .registration import ModelFamily, register_family
+from .tokenization.tokenization_causal_qwen import CausalQwenTokenizer
 
 __version__ = "0.1.0"
 
@@ -16,6 +17,7 @@ MODEL_FAMILIES: tuple[ModelFamily, ...] = (
     ModelFamily(
         CausalQwenConfig,
         models={"AutoModel": CausalQwenModel, "AutoModelForCausalLM": CausalQwenForNumericCausalLM},
+        tokenizer=CausalQwenTokenizer,
     ),
     ModelFamily(ToolRouterConfig, models={"AutoModel": ToolRouterModel}),
 )
@@ -28,6 +30,7 @@ __all__ = [
     "CausalQwenConfig",
     "CausalQwenForNumericCausalLM",
     "CausalQwenModel",
+    "CausalQwenTokenizer",
     "ModelFamily",
     "ToolRouterConfig",
     "ToolRouterModel",

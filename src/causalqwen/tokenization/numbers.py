@@ -143,9 +143,8 @@ def format_number(value: float) -> str:
     Python's shortest repr with an exponent (``1e-07``, ``1.5e+20``), which the grammar parses back.
     ``-0.0`` is written ``0``.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        if not hasattr(value, "__float__"):
-            raise TypeError(f"value must be a real number, got {type(value).__name__}")
+    if isinstance(value, (bool, str)) or not hasattr(value, "__float__"):
+        raise TypeError(f"value must be a real number, got {type(value).__name__}")
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"cannot format a non-finite value: {value}")

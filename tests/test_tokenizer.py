@@ -1,0 +1,89 @@
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+import causalqwen  # noqa: F401  (registers causal_qwen with AutoTokenizer)
+from causalqwen.tokenization.tokenization_causal_qwen import CausalQwenTokenizer, add_num_token
+
+TEXT = "The loan is 50000 yuan at 3.5% for 25 years"
+
+
+def test_single_text_values_and_offsets(tiny_tokenizer):
+    enc = tiny_tokenizer(TEXT, return_offsets_mapping=True)
+    ids, values = enc["input_ids"], enc["numeric_values"]
+    num_positions = [i for i, t in enumerate(ids) if t == tiny_tokenizer.num_token_id]
+    assert len(num_positions) == 3
+    assert [values[i] for i in num_positions] == [50000.0, 3.5, 25.0]
+    assert sum(v != 0 for v in values) == 3
+    assert [TEXT[slice(*enc["offset_mapping"][i])] for i in num_positions] == ["50000", "3.5", "25"]
+    # no lone space token before <NUM>
+    tokens = tiny_tokenizer.convert_ids_to_tokens(ids)
+    assert all(tokens[i - 1] != "Ġ" for i in num_positions)
+    assert tiny_tokenizer.decode(ids, numeric_values=values) == TEXT
+    assert "offset_mapping" not in tiny_tokenizer(TEXT)
+
+
+def test_batch_left_padding_tensors(tiny_tokenizer):
+    enc = tiny_tokenizer(["a 1 b", "x is 2.5 and 3"], padding=True, padding_side="left", return_tensors="pt")
+    assert enc["input_ids"].shape == enc["numeric_values"].shape == enc["attention_mask"].shape
+    assert enc["numeric_values"].dtype == torch.float32
+    assert enc["attention_mask"][0, 0].item() == 0 and enc["numeric_values"][0, 0].item() == 0.0
+    mask = enc["input_ids"] == tiny_tokenizer.num_token_id
+    assert enc["numeric_values"][mask].tolist() == [1.0, 2.5, 3.0]
+    texts = tiny_tokenizer.batch_decode(
+        enc["input_ids"], numeric_values=enc["numeric_values"], skip_special_tokens=True
+    )
+    assert texts == ["a 1 b", "x is 2.5 and 3"]
+
+
+def test_pairs_and_truncation_keep_values(tiny_tokenizer):
+    enc = tiny_tokenizer("pay 7 now", "then 8 and 9", return_offsets_mapping=True)
+    mask = [t == tiny_tokenizer.num_token_id for t in enc["input_ids"]]
+    assert [v for v, m in zip(enc["numeric_values"], mask) if m] == [7.0, 8.0, 9.0]
+    full = tiny_tokenizer(TEXT)["input_ids"]
+    for n in range(1, len(full) + 1):
+        cut = tiny_tokenizer(TEXT, truncation=True, max_length=n)
+        assert len(cut["input_ids"]) == n
+        kept = [
+            v for t, v in zip(cut["input_ids"], cut["numeric_values"]) if t == tiny_tokenizer.num_token_id
+        ]
+        assert kept == [50000.0, 3.5, 25.0][: len(kept)]
+
+
+def test_pad_collator_pads_numeric_values(tiny_tokenizer):
+    rows = [tiny_tokenizer("a 1"), tiny_tokenizer("b 2 c 3 d")]
+    batch = tiny_tokenizer.pad(rows, padding=True, return_tensors="pt")
+    assert batch["numeric_values"].shape == batch["input_ids"].shape
+    assert batch["numeric_values"][0, -1].item() == 0.0
+
+
+def test_decode_generated_values(tiny_tokenizer):
+    ids = tiny_tokenizer("it is 3 degrees")["input_ids"]
+    values = [0.0] * len(ids)
+    values[ids.index(tiny_tokenizer.num_token_id)] = 21.75
+    assert tiny_tokenizer.decode(ids, numeric_values=values) == "it is 21.75 degrees"
+    with pytest.raises(ValueError, match="numeric_values has 1 entries"):
+        tiny_tokenizer.decode(ids, numeric_values=[0.0])
+
+
+def test_bad_input(tiny_tokenizer):
+    with pytest.raises(TypeError, match="texts must be str"):
+        tiny_tokenizer([1, 2])
+    with pytest.raises(ValueError, match="2 texts but 1 text pairs"):
+        tiny_tokenizer(["a", "b"], ["c"])
+    with pytest.raises(ValueError, match="does not support text_target"):
+        tiny_tokenizer("a", text_target="b")
+
+
+def test_save_and_auto_round_trip(tiny_tokenizer, tmp_path):
+    tiny_tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert type(loaded) is CausalQwenTokenizer
+    assert len(loaded) == len(tiny_tokenizer) and loaded.num_token_id == tiny_tokenizer.num_token_id
+    assert loaded(TEXT) == tiny_tokenizer(TEXT)
+
+
+def test_add_num_token_is_idempotent(tiny_tokenizer):
+    n = len(tiny_tokenizer)
+    assert add_num_token(tiny_tokenizer) == tiny_tokenizer.num_token_id == n - 1
+    assert len(tiny_tokenizer) == n
