@@ -31,9 +31,9 @@ class KANLayer(nn.Module):
             raise ValueError(f"grid_range must be increasing, got {grid_range}")
         self.in_features, self.out_features = in_features, out_features
         self.grid_size, self.spline_order = grid_size, spline_order
-        step = (high - low) / grid_size
-        knots = low + step * torch.arange(-spline_order, grid_size + spline_order + 1, dtype=torch.float32)
-        self.register_buffer("knots", knots, persistent=False)
+        # Knots are recomputed per call rather than stored as a buffer: a non-persistent buffer is not
+        # re-materialised when transformers loads a model from the meta device.
+        self.grid_low, self.grid_step = low, (high - low) / grid_size
         self.base_weight = nn.Parameter(torch.empty(out_features, in_features))
         self.spline_weight = nn.Parameter(torch.empty(out_features, in_features, grid_size + spline_order))
         self.reset_parameters()
@@ -44,7 +44,8 @@ class KANLayer(nn.Module):
 
     def b_splines(self, x: torch.Tensor) -> torch.Tensor:
         """Cox-de Boor recursion: x [..., in] -> basis [..., in, grid_size + spline_order]."""
-        knots = self.knots.to(x.dtype)
+        steps = torch.arange(-self.spline_order, self.grid_size + self.spline_order + 1, device=x.device)
+        knots = (self.grid_low + self.grid_step * steps).to(x.dtype)
         x = x.unsqueeze(-1)
         basis = ((x >= knots[:-1]) & (x < knots[1:])).to(x.dtype)
         for k in range(1, self.spline_order + 1):
