@@ -87,3 +87,20 @@ def test_add_num_token_is_idempotent(tiny_tokenizer):
     n = len(tiny_tokenizer)
     assert add_num_token(tiny_tokenizer) == tiny_tokenizer.num_token_id == n - 1
     assert len(tiny_tokenizer) == n
+
+
+def test_left_truncation_keeps_last_values(tiny_tokenizer):
+    tiny_tokenizer.truncation_side = "left"
+    enc = tiny_tokenizer("a 1 b 2 c 3", truncation=True, max_length=3)
+    kept = [v for t, v in zip(enc["input_ids"], enc["numeric_values"]) if t == tiny_tokenizer.num_token_id]
+    assert len(enc["input_ids"]) == 3 and kept == [3.0]
+
+
+def test_data_collator_with_padding(tiny_tokenizer):
+    from transformers import DataCollatorWithPadding
+
+    features = [dict(tiny_tokenizer("a 1")), dict(tiny_tokenizer("b 2.5 c 3 d"))]
+    batch = DataCollatorWithPadding(tiny_tokenizer)(features)
+    assert batch["numeric_values"].shape == batch["input_ids"].shape
+    mask = batch["input_ids"] == tiny_tokenizer.num_token_id
+    assert batch["numeric_values"][mask].tolist() == [1.0, 2.5, 3.0]
