@@ -104,3 +104,21 @@ def test_data_collator_with_padding(tiny_tokenizer):
     assert batch["numeric_values"].shape == batch["input_ids"].shape
     mask = batch["input_ids"] == tiny_tokenizer.num_token_id
     assert batch["numeric_values"][mask].tolist() == [1.0, 2.5, 3.0]
+
+
+def test_single_text_tensors_have_batch_axis(tiny_tokenizer):
+    enc = tiny_tokenizer("a 1 b", return_tensors="pt", return_attention_mask=False)
+    assert set(enc) == {"input_ids", "numeric_values"}
+    assert enc["input_ids"].shape == enc["numeric_values"].shape == (1, 4)
+
+
+def test_offsets_after_many_numbers(tiny_tokenizer):
+    text = "x 1,000 y 22 z 333.5 end"
+    enc = tiny_tokenizer(text, return_offsets_mapping=True)
+    pieces = [text[a:b] for a, b in enc["offset_mapping"]]
+    assert "".join(pieces).replace(" ", "") == text.replace(" ", "")
+    assert [p for p, t in zip(pieces, enc["input_ids"]) if t == tiny_tokenizer.num_token_id] == [
+        "1,000",
+        "22",
+        "333.5",
+    ]

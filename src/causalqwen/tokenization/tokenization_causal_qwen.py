@@ -16,6 +16,9 @@ it ends in a non-CJK letter or digit or in ``, ; ! ? ) ] } %`` (see docs/tokeniz
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import tempfile
 import unicodedata
 
 from tokenizers import AddedToken
@@ -71,8 +74,6 @@ class CausalQwenTokenizer(RemoteCodeMixin, Qwen2Tokenizer):
     @classmethod
     def from_qwen2(cls, qwen2_tokenizer) -> CausalQwenTokenizer:
         """Wrap an existing ``Qwen2Tokenizer`` (its vocabulary, added tokens and chat template)."""
-        import tempfile
-
         with tempfile.TemporaryDirectory() as folder:
             qwen2_tokenizer.save_pretrained(folder)
             return cls.from_pretrained(folder)
@@ -141,13 +142,21 @@ class CausalQwenTokenizer(RemoteCodeMixin, Qwen2Tokenizer):
             rows["offset_mapping"][i] = offsets
         if not want_offsets:
             rows.pop("offset_mapping")
-        if not batched:
+        if pad_kwargs.get("return_attention_mask") is False:
+            rows.pop("attention_mask")
+        if not batched and pad_kwargs.get("return_tensors") is None:
+            # Like transformers: a single text gives flat lists, but tensors always have a batch axis.
             rows = {key: value[0] for key, value in rows.items()}
-        out = self.pad(rows, **{"padding": False, **pad_kwargs})
-        return out
+        return self.pad(rows, **{"padding": False, **pad_kwargs})
 
     def _align(self, encoding, ids, spans, templates):
         """Values and original-text offsets of one encoded sequence (from the template offsets)."""
+        ends = [_placeholder_ends(template) for template in templates]
+        # shifts[seq][k]: how much longer the original text is than the template after k numbers.
+        shifts = [
+            list(itertools.accumulate((len(s.surface) - len(NUM_TOKEN) for s in sp), initial=0))
+            for sp in spans
+        ]
         values = [0.0] * len(ids)
         offsets = []
         for position, (token_id, seq, (start, end)) in enumerate(
@@ -155,16 +164,13 @@ class CausalQwenTokenizer(RemoteCodeMixin, Qwen2Tokenizer):
         ):
             if seq is None:
                 offsets.append((0, 0))
-                continue
-            number_spans, template = spans[seq], templates[seq]
-            # Template offset -> original offset: shift by the length change of numbers before `start`.
-            k = template.count(NUM_TOKEN, 0, start)
-            shift = sum(len(s.surface) - len(NUM_TOKEN) for s in number_spans[:k])
-            if token_id == self.num_token_id:
-                span = number_spans[template.count(NUM_TOKEN, 0, end) - 1]
+            elif token_id == self.num_token_id:
+                # lstrip may widen the token's start over a space; its end is the placeholder's end.
+                span = spans[seq][bisect.bisect_left(ends[seq], end)]
                 values[position] = span.value
                 offsets.append((span.start, span.end))
             else:
+                shift = shifts[seq][bisect.bisect_right(ends[seq], start)]
                 offsets.append((start + shift, end + shift))
         return values, offsets
 
@@ -215,6 +221,16 @@ class CausalQwenTokenizer(RemoteCodeMixin, Qwen2Tokenizer):
             self.decode(ids, skip_special_tokens=skip_special_tokens, numeric_values=vals, **kwargs)
             for ids, vals in zip(sequences, numeric_values)
         ]
+
+
+def _placeholder_ends(template: str | None) -> list[int]:
+    if not template:
+        return []
+    ends, index = [], template.find(NUM_TOKEN)
+    while index >= 0:
+        ends.append(index + len(NUM_TOKEN))
+        index = template.find(NUM_TOKEN, ends[-1])
+    return ends
 
 
 def _to_list(values) -> list:
