@@ -122,3 +122,10 @@ def test_offsets_after_many_numbers(tiny_tokenizer):
         "22",
         "333.5",
     ]
+
+
+def test_pad_to_max_length_right(tiny_tokenizer):
+    enc = tiny_tokenizer(["a 1", "b 2 c"], padding="max_length", max_length=9, truncation=True)
+    assert [len(row) for row in enc["numeric_values"]] == [9, 9]
+    assert enc["numeric_values"][0][-1] == 0.0 and enc["attention_mask"][0][-1] == 0
+    assert enc["input_ids"][0][-1] == tiny_tokenizer.pad_token_id

@@ -123,6 +123,8 @@ class CausalQwenTokenizer(RemoteCodeMixin, Qwen2Tokenizer):
             )
             if key in kwargs
         }
+        if "max_length" in kwargs:  # bounds truncation (below) and padding="max_length" (in pad)
+            pad_kwargs["max_length"] = kwargs["max_length"]
         want_offsets = kwargs.pop("return_offsets_mapping", False)
         encoded = super().__call__(
             [t for t, _ in split_a],
