@@ -430,21 +430,16 @@ def test_causal_qwen_tokenizer_loads_as_remote_code_without_the_package(tmp_path
     assert any(v == 50000.0 for v in result["numeric_values"][0])
 
 
-# Sizes for a tiny router; only the names ToolRouterConfig defines are used (the class is issue #6's).
 TINY_ROUTER_SIZES = {
     "vocab_size": 128,
     "d_tool": 32,
     "d_resource": 16,
-    "d_model": 32,
-    "num_heads": 4,
     "num_attention_heads": 4,
-    "num_set_layers": 1,
-    "query_hidden_size": 32,
-    "tool_hidden_size": 32,
-    "mamba_hidden_size": 32,
-    "mamba_num_hidden_layers": 1,
-    "num_mamba_layers": 1,
-    "state_size": 4,
+    "num_tool_set_layers": 1,
+    "encoder_hidden_size": 32,
+    "encoder_num_layers": 1,
+    "encoder_state_size": 4,
+    "latency_hidden_size": 16,
 }
 
 ROUTER_REMOTE_LOAD = """
@@ -474,8 +469,7 @@ def test_tool_router_loads_as_remote_code_without_the_package(tmp_path):
     )
     from causalqwen import ToolRouterConfig
 
-    fields = ToolRouterConfig.__dataclass_fields__
-    config = ToolRouterConfig(**{k: v for k, v in TINY_ROUTER_SIZES.items() if k in fields})
+    config = ToolRouterConfig(**TINY_ROUTER_SIZES)
     torch.manual_seed(0)
     original = module.ToolRouterModel(config).eval()
     original.save_pretrained(tmp_path / "router")

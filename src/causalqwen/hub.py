@@ -429,11 +429,13 @@ _CONFIG_SUMMARY_KEYS = {
         "d_tool",
         "d_resource",
         "resource_dim",
-        "d_model",
-        "num_set_layers",
-        "num_heads",
+        "encoder_hidden_size",
+        "encoder_num_layers",
         "share_encoder",
-        "use_kan",
+        "num_tool_set_layers",
+        "num_attention_heads",
+        "use_ffn",
+        "matching",
     ),
 }
 
