@@ -323,3 +323,13 @@ def test_backend_digits_view_bypasses_number_parsing():
     assert view("is 151")["input_ids"] == [2, 3, 4, 3]
     assert view.pad_token_id == 0
     assert view.decode([2, 3, 4, 3]).replace(" ", "") == "is151"
+
+
+def test_perf_tokenizer_comparison_on_the_real_vocabulary():
+    pytest.importorskip("causalqwen.tokenization.qwen_vocab")
+    result = perf.measure_tokenizers(perf.budget_for("smoke", "tiny"))
+    assert set(result) == {"qwen2", "causalqwen"}
+    assert result["qwen2"]["chars"] == sum(
+        map(len, perf.number_corpus(perf.BUDGETS["smoke"].tokenizer_texts))
+    )
+    assert all(r["texts_per_s"] > 0 for r in result.values())
