@@ -115,7 +115,7 @@ def function_to_text(function: dict[str, Any]) -> str:
     params = function.get("parameters") or {}
     properties = params.get("properties") or {}
     required = set(params.get("required") or [])
-    text = f"{function['name']}: {str(function.get('description', '')).strip()}"
+    text = f"{function['name']}: {str(function.get('description', '')).strip()}".rstrip()
     if properties:
         text += " | parameters: " + "; ".join(_param_text(k, v, required) for k, v in properties.items())
     return text
