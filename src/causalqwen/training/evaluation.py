@@ -1,0 +1,348 @@
+"""Numeric evaluation of CausalQwen and of a digits-as-text baseline (issue #5; used by the demo and benchmarks).
+
+* :func:`regression_metrics`: MAE, RMSE, R², median absolute error, and coverage of given intervals.
+* :func:`cauchy_interval_coverage`: coverage of the central Cauchy intervals (quantiles from
+  ``modeling/cauchy.py``) at several levels.
+* :func:`predict_values`: teacher-forced value prediction. The input is the prompt followed by the target
+  sentence up to its first ``<NUM>``; the last position is the one whose next token is ``<NUM>``, so its
+  ``value_loc``/``value_scale`` are the predicted value's Cauchy median and scale, and ``<NUM>`` being the
+  argmax there is the ``<NUM>`` decision (``num_accuracy``). Prompt and target are tokenized separately and
+  concatenated, exactly as ``tokenize_numeric_dataset`` builds training rows, so no BPE merge crosses the
+  boundary and the positions match training.
+* :func:`generate_examples`: greedy generations with the generated values written into the text
+  (``tokenizer.decode(numeric_values=...)``).
+* The digits-as-text baseline: :class:`BackendDigitsView` (the same vocabulary without number parsing),
+  :func:`target_prefix`, :func:`parse_leading_number` and :func:`predict_digits` (greedy generation, first
+  number parsed; a failure is counted and imputed), and :func:`feature_matrix` (the prompt's numbers, for
+  scikit-learn references).
+
+Decisions: R² is ``None`` (not NaN) when the true values are constant, where it is undefined; inputs with a
+NaN/inf or mismatched lengths raise ``ValueError``. Coverage counts the closed interval ``[lower, upper]``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..modeling.cauchy import cauchy_quantile
+
+__all__ = [
+    "BackendDigitsView",
+    "cauchy_interval_coverage",
+    "coverage_key",
+    "feature_matrix",
+    "generate_examples",
+    "parse_leading_number",
+    "predict_digits",
+    "predict_values",
+    "regression_metrics",
+    "target_prefix",
+]
+
+# Digits, sign, decimals, exponent, thousands commas: what a digits-as-text model may write.
+_NUMBER_RE = re.compile(
+    r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?(?:[eE][-+]?\d+)?|[-+]?\.\d+(?:[eE][-+]?\d+)?"
+)
+
+
+def _as_vector(name: str, values, length: int | None = None) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
+    if length is not None and array.shape[0] != length:
+        raise ValueError(f"{name} has {array.shape[0]} entries, expected {length}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or inf at index {int(np.flatnonzero(~np.isfinite(array))[0])}")
+    return array
+
+
+def coverage_key(level: float) -> str:
+    """``0.5 -> "cover50"``, ``0.9 -> "cover90"``, ``0.95 -> "cover95"``."""
+    return f"cover{level * 100:g}"
+
+
+def regression_metrics(y_true, y_pred, *, lower=None, upper=None) -> dict[str, float | None]:
+    """MAE, RMSE, R², median AE of point predictions; ``coverage`` of ``[lower, upper]`` when given."""
+    y = _as_vector("y_true", y_true)
+    if y.size == 0:
+        raise ValueError("y_true is empty")
+    pred = _as_vector("y_pred", y_pred, y.size)
+    err = pred - y
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    out: dict[str, float | None] = {
+        "mae": float(np.abs(err).mean()),
+        "rmse": float(np.sqrt((err**2).mean())),
+        "r2": 1.0 - float((err**2).sum()) / ss_tot if ss_tot > 0 else None,
+        "median_ae": float(np.median(np.abs(err))),
+    }
+    if (lower is None) != (upper is None):
+        raise ValueError("lower and upper go together (the two ends of each interval)")
+    if lower is not None:
+        lo, hi = _as_vector("lower", lower, y.size), _as_vector("upper", upper, y.size)
+        if (lo > hi).any():
+            raise ValueError(f"lower > upper at index {int(np.flatnonzero(lo > hi)[0])}")
+        out["coverage"] = float(((y >= lo) & (y <= hi)).mean())
+    return out
+
+
+def cauchy_interval_coverage(y, loc, scale, levels: Sequence[float] = (0.5, 0.9)) -> dict[str, float]:
+    """Share of ``y`` inside the central ``level`` interval of ``Cauchy(loc, scale)``, per level.
+
+    The ends are the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles (computed in float64).
+    """
+    y = _as_vector("y", y)
+    loc_t = torch.as_tensor(_as_vector("loc", loc, y.size))
+    scale_np = _as_vector("scale", scale, y.size)
+    if (scale_np < 0).any():
+        raise ValueError("scale must be >= 0")
+    scale_t = torch.as_tensor(scale_np)
+    out = {}
+    for level in levels:
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"coverage level must lie strictly between 0 and 1, got {level}")
+        lo = cauchy_quantile(loc_t, scale_t, (1.0 - level) / 2).numpy()
+        hi = cauchy_quantile(loc_t, scale_t, (1.0 + level) / 2).numpy()
+        out[coverage_key(level)] = float(((y >= lo) & (y <= hi)).mean())
+    return out
+
+
+# ------------------------------------------------------------------------------------------ CausalQwen
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _encode(tokenizer, text: str) -> tuple[list[int], list[float]]:
+    enc = tokenizer(text, add_special_tokens=False)
+    return list(enc["input_ids"]), [float(v) for v in enc["numeric_values"]]
+
+
+@torch.no_grad()
+def predict_values(
+    model, tokenizer, prompts: Sequence[str], targets: str | Sequence[str], *, batch_size: int = 64
+) -> dict[str, Any]:
+    """Teacher-forced value prediction at the position that predicts the target's first ``<NUM>``.
+
+    ``targets`` are the target sentences (one per prompt, or one shared template such as
+    ``" Disease progression is 0."``); only their text before the first number is fed. Returns numpy
+    arrays ``value_loc``, ``value_scale`` (data units), ``num_hit`` (``<NUM>`` is the argmax) and the float
+    ``num_accuracy``.
+    """
+    if isinstance(targets, str):
+        targets = [targets] * len(prompts)
+    if len(targets) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    if not prompts:
+        raise ValueError("prompts is empty")
+    num_id = model.config.num_token_id
+    rows = []
+    for prompt, target in zip(prompts, targets):
+        p_ids, p_vals = _encode(tokenizer, prompt)
+        t_ids, t_vals = _encode(tokenizer, target)
+        if num_id not in t_ids:
+            raise ValueError(f"target {target!r} has no number (no <NUM> after tokenization)")
+        cut = t_ids.index(num_id)
+        rows.append((p_ids + t_ids[:cut], p_vals + t_vals[:cut]))
+    was_training = model.training
+    model.eval()
+    device = _device(model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    locs, scales, hits = [], [], []
+    try:
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            lengths = torch.tensor([len(ids) for ids, _ in chunk])
+            width = int(lengths.max())
+            # Right padding: every row keeps positions 0..n-1, as in training; read position n-1.
+            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            values = torch.zeros((len(chunk), width), dtype=torch.float32)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, (r_ids, r_vals) in enumerate(chunk):
+                ids[i, : len(r_ids)] = torch.tensor(r_ids)
+                values[i, : len(r_ids)] = torch.tensor(r_vals)
+                mask[i, : len(r_ids)] = 1
+            out = model(
+                input_ids=ids.to(device), attention_mask=mask.to(device), numeric_values=values.to(device)
+            )
+            index = torch.arange(len(chunk), device=device)
+            last = (lengths - 1).to(device)
+            locs.append(out.value_loc[index, last].double().cpu())
+            scales.append(out.value_scale[index, last].double().cpu())
+            hits.append((out.logits[index, last].argmax(-1) == num_id).cpu())
+    finally:
+        model.train(was_training)
+    num_hit = torch.cat(hits).numpy()
+    return {
+        "value_loc": torch.cat(locs).numpy(),
+        "value_scale": torch.cat(scales).numpy(),
+        "num_hit": num_hit,
+        "num_accuracy": float(num_hit.mean()),
+    }
+
+
+@torch.no_grad()
+def generate_examples(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24) -> list[dict]:
+    """Greedy continuations of each prompt, with generated numbers written in.
+
+    Returns one dict per prompt: ``prompt``, ``completion`` (decoded with
+    ``tokenizer.decode(numeric_values=...)``) and ``values`` (the generated numbers, in order). Prompts run
+    one at a time: a handful of examples does not need batching, and no padding means no left-padding
+    position subtleties.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    was_training = model.training
+    model.eval()
+    device = _device(model)
+    num_id = model.config.num_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    examples = []
+    try:
+        for prompt in prompts:
+            enc = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+            out = model.generate(
+                input_ids=enc["input_ids"].to(device),
+                attention_mask=enc["attention_mask"].to(device),
+                numeric_values=enc["numeric_values"].to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                return_dict_in_generate=True,
+                pad_token_id=pad_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            start = enc["input_ids"].shape[1]
+            ids = out.sequences[0, start:].tolist()
+            values = out.numeric_values[0, start:].tolist()
+            examples.append(
+                {
+                    "prompt": prompt,
+                    "completion": tokenizer.decode(ids, skip_special_tokens=True, numeric_values=values),
+                    "values": [v for i, v in zip(ids, values) if i == num_id],
+                }
+            )
+    finally:
+        model.train(was_training)
+    return examples
+
+
+# ------------------------------------------------------------------------------------ digits baseline
+
+
+class BackendDigitsView:
+    """The same vocabulary as a tokenizers-backed ``CausalQwenTokenizer``, without number parsing.
+
+    Number parsing lives in the Python layer; the Rust backend (``backend_tokenizer``) is the plain Qwen2
+    byte-level BPE, so encoding through it gives the digits-as-text view a baseline needs, with the same
+    ids and padding id.
+    """
+
+    def __init__(self, tok):
+        self.backend = tok.backend_tokenizer
+        self.pad_token_id = tok.pad_token_id
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list]:
+        return {"input_ids": self.backend.encode(text, add_special_tokens=add_special_tokens).ids}
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+
+def parse_leading_number(text: str) -> float | None:
+    """The first number in generated text (digits, sign, decimals, exponent, thousands commas) or None."""
+    match = _NUMBER_RE.search(text)
+    if match is None:
+        return None
+    try:
+        value = float(match.group().replace(",", ""))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def target_prefix(target: str) -> str:
+    """The target sentence up to its first number (the digits baseline generates from there)."""
+    match = _NUMBER_RE.search(target)
+    if match is None:
+        raise ValueError(f"target sentence {target!r} contains no number")
+    return target[: match.start()]
+
+
+@torch.no_grad()
+def predict_digits(
+    model,
+    tok,
+    texts: Sequence[str],
+    fallback: float,
+    *,
+    batch_size: int = 64,
+    max_new_tokens: int = 16,
+) -> dict[str, Any]:
+    """Greedy generation after each text (prompt + target prefix); the first number of the output.
+
+    An output without a number is a failure: counted in ``fail_rate`` and imputed with ``fallback`` (the
+    training mean, say) so that the error metrics stay comparable. Returns ``pred`` (numpy), ``fail_rate``
+    and the raw ``outputs``.
+    """
+    if not math.isfinite(fallback):
+        raise ValueError(f"fallback must be finite, got {fallback}")
+    was_training = model.training
+    model.eval()
+    device = _device(model)
+    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    preds, outputs, failures = [], [], 0
+    try:
+        for start in range(0, len(texts), batch_size):
+            rows = [
+                list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts[start : start + batch_size]
+            ]
+            width = max(map(len, rows))
+            # Left padding: generation appends after the last real token of every row.
+            ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad_id,
+                eos_token_id=None,
+            )
+            for row in out[:, width:]:
+                text = tok.decode(row.tolist(), skip_special_tokens=True)
+                value = parse_leading_number(text)
+                failures += value is None
+                preds.append(fallback if value is None else value)
+                outputs.append(text)
+    finally:
+        model.train(was_training)
+    return {
+        "pred": np.asarray(preds, dtype=np.float64),
+        "fail_rate": failures / max(len(texts), 1),
+        "outputs": outputs,
+    }
+
+
+def feature_matrix(
+    tok, prompts: Sequence[str], num_id: int | None = None, width: int | None = None
+) -> np.ndarray:
+    """The numbers of each prompt as the CausalQwen tokenizer parses them, zero-padded to ``width`` columns.
+
+    The scikit-learn references read exactly the values the language models see.
+    """
+    num_id = tok.convert_tokens_to_ids("<NUM>") if num_id is None else num_id
+    rows = []
+    for prompt in prompts:
+        enc = tok(prompt, add_special_tokens=False)
+        rows.append([float(v) for i, v in zip(enc["input_ids"], enc["numeric_values"]) if i == num_id])
+    width = width or max(map(len, rows), default=0)
+    X = np.zeros((len(rows), width))
+    for i, row in enumerate(rows):
+        X[i, : min(len(row), width)] = row[:width]
+    return X
