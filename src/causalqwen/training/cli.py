@@ -1,0 +1,362 @@
+"""``causalqwen-train``: fine-tune CausalQwen on numeric sentences with :class:`.trainer.CausalQwenTrainer`.
+
+Examples::
+
+    causalqwen-train --dataset synthetic:linear --steps 300 --output-dir runs/linear        # tiny model, CPU
+    causalqwen-train --dataset sklearn:diabetes --base /models/Qwen2.5-0.5B --lora --lr 2e-4 --output-dir runs/dia
+    causalqwen-train --dataset csv:houses.csv --target price --config train.json --output-dir runs/houses
+    causalqwen-train --quick --output-dir /tmp/cq                                             # seconds (tests)
+    accelerate launch -m causalqwen.training.cli --dataset synthetic:linear --output-dir runs/ddp
+
+What is written to ``--output-dir``: ``model.safetensors`` + ``config.json`` (+ ``generation_config.json``), the
+tokenizer files and ``metrics.json`` (train/eval losses, the numeric metrics of the log, teacher-forced test
+MAE/RMSE/R2/``<NUM>`` accuracy/interval coverage, parameter counts, the resolved arguments). The model reloads
+with ``AutoModelForCausalLM.from_pretrained(dir)`` after ``import causalqwen`` (or with ``trust_remote_code``).
+With ``--lora`` the same directory holds the **merged** model, ``adapter/`` the PEFT adapter (and tokenizer),
+and ``base/`` the model the adapter applies to, unless the base was already a CausalQwen directory on disk
+(then the adapter points there). Why save the base: the default base is a freshly initialised tiny model and a
+``from_qwen2`` conversion is not a checkpoint either, so without ``base/`` the adapter could not be reloaded.
+
+Decisions:
+
+* ``--base``: ``tiny`` (default; a 2-layer, width-64 CausalQwen built for the tokenizer's vocabulary), a
+  directory whose ``config.json`` says ``qwen2`` (converted with ``from_qwen2``) or ``causal_qwen`` (loaded).
+* ``--tokenizer auto`` (default): the base directory's tokenizer when it has one, else the tiny test tokenizer
+  for ``--base tiny``; ``tiny``/``qwen`` (the offline Qwen2.5 vocabulary) force one. The model's
+  ``num_token_id`` must be the tokenizer's ``<NUM>`` id (checked).
+* ``--value-normalization auto`` (fresh models only; a CausalQwen base keeps its own): ``affine`` with the median
+  and half the inter-quartile range of the training targets, or ``symlog`` (shift 0, scale = median |y|) when
+  the targets span more than four decades. Cauchy regression on raw targets in the hundreds starts with a
+  huge NLL and moves slowly; normalised targets of order one train like the synthetic sets.
+* ``--freeze-backbone`` trains only what CausalQwen adds (abduction, action noise, value head, numeric fusion);
+  the Qwen2 backbone and the inherited token head stay frozen. It excludes ``--lora`` (which already freezes
+  the backbone and trains those modules in full).
+* ``main(argv)`` returns the metrics dict (for Python callers and tests). The console script and
+  ``python -m`` call ``main()`` with no argument: then it reads ``sys.argv`` and returns ``0``, because console
+  scripts pass ``main()``'s return value to ``sys.exit``, which treats a dict as a failure.
+* ``--config file.json``: a JSON object whose keys are flag names (``"batch_size"`` or ``"batch-size"``); flags
+  given on the command line win over it. Unknown keys raise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import PartialState
+
+from ..configuration.configuration_causal_qwen import VALUE_NORMALIZATIONS, CausalQwenConfig
+from ..modeling.modeling_causal_qwen import CausalQwenForNumericCausalLM
+from .collator import NumericDataCollator
+from .data import SYNTHETIC_KINDS, build_synthetic_dataset, build_table_dataset, tokenize_numeric_dataset
+from .evaluation import cauchy_interval_coverage, predict_values, regression_metrics
+from .lora import apply_lora, full_training_modules
+from .trainer import CausalQwenTrainer, numeric_training_arguments
+
+__all__ = ["build_parser", "main", "run"]
+
+TINY_BASE = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+)
+# --quick: enough to prove the pipeline end to end in seconds.
+QUICK = dict(steps=4, rows=64, batch_size=4, logging_steps=1, eval_rows=8)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="causalqwen-train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=None, help="JSON file of flag values (flags win)")
+    parser.add_argument("--base", default="tiny", help="'tiny', a Qwen2 checkpoint dir or a CausalQwen dir")
+    parser.add_argument(
+        "--dataset",
+        default="synthetic:linear",
+        help=f"synthetic:<{'|'.join(SYNTHETIC_KINDS)}>, sklearn:diabetes or csv:PATH (with --target)",
+    )
+    parser.add_argument("--target", default=None, help="target column of a table dataset")
+    parser.add_argument("--rows", type=int, default=2000, help="rows of a synthetic dataset")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--max-length", type=int, default=256, help="prompt is cut from the left beyond it")
+    parser.add_argument("--freeze-backbone", action="store_true")
+    parser.add_argument("--lora", action="store_true", help="PEFT LoRA (see causalqwen.training.lora)")
+    parser.add_argument("--lora-r", type=int, default=8)
+    parser.add_argument("--lora-alpha", type=int, default=16)
+    parser.add_argument("--value-normalization", choices=("auto", *VALUE_NORMALIZATIONS), default="auto")
+    parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tokenizer", choices=("auto", "tiny", "qwen"), default="auto")
+    parser.add_argument("--logging-steps", type=int, default=10)
+    parser.add_argument("--eval-rows", type=int, default=200, help="test rows for the teacher-forced metrics")
+    parser.add_argument("--report-to", default="none", help="'none', 'tensorboard', ...")
+    parser.add_argument("--quick", action="store_true", help="a few steps on a small subset (tests)")
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config is not None:
+        try:
+            values = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise SystemExit(f"--config {args.config}: cannot read a JSON object ({err})") from err
+        if not isinstance(values, dict):
+            raise SystemExit(f"--config {args.config}: expected a JSON object of flag values")
+        values = {key.replace("-", "_"): value for key, value in values.items()}
+        known = {a.dest for a in parser._actions} - {"help", "config"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SystemExit(f"--config {args.config}: unknown key(s) {', '.join(unknown)}")
+        parser.set_defaults(**values)
+        args = parser.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    for name in ("steps", "batch_size", "grad_accum", "rows", "logging_steps", "lora_r", "max_length"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not args.lr > 0:
+        raise SystemExit(f"--lr must be positive, got {args.lr}")
+    if args.lora and args.freeze_backbone:
+        raise SystemExit(
+            "--freeze-backbone and --lora exclude each other (LoRA already freezes the backbone)"
+        )
+    return args
+
+
+# ------------------------------------------------------------------------------------------ pieces
+
+
+def load_rows(args: argparse.Namespace):
+    """The DatasetDict (train/test rows of prompt/target/value) named by ``--dataset``."""
+    kind, _, rest = args.dataset.partition(":")
+    if kind == "synthetic":
+        return build_synthetic_dataset(rest or "linear", n=args.rows, seed=args.seed)
+    if kind == "sklearn":
+        return build_table_dataset(args.dataset, args.target, seed=args.seed)
+    if kind == "csv":
+        if not rest or args.target is None:
+            raise SystemExit("--dataset csv:PATH needs a path and --target COLUMN")
+        return build_table_dataset(rest, args.target, seed=args.seed)
+    raise SystemExit(f"--dataset must be synthetic:<kind>, sklearn:<name> or csv:PATH, got {args.dataset!r}")
+
+
+def _base_kind(base: str) -> str:
+    if base == "tiny":
+        return "tiny"
+    config = Path(base) / "config.json"
+    if not config.is_file():
+        raise SystemExit(f"--base {base!r}: not 'tiny' and no config.json there")
+    model_type = json.loads(config.read_text()).get("model_type")
+    if model_type not in ("qwen2", "causal_qwen"):
+        raise SystemExit(f"--base {base!r}: model_type {model_type!r}, expected 'qwen2' or 'causal_qwen'")
+    return model_type
+
+
+def load_tokenizer(args: argparse.Namespace, base_kind: str):
+    from ..tokenization.tokenization_causal_qwen import CausalQwenTokenizer
+
+    choice = args.tokenizer
+    if choice == "auto":
+        has_files = base_kind != "tiny" and any(
+            (Path(args.base) / name).is_file() for name in ("tokenizer.json", "vocab.json")
+        )
+        if has_files:
+            return CausalQwenTokenizer.from_pretrained(args.base)
+        choice = "tiny" if base_kind == "tiny" else "qwen"
+    if choice == "tiny":
+        from ..tokenization.testing import build_tiny_tokenizer
+
+        return build_tiny_tokenizer()
+    return CausalQwenTokenizer.from_qwen_vocab()
+
+
+def value_normalization(values: np.ndarray, kind: str) -> dict[str, Any]:
+    """Config overrides for ``--value-normalization`` from the finite training targets (module docstring)."""
+    values = values[np.isfinite(values)]
+    if kind == "none" or values.size == 0:
+        return {"value_normalization": "none"}
+    nonzero = np.abs(values[values != 0])
+    wide = nonzero.size > 0 and nonzero.max() / nonzero.min() > 1e4
+    if kind == "symlog" or (kind == "auto" and wide):
+        scale = float(np.median(np.abs(values))) or 1.0
+        return {"value_normalization": "symlog", "value_norm_shift": 0.0, "value_norm_scale": scale}
+    q25, q50, q75 = np.percentile(values, [25, 50, 75])
+    scale = float(q75 - q25) / 2 or float(np.abs(values).max()) or 1.0
+    return {"value_normalization": "affine", "value_norm_shift": float(q50), "value_norm_scale": scale}
+
+
+def build_model(
+    args, base_kind: str, tokenizer, normalization: dict[str, Any]
+) -> CausalQwenForNumericCausalLM:
+    torch.manual_seed(args.seed)
+    if base_kind == "causal_qwen":
+        model = CausalQwenForNumericCausalLM.from_pretrained(args.base)
+    elif base_kind == "qwen2":
+        model = CausalQwenForNumericCausalLM.from_qwen2(args.base, **normalization)
+    else:
+        config = CausalQwenConfig(
+            vocab_size=len(tokenizer),
+            num_token_id=tokenizer.num_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **TINY_BASE,
+            **normalization,
+        )
+        model = CausalQwenForNumericCausalLM(config)
+    if model.config.num_token_id != tokenizer.num_token_id:
+        raise SystemExit(
+            f"the model's num_token_id {model.config.num_token_id} is not the tokenizer's <NUM> id "
+            f"{tokenizer.num_token_id}; pick the tokenizer that matches --base"
+        )
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        raise SystemExit(f"the tokenizer has {len(tokenizer)} tokens, more than the model's embedding rows")
+    return model
+
+
+def freeze_backbone(model: CausalQwenForNumericCausalLM) -> None:
+    """Train only the CausalQwen modules (the names :func:`.lora.full_training_modules` gives)."""
+    model.requires_grad_(False)
+    for name in full_training_modules(model):
+        module = model.model.value_encoding if name == "value_encoding" else model.get_submodule(name)
+        module.requires_grad_(True)
+
+
+def teacher_forced_metrics(model, tokenizer, rows, limit: int) -> dict[str, Any]:
+    """Teacher-forced value metrics on up to ``limit`` test rows that have a numeric target."""
+    rows = rows.filter(lambda r: r["value"] is not None and math.isfinite(r["value"]))
+    rows = rows.select(range(min(limit, len(rows))))
+    if len(rows) == 0:
+        return {}
+    model.eval()
+    pred = predict_values(model, tokenizer, rows["prompt"], rows["target"])
+    y = np.asarray(rows["value"], dtype=np.float64)
+    out = {"rows": len(rows), "num_accuracy": float(pred["num_accuracy"])}
+    out.update(regression_metrics(y, pred["value_loc"]))
+    out.update(cauchy_interval_coverage(y, pred["value_loc"], pred["value_scale"]))
+    return out
+
+
+def _finite(value):
+    """JSON has no NaN/inf: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def run(argv: list[str]) -> dict[str, Any]:
+    """Train as the flags say, save everything to ``--output-dir`` and return the metrics dict."""
+    args = parse_args(argv)
+    out_dir = Path(args.output_dir)
+    base_kind = _base_kind(args.base)
+    tokenizer = load_tokenizer(args, base_kind)
+    rows = load_rows(args)
+    if args.quick:
+        rows["train"] = rows["train"].select(range(min(QUICK["rows"], len(rows["train"]))))
+        rows["test"] = rows["test"].select(range(min(QUICK["rows"] // 4, len(rows["test"]))))
+    normalization = {}
+    if base_kind != "causal_qwen":
+        kind = args.value_normalization
+        normalization = value_normalization(np.asarray(rows["train"]["value"], dtype=np.float64), kind)
+    model = build_model(args, base_kind, tokenizer, normalization)
+    tokenized = tokenize_numeric_dataset(rows, tokenizer, max_length=args.max_length)
+
+    adapter_dir = out_dir / "adapter"
+    is_main = PartialState().is_main_process  # under accelerate launch, one process writes files
+    if args.lora:
+        base_path = args.base if base_kind == "causal_qwen" else str(out_dir / "base")
+        if base_kind != "causal_qwen" and is_main:
+            model.save_pretrained(base_path)
+            tokenizer.save_pretrained(base_path)
+        model = apply_lora(model, r=args.lora_r, alpha=args.lora_alpha)
+    elif args.freeze_backbone:
+        freeze_backbone(model)
+
+    training_args = numeric_training_arguments(
+        str(out_dir),
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum,
+        learning_rate=args.lr,
+        logging_steps=args.logging_steps,
+        seed=args.seed,
+        report_to=args.report_to,
+        disable_tqdm=args.quick or None,
+    )
+    trainer = CausalQwenTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["test"],
+        data_collator=NumericDataCollator(tokenizer),
+    )
+    train_output = trainer.train()
+    eval_metrics = trainer.evaluate()
+
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    if args.lora:
+        if is_main:
+            model.save_pretrained(adapter_dir)
+            if base_kind != "causal_qwen":
+                _point_adapter_at(adapter_dir, base_path)
+            tokenizer.save_pretrained(adapter_dir)
+        model = model.merge_and_unload()
+    metrics: dict[str, Any] = {
+        "train": train_output.metrics,
+        "eval": eval_metrics,
+        "test": teacher_forced_metrics(model, tokenizer, rows["test"], args.eval_rows),
+        "log_history": trainer.state.log_history,
+        "parameters": {"trainable": trainable, "total": total},
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "value_normalization": {
+            k: getattr(model.config, k)
+            for k in ("value_normalization", "value_norm_shift", "value_norm_scale")
+        },
+    }
+    if is_main:
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+        (out_dir / "metrics.json").write_text(json.dumps(_finite(metrics), indent=2, default=str))
+    return metrics
+
+
+def _point_adapter_at(adapter_dir: Path, base_path: str) -> None:
+    """Record the saved base in adapter_config.json (PEFT leaves it empty for a model built in memory)."""
+    path = adapter_dir / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = str(Path(base_path).resolve())
+    path.write_text(json.dumps(config, indent=2))
+
+
+def main(argv: list[str] | None = None):
+    """Run the CLI; with ``argv`` return the metrics dict, without (console script, ``-m``) return 0."""
+    if argv is not None:
+        return run(list(argv))
+    metrics = run(sys.argv[1:])
+    test = metrics.get("test") or {}
+    print(
+        f"train loss {metrics['train'].get('train_loss', float('nan')):.4g}, eval loss "
+        f"{metrics['eval'].get('eval_loss', float('nan')):.4g}, test MAE {test.get('mae', float('nan')):.4g}, "
+        f"<NUM> accuracy {test.get('num_accuracy', float('nan')):.3f}; saved to {metrics['args']['output_dir']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

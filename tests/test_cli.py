@@ -1,0 +1,160 @@
+"""causalqwen-train: a quick run writes a reloadable model, tokenizer, metrics and (with --lora) an adapter."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("datasets")
+peft = pytest.importorskip("peft")
+
+from causalqwen.training import cli  # noqa: E402
+from test_trainer import one_thread  # noqa: E402,F401
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        metrics = cli.main(["--quick", "--dataset", "synthetic:linear", "--output-dir", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    return out, metrics
+
+
+def test_quick_run_writes_reloadable_model_and_metrics(quick_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import causalqwen  # noqa: F401  (registers causal_qwen with the Auto classes)
+    from causalqwen.training.data import build_synthetic_dataset
+    from causalqwen.training.evaluation import predict_values
+
+    out, metrics = quick_run
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "metrics.json",
+    ):
+        assert (out / name).is_file(), name
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["train"]["train_loss"] == pytest.approx(metrics["train"]["train_loss"])
+    logs = [h for h in metrics["log_history"] if "loss" in h]
+    assert len(logs) == cli.QUICK["steps"]
+    assert all(
+        math.isfinite(h[k]) for h in logs for k in ("loss_cls", "loss_reg", "num_accuracy", "value_mae")
+    )
+    assert math.isfinite(metrics["eval"]["eval_loss"]) and math.isfinite(metrics["eval"]["eval_value_mae"])
+    assert metrics["test"]["rows"] == cli.QUICK["eval_rows"]
+
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert type(model).__name__ == "CausalQwenForNumericCausalLM"
+    assert tokenizer.num_token_id == model.config.num_token_id == 300 and len(tokenizer) == 301
+    assert model.config.value_normalization == "affine"  # --value-normalization auto on linear targets
+    # The reloaded model reproduces the teacher-forced test MAE of the run (same rows, same weights).
+    test = build_synthetic_dataset("linear", n=cli.QUICK["rows"], seed=0)["test"]
+    test = test.select(range(cli.QUICK["eval_rows"]))
+    pred = predict_values(model, tokenizer, test["prompt"], test["target"])
+    mae = float(np.abs(pred["value_loc"] - np.asarray(test["value"])).mean())
+    assert mae == pytest.approx(metrics["test"]["mae"], rel=1e-6)
+
+
+def test_lora_run_writes_adapter_that_reloads(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    import causalqwen  # noqa: F401
+
+    out = tmp_path / "lora"
+    metrics = cli.main(["--quick", "--lora", "--lora-r", "4", "--output-dir", str(out)])
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "base" / "model.safetensors").is_file() and (out / "model.safetensors").is_file()
+    assert metrics["parameters"]["trainable"] < metrics["parameters"]["total"] / 2
+
+    base = AutoModelForCausalLM.from_pretrained(out / "base").eval()
+    # PeftModel.from_pretrained injects the adapter into the model it gets: give it its own copy.
+    adapted = peft.PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(out / "base"), out / "adapter"
+    )
+    adapted.eval()
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()  # the merged model the run saved
+    ids = torch.tensor([[5, 17, 300, 9, 300, 11]])
+    values = torch.tensor([[0.0, 0.0, 12.5, 0.0, -3.0, 0.0]])
+    with torch.no_grad():
+        a = adapted(input_ids=ids, numeric_values=values)
+        m = merged(input_ids=ids, numeric_values=values)
+        b = base(input_ids=ids, numeric_values=values)
+    torch.testing.assert_close(m.loc_S, a.loc_S, atol=1e-5, rtol=0)
+    torch.testing.assert_close(m.value_loc, a.value_loc, atol=1e-5, rtol=1e-6)
+    assert not torch.allclose(b.value_loc, a.value_loc)  # the adapter did change the model
+
+
+def test_freeze_backbone_trains_only_the_causal_modules(tmp_path):
+    from causalqwen.training.lora import full_training_modules
+
+    out = tmp_path / "frozen"
+    metrics = cli.main(["--quick", "--freeze-backbone", "--output-dir", str(out)])
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    expected = sum(
+        p.numel()
+        for name in full_training_modules(model)
+        for p in (
+            model.model.value_encoding if name == "value_encoding" else model.get_submodule(name)
+        ).parameters()
+    )
+    assert metrics["parameters"]["trainable"] == expected
+
+
+def test_config_file_and_console_entry(tmp_path, monkeypatch):
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"dataset": "synthetic:unit", "batch-size": 2, "seed": 3}))
+    out = tmp_path / "cfg"
+    monkeypatch.setattr(
+        "sys.argv", ["causalqwen-train", "--config", str(config), "--quick", "--output-dir", str(out)]
+    )
+    assert cli.main() == 0  # console scripts sys.exit() main's return value
+    args = json.loads((out / "metrics.json").read_text())["args"]
+    assert (args["dataset"], args["seed"]) == ("synthetic:unit", 3)
+    assert args["batch_size"] == cli.QUICK["batch_size"]  # --quick wins over the file
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--lora", "--freeze-backbone"], "exclude each other"),
+        (["--dataset", "csv:/nope.csv"], "--target"),
+        (["--dataset", "parquet:x"], "--dataset must be"),
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--base", "/definitely/not/here"], "no config.json"),
+    ],
+)
+def test_bad_flags_fail_with_a_clear_message(tmp_path, argv, message):
+    with pytest.raises(SystemExit, match=message):
+        cli.main([*argv, "--output-dir", str(tmp_path / "x")])
+
+
+def test_unknown_config_key(tmp_path):
+    config = tmp_path / "bad.json"
+    config.write_text(json.dumps({"batch_sise": 4}))
+    with pytest.raises(SystemExit, match="unknown key.*batch_sise"):
+        cli.main(["--config", str(config), "--output-dir", str(tmp_path / "x")])
+
+
+def test_value_normalization_choice():
+    linear = np.array([-97.0, -10.0, 3.0, 20.0, 103.0])
+    assert cli.value_normalization(linear, "auto") == {
+        "value_normalization": "affine",
+        "value_norm_shift": 3.0,
+        "value_norm_scale": 15.0,
+    }
+    wide = np.array([1e-5, 3e-2, 2.0, 5e3, 1e5, np.nan])
+    got = cli.value_normalization(wide, "auto")
+    assert got["value_normalization"] == "symlog" and got["value_norm_scale"] == pytest.approx(2.0)
+    assert cli.value_normalization(linear, "none") == {"value_normalization": "none"}
