@@ -4,7 +4,9 @@ import pytest
 import torch
 from torch.distributions import Cauchy
 
+from causalqwen.modeling import cauchy
 from causalqwen.modeling.cauchy import (
+    abs_linear,
     cauchy_cdf,
     cauchy_interval,
     cauchy_log_prob,
@@ -124,3 +126,35 @@ def test_softplus_inverse_round_trip():
     torch.testing.assert_close(torch.nn.functional.softplus(softplus_inverse(t)), t)
     with pytest.raises(ValueError):
         softplus_inverse(0.0)
+
+
+def test_blocked_abs_linear_matches_dense_value_and_gradient(monkeypatch):
+    # 10 rows of 6 columns in blocks of 2 rows (the last block is short); a zero entry checks sgn(0) = 0.
+    monkeypatch.setattr(cauchy, "ABS_BLOCK_ELEMENTS", 12)
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(10, 6, generator=g, dtype=torch.float64)
+    w[3, 2] = 0.0
+    x = torch.rand(2, 4, 6, generator=g, dtype=torch.float64)
+    w_ref, x_ref = w.clone().requires_grad_(), x.clone().requires_grad_()
+    w.requires_grad_()
+    x.requires_grad_()
+    got = abs_linear(x, w)
+    want = torch.nn.functional.linear(x_ref, w_ref.abs())
+    assert got.shape == (2, 4, 10)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    upstream = torch.randn(2, 4, 10, generator=g, dtype=torch.float64)
+    got_grads = torch.autograd.grad(got, [x, w], upstream)
+    want_grads = torch.autograd.grad(want, [x_ref, w_ref], upstream)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert got_grads[1][3, 2] == 0.0
+    assert torch.autograd.gradcheck(
+        lambda a, b: abs_linear(a, b), (x[0].detach().requires_grad_(), w.detach().requires_grad_())
+    )
+
+
+def test_linear_cauchy_uses_a_precomputed_abs_weight():
+    w = torch.tensor([[2.0, -3.0], [0.5, 0.0]])
+    loc, scale = torch.tensor([0.5, -1.0]), torch.tensor([0.2, 0.1])
+    _, out_scale = linear_cauchy(loc, scale, w, abs_weight=w.abs())
+    torch.testing.assert_close(out_scale, torch.tensor([0.7, 0.1]))

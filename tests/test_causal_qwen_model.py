@@ -342,3 +342,25 @@ def test_backbone_gradient_checkpointing_trains():
     out = model(input_ids=ids, numeric_values=values, labels=ids)
     out.loss.backward()
     assert model.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
+
+
+def test_abs_head_cache_matches_grad_path_and_follows_weight_updates():
+    model = tiny_model(ovr_threshold_init=0.3)
+    ids, values = batch()
+    with torch.no_grad():
+        cached = model(input_ids=ids, numeric_values=values).scale_S
+    fresh = model(input_ids=ids, numeric_values=values).scale_S  # grad enabled: blocked |W| path, no cache
+    torch.testing.assert_close(cached, fresh.detach(), rtol=1e-6, atol=1e-6)
+    first = model._abs_head_weight()
+    assert model._abs_head_weight() is first  # reused while the weight is unchanged
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    model.train()
+    labels = ids.clone()
+    model(input_ids=ids, numeric_values=values, labels=labels).loss.backward()
+    optimizer.step()  # in-place update bumps the version counter: the cache must be rebuilt
+    model.eval()
+    with torch.no_grad():
+        after = model(input_ids=ids, numeric_values=values).scale_S
+    assert model._abs_head_weight() is not first
+    torch.testing.assert_close(model._abs_head_weight(), model.lm_head.weight.detach().abs())
+    assert not torch.allclose(after, cached)

@@ -124,6 +124,14 @@ def test_chunks_bound_the_vocab_sized_work_and_backward_recomputes():
     assert len(head.call_sizes) == forward_calls
 
 
+def test_a_single_chunk_is_not_recomputed_in_backward():
+    hidden, labels, targets, thresholds = make_batch()
+    head = ToyHead()
+    kw = dict(num_token_id=NUM, gate_alpha=0.1, reg_lambda=1.0, chunk_size=1024)
+    gated_loss(hidden, labels, targets, head, thresholds, **kw).total.backward()
+    assert len(head.call_sizes) == 1  # forward only: no checkpoint recomputation for one chunk
+
+
 def test_gate_alpha_one_is_plain_nll_and_alpha_zero_is_weighted_by_p_num():
     hidden, labels, targets, thresholds = make_batch()
     head = ToyHead()

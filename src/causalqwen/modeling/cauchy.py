@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "ABS_BLOCK_ELEMENTS",
     "LOG_PI",
     "SCALE_EPS",
+    "abs_linear",
     "cauchy_cdf",
     "cauchy_interval",
     "cauchy_log_prob",
@@ -54,18 +56,75 @@ def softplus_inverse(x: float | torch.Tensor) -> float | torch.Tensor:
     return x + math.log(-math.expm1(-x))
 
 
+# Row blocks of at most this many weight elements (16 MB in float32) when |W| is formed on the fly: a
+# vocabulary head (151,936 x 896 for Qwen2.5-0.5B) never gets a full-size |W| copy, only one block at a time.
+ABS_BLOCK_ELEMENTS = 1 << 22
+
+
+class _AbsLinear(torch.autograd.Function):
+    """``x |W|^T`` without ever materialising ``|W|`` (or ``sign(W)``) at full size.
+
+    ``F.linear(x, W.abs())`` writes a full ``|W|`` in forward, keeps it for backward and adds a full
+    ``sign(W) * grad`` tensor there: for a vocabulary head that is three extra [V x C] tensors per call.
+    Here forward and backward walk ``W`` in row blocks, taking ``abs``/``sign`` of one block at a time;
+    the gradient is the same as autograd's (``sgn(W) * (grad^T x)``, 0 where ``W == 0``).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        flat = x.reshape(-1, x.shape[-1])
+        out = flat.new_empty(flat.shape[0], weight.shape[0])
+        for rows in _row_blocks(weight):
+            out[:, rows] = F.linear(flat, weight[rows].abs())
+        return out.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        flat = x.reshape(-1, x.shape[-1])
+        grad = grad_out.reshape(-1, weight.shape[0])
+        grad_x = flat.new_zeros(flat.shape) if ctx.needs_input_grad[0] else None
+        grad_w = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
+        for rows in _row_blocks(weight):
+            block, g = weight[rows], grad[:, rows]
+            if grad_x is not None:
+                grad_x.addmm_(g, block.abs())
+            if grad_w is not None:
+                torch.mm(g.t(), flat, out=grad_w[rows])
+                grad_w[rows].mul_(block.sign())
+        return None if grad_x is None else grad_x.view_as(x), grad_w
+
+
+def _row_blocks(weight: torch.Tensor) -> list[slice]:
+    rows = max(1, ABS_BLOCK_ELEMENTS // max(weight.shape[1], 1))
+    return [slice(start, start + rows) for start in range(0, weight.shape[0], rows)]
+
+
+def abs_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, weight.abs())``; weights over ``ABS_BLOCK_ELEMENTS`` go through the blocked kernel."""
+    if weight.numel() <= ABS_BLOCK_ELEMENTS:
+        return F.linear(x, weight.abs())
+    return _AbsLinear.apply(x, weight)
+
+
 def linear_cauchy(
     loc: torch.Tensor,
     scale: torch.Tensor | None,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
+    abs_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Push independent Cauchy variables through ``y = x W^T + b``.
 
     Returns ``(W loc + b, |W| scale)``; ``scale=None`` stands for a point mass (deterministic input).
+    ``abs_weight`` is a precomputed ``|W|`` (e.g. cached between decoding steps, when no gradient flows);
+    without it ``|W|`` is formed block by block (:func:`abs_linear`).
     """
     out_loc = F.linear(loc, weight, bias)
-    out_scale = None if scale is None else F.linear(scale, weight.abs())
+    if scale is None:
+        return out_loc, None
+    out_scale = F.linear(scale, abs_weight) if abs_weight is not None else abs_linear(scale, weight)
     return out_loc, out_scale
 
 

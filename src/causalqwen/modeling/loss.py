@@ -18,9 +18,9 @@ With shifted labels (ignore index -100)::
 Memory: only positions with a label are gathered, and the head matmuls ([n x C] @ [C x V]) run inside
 chunks of ``chunk_size`` positions, so no [positions x V] tensor larger than one chunk exists, as in fused
 linear cross-entropy kernels: with the default chunk of 256 positions each float32 [chunk x V] tensor is
-155 MB at Qwen's V = 151,936, against 2.5 GB per tensor for an unchunked 4 x 1024 batch. With autograd on,
-each chunk runs under ``torch.utils.checkpoint`` so backward recomputes a chunk's [chunk x V] activations
-instead of keeping all of them alive (RNG state is preserved, so the ``sampling`` mode's noise is identical
+155 MB at Qwen's V = 151,936, against 2.5 GB per tensor for an unchunked 4 x 1024 batch. With autograd on and
+more than one chunk, each chunk runs under ``torch.utils.checkpoint`` so backward recomputes a chunk's
+[chunk x V] activations instead of keeping all of them alive (RNG state is preserved, so the ``sampling`` mode's noise is identical
 in the recomputation).
 
 All terms stay finite for huge values and tiny scales: ``cauchy.ovr_log_probs`` and ``cauchy.cauchy_nll``
@@ -143,7 +143,9 @@ def gated_loss(
     if not torch.isfinite(flat_targets[is_num]).all():
         raise ValueError("numeric targets at <NUM> labels must be finite (got NaN or inf)")
 
-    use_checkpoint = torch.is_grad_enabled() and hidden.requires_grad
+    # One chunk gains nothing from checkpointing (its [chunk x V] activations are alive for the same span
+    # either way) and recomputing it in backward cost a second pass over the vocabulary head.
+    use_checkpoint = torch.is_grad_enabled() and hidden.requires_grad and flat_labels.shape[0] > chunk_size
     cls_sum = hidden_states.new_zeros((), dtype=torch.float32)
     reg_sum = hidden_states.new_zeros((), dtype=torch.float32)
     for start in range(0, flat_labels.shape[0], chunk_size):
