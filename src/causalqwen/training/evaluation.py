@@ -192,7 +192,8 @@ def generate_examples(model, tokenizer, prompts: Sequence[str], max_new_tokens: 
     """Greedy continuations of each prompt, with generated numbers written in.
 
     Returns one dict per prompt: ``prompt``, ``completion`` (decoded with
-    ``tokenizer.decode(numeric_values=...)``) and ``values`` (the generated numbers, in order). Prompts run
+    ``tokenizer.decode(numeric_values=...)``) and ``values`` (the generated numbers, in order, at float32
+    precision). Prompts run
     one at a time: a handful of examples does not need batching, and no padding means no left-padding
     position subtleties.
     """
@@ -219,7 +220,9 @@ def generate_examples(model, tokenizer, prompts: Sequence[str], max_new_tokens: 
             )
             start = enc["input_ids"].shape[1]
             ids = out.sequences[0, start:].tolist()
-            values = out.numeric_values[0, start:].tolist()
+            # The value track is float32: render each value by its shortest float32 repr (129.7, not
+            # 129.6999969482422, the float64 view of the same float32).
+            values = [float(str(v)) for v in out.numeric_values[0, start:].float().numpy()]
             examples.append(
                 {
                     "prompt": prompt,

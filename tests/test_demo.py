@@ -1,0 +1,63 @@
+"""`python -m causalqwen.demo` end to end on a 5-step budget: every row and metric, the JSON, determinism."""
+
+import json
+import math
+
+import pytest
+
+from causalqwen import demo
+
+ROWS = ("causalqwen", "qwen2-digits", "mean predictor", "LinearRegression")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    return demo.main(["--steps", "5", "--seed", "0", "--examples", "2", "--output-dir", str(out)]), out
+
+
+def test_demo_returns_every_metric_for_every_row(run):
+    results, _ = run
+    assert list(results["metrics"]) == list(ROWS)
+    for name in ROWS:
+        row = results["metrics"][name]
+        assert set(demo.METRIC_KEYS) <= set(row)
+        for key in ("mae", "rmse", "r2", "median_ae"):
+            assert math.isfinite(row[key]), (name, key)
+        assert row["rmse"] >= row["mae"] >= 0
+    cq, digits = results["metrics"]["causalqwen"], results["metrics"]["qwen2-digits"]
+    assert 0.0 <= cq["num_accuracy"] <= 1.0 and 0.0 <= cq["cover50"] <= cq["cover90"] <= 1.0
+    assert digits["num_accuracy"] is None and digits["cover50"] is None and 0.0 <= digits["fail_rate"] <= 1.0
+    assert results["n_train"] + results["n_test"] == 442  # sklearn diabetes, every row used
+    # The references do not depend on training: a linear fit beats the training mean on diabetes.
+    assert (
+        results["metrics"]["LinearRegression"]["r2"] > 0.4 > abs(results["metrics"]["mean predictor"]["r2"])
+    )
+    assert results["parameters"]["causalqwen"] > results["parameters"]["qwen2-digits"] > 50_000
+
+
+def test_demo_examples_and_json(run):
+    results, out = run
+    assert len(results["examples"]) == 2
+    for example in results["examples"]:
+        assert example["prompt"].startswith("Patient: age ")
+        assert isinstance(example["completion"], str) and math.isfinite(example["true_value"])
+    saved = json.loads((out / "demo_results.json").read_text())
+    assert saved["metrics"] == results["metrics"]
+    assert saved["config"]["steps"] == 5 and saved["config"]["seed"] == 0
+    assert saved["training"]["causalqwen"]["log"][-1]["step"] == 5
+
+
+def test_demo_is_deterministic_given_the_seed(run):
+    again = demo.main(["--steps", "5", "--seed", "0", "--examples", "0"])
+    assert again["metrics"]["causalqwen"]["mae"] == run[0]["metrics"]["causalqwen"]["mae"]
+    assert again["metrics"]["qwen2-digits"]["mae"] == run[0]["metrics"]["qwen2-digits"]["mae"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--steps", "0"], "--steps must be >= 1"), (["--lr", "-1"], "--lr must be a positive number")],
+)
+def test_demo_rejects_bad_flags(argv, message):
+    with pytest.raises(ValueError, match=message):
+        demo.main(argv)
