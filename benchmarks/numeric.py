@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
 from causalqwen import CausalQwenConfig, CausalQwenForNumericCausalLM  # noqa: E402
+from causalqwen.training.evaluation import (  # noqa: E402
+    BackendDigitsView,
+    feature_matrix,
+    parse_leading_number,  # noqa: F401 (re-exported for the benchmark tests)
+    predict_digits,
+    regression_metrics,
+    target_prefix,
+)
 from common import (  # noqa: E402
     apply_threads,
     base_parser,
@@ -351,14 +359,9 @@ def predict_causal(model, enc: Encoded, device: torch.device, batch_size: int = 
 
 def metrics(y: np.ndarray, pred: np.ndarray, intervals: dict[float, tuple] | None, num_hit) -> dict[str, Any]:
     """The reported metrics; ``None`` where a model has no such output (intervals, ``<NUM>`` decision)."""
-    err = np.abs(pred - y)
-    ss_tot = float(((y - y.mean()) ** 2).sum())
-    out: dict[str, Any] = {
-        "mae": float(err.mean()),
-        "rmse": float(np.sqrt(((pred - y) ** 2).mean())),
-        "r2": 1.0 - float(((pred - y) ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan"),
-        "median_ae": float(np.median(err)),
-    }
+    out: dict[str, Any] = regression_metrics(y, pred)
+    if out["r2"] is None:  # constant targets: keep the benchmark's NaN (summaries average numbers)
+        out["r2"] = float("nan")
     for level in INTERVAL_LEVELS:
         key = f"cover{int(level * 100)}"
         if intervals is None:
@@ -379,83 +382,10 @@ def cauchy_intervals(pred: np.ndarray, scale: np.ndarray) -> dict[float, tuple]:
 
 # ------------------------------------------------------------------------------------- digits baseline
 
-_NUMBER_RE = None
-
-
-def parse_leading_number(text: str) -> float | None:
-    """The first number in generated text (digits, sign, decimals, exponent, thousands commas) or None."""
-    import re
-
-    global _NUMBER_RE
-    if _NUMBER_RE is None:
-        _NUMBER_RE = re.compile(
-            r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?(?:[eE][-+]?\d+)?|[-+]?\.\d+(?:[eE][-+]?\d+)?"
-        )
-    match = _NUMBER_RE.search(text)
-    if match is None:
-        return None
-    try:
-        value = float(match.group().replace(",", ""))
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-@torch.no_grad()
-def predict_digits(
-    model,
-    tok,
-    split: Split,
-    fallback: float,
-    device: torch.device,
-    prefix_fn: Callable[[str], str],
-    batch_size: int = 64,
-) -> dict[str, Any]:
-    """Greedy generation after prompt + the target sentence's text before its number; parse the number."""
-    model.eval()
-    pad_id = model.config.pad_token_id
-    preds, failures = [], 0
-    for start in range(0, len(split.prompts), batch_size):
-        texts = [
-            p + prefix_fn(t)
-            for p, t in zip(
-                split.prompts[start : start + batch_size], split.targets[start : start + batch_size]
-            )
-        ]
-        rows = [list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
-        width = max(map(len, rows))
-        # Left padding: generation appends after the last real token of every row.
-        ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=16,
-            do_sample=False,
-            pad_token_id=pad_id,
-            eos_token_id=None,
-        )
-        for row in out[:, width:]:
-            value = parse_leading_number(tok.decode(row.tolist(), skip_special_tokens=True))
-            failures += value is None
-            preds.append(fallback if value is None else value)
-    return {"pred": np.asarray(preds, dtype=np.float64), "fail_rate": failures / max(len(split.prompts), 1)}
+# parse_leading_number, target_prefix, predict_digits, BackendDigitsView: causalqwen.training.evaluation.
 
 
 # ------------------------------------------------------------------------------------ sklearn baselines
-
-
-def feature_matrix(tok, prompts: Sequence[str], num_id: int, width: int | None = None) -> np.ndarray:
-    """The numbers of each prompt, as the CausalQwen tokenizer parses them (zero-padded to ``width``)."""
-    rows = []
-    for prompt in prompts:
-        enc = tok(prompt, add_special_tokens=False)
-        rows.append([float(v) for i, v in zip(enc["input_ids"], enc["numeric_values"]) if i == num_id])
-    width = width or max(map(len, rows), default=0)
-    X = np.zeros((len(rows), width))
-    for i, row in enumerate(rows):
-        X[i, : min(len(row), width)] = row[:width]
-    return X
 
 
 def run_sklearn(name: str, X_train, y_train, X_test, seed: int) -> tuple[np.ndarray, dict[float, tuple]]:
@@ -484,15 +414,6 @@ def run_sklearn(name: str, X_train, y_train, X_test, seed: int) -> tuple[np.ndar
 
 
 # ---------------------------------------------------------------------------------------------- driver
-
-
-def target_prefix(target: str) -> str:
-    """The target sentence up to its number (the digits baseline generates from there)."""
-    parse_leading_number("0")  # compiles the pattern
-    match = _NUMBER_RE.search(target)
-    if match is None:
-        raise ValueError(f"target sentence {target!r} contains no number")
-    return target[: match.start()]
 
 
 def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
@@ -529,7 +450,8 @@ class Runner:
             enc = encode_split(self.plain_tok, train_split, self.pad_id, None)
             losses = train(model, enc, self.budget, seed, self.device, with_values=False)
             fallback = float(train_split.values.mean())
-            out = predict_digits(model, self.plain_tok, self.task.test, fallback, self.device, target_prefix)
+            texts = [p + target_prefix(t) for p, t in zip(self.task.test.prompts, self.task.test.targets)]
+            out = predict_digits(model, self.plain_tok, texts, fallback)
             result = metrics(y_test, out["pred"], None, None)
             result["fail_rate"] = out["fail_rate"]
         else:
@@ -631,25 +553,6 @@ class FallbackCharTokenizer:
         return "".join(self.vocab[i] for i in ids if i >= 2 or not skip_special_tokens)
 
 
-class BackendDigitsView:
-    """The same vocabulary as a tokenizers-backed ``CausalQwenTokenizer``, without number parsing.
-
-    Number parsing lives in the Python layer; the Rust backend (``backend_tokenizer``) is the plain Qwen2
-    byte-level BPE, so encoding through it gives the digits-as-text view the baseline needs, with the same
-    ids and padding id.
-    """
-
-    def __init__(self, tok):
-        self.backend = tok.backend_tokenizer
-        self.pad_token_id = tok.pad_token_id
-
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list]:
-        return {"input_ids": self.backend.encode(text, add_special_tokens=add_special_tokens).ids}
-
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
-
-
 def load_tokenizers() -> tuple[Any, Any, str]:
     """(number-parsing tokenizer, the same vocabulary reading digits as text, provenance).
 
@@ -715,10 +618,23 @@ def _fallback_task(name: str, csv: Path | None, target: str | None) -> Task:
 def load_task(name: str, csv: Path | None = None, target: str | None = None) -> tuple[Task, str]:
     """The task from the package's dataset builders, or the fallback; with its provenance."""
     try:
-        import causalqwen.training.data  # noqa: F401
+        from causalqwen.training.data import build_synthetic_dataset, build_table_dataset
     except ImportError:
         return _fallback_task(name, csv, target), "fallback"
-    raise NotImplementedError("wire the package builders here")
+    if name == "diabetes":
+        rows = build_table_dataset("sklearn:diabetes", seed=0)
+    elif name in ("synthetic-wide", "synthetic-unit"):
+        # 400 rows, as the fallback sets: the benchmark budget was sized for that.
+        rows = build_synthetic_dataset(name.split("-", 1)[1], n=400, seed=0)
+    elif name == "csv":
+        rows = build_table_dataset(str(csv), target, seed=0)
+    else:
+        raise ValueError(f"unknown task {name!r}")
+
+    def split(part) -> Split:
+        return Split(list(part["prompt"]), list(part["target"]), np.asarray(part["value"], dtype=np.float64))
+
+    return Task(name, split(rows["train"]), split(rows["test"])), "causalqwen.training.data"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
