@@ -51,7 +51,7 @@ def test_output_fields_and_shapes():
     for name in ("value_loc", "value_scale"):
         assert getattr(out, name).shape == (2, 8)
     assert out.loc_U.shape == out.scale_U.shape == (2, 8, 32)
-    assert out.past_key_values is not None and out.loss is None
+    assert out.cache is not None and out.past_key_values is out.cache and out.loss is None
     assert model.loss_type == "ForCausalLM" and model.accepts_loss_kwargs is False
 
 

@@ -21,6 +21,7 @@ from hub_server import last_json_line, run_isolated
 
 PACKAGE_DIR = Path(causalqwen.__file__).resolve().parent
 CAUSAL_QWEN_BUNDLE = [
+    "_compat.py",
     "cauchy.py",
     "configuration_causal_qwen.py",
     "hub.py",

@@ -57,6 +57,7 @@ from transformers.utils.generic import can_return_tuple
 
 from ..configuration.configuration_causal_qwen import INFERENCE_MODES, CausalQwenConfig
 from ..hub import RemoteCodeMixin
+from ._compat import CACHE_NAME, accepts_both_cache_names, cache_output_field
 from .cauchy import SCALE_EPS, cauchy_sample, linear_cauchy, softplus_inverse
 from .loss import CauchyHeads, gated_loss
 from .numeric_embedding import ValueNormalizer, build_value_encoding, check_numeric_values, embed_numbers
@@ -94,6 +95,7 @@ def _calibrated_threshold(base: PreTrainedModel, input_ids: torch.LongTensor | N
 
 
 @dataclass
+@cache_output_field
 class CausalQwenOutput(ModelOutput):
     """Output of :class:`CausalQwenForNumericCausalLM`.
 
@@ -101,7 +103,8 @@ class CausalQwenOutput(ModelOutput):
     Cauchy parameters (``scale_S`` is 0 in ``deterministic`` mode); ``value_loc``/``value_scale`` [B, S] the
     next value's Cauchy median and scale in data units; ``loc_U``/``scale_U`` [B, S, C] the abducted
     causal representation. In training with labels the vocabulary-sized fields are ``None`` unless
-    ``return_logits=True``.
+    ``return_logits=True``. ``cache`` is the KV cache; on transformers < 5.24 the field is ``past_key_values``
+    (the name generation reads there), and either name reads it on any version.
     """
 
     loss: torch.FloatTensor | None = None
@@ -114,7 +117,7 @@ class CausalQwenOutput(ModelOutput):
     value_scale: torch.FloatTensor | None = None
     loc_U: torch.FloatTensor | None = None
     scale_U: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
+    cache: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
@@ -205,12 +208,13 @@ class CausalQwenModel(RemoteCodeMixin, CausalQwenPreTrainedModel, Qwen2Model):
         # Qwen2Model.__init__ already ran post_init; running it again initialises only the new module.
         self.post_init()
 
+    @accepts_both_cache_names
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         numeric_values: torch.Tensor | None = None,
@@ -231,9 +235,9 @@ class CausalQwenModel(RemoteCodeMixin, CausalQwenPreTrainedModel, Qwen2Model):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            **{CACHE_NAME: cache},
             **kwargs,
         )
 
@@ -306,12 +310,13 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         return heads, loc_U, scale_U
 
     @can_return_tuple
+    @accepts_both_cache_names
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         numeric_values: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
@@ -324,6 +329,8 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         **kwargs,
     ) -> CausalQwenOutput:
         r"""
+        cache (`Cache`, *optional*): the KV cache; also accepted as `past_key_values` (its name before transformers
+            5.24, see `_compat.py`).
         numeric_values (`torch.FloatTensor` [B, S], *optional*): value of each `<NUM>` input token (0 elsewhere).
         labels (`torch.LongTensor` [B, S], *optional*): unshifted target ids, -100 ignored (the model shifts).
         numeric_labels (`torch.FloatTensor` [B, S], *optional*): target values aligned with `labels`; defaults to
@@ -337,7 +344,7 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             numeric_values=numeric_values,
@@ -371,7 +378,7 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
                 loss=loss,
                 loss_cls=loss_cls,
                 loss_reg=loss_reg,
-                past_key_values=outputs.past_key_values,
+                **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
                 hidden_states=outputs.hidden_states,
                 attentions=outputs.attentions,
             )
@@ -397,7 +404,7 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
             value_scale=value_scale,
             loc_U=loc_U,
             scale_U=scale_U,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
@@ -428,11 +435,12 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
 
     # ----------------------------------------------------------------------------------------- generation
 
+    @accepts_both_cache_names
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.LongTensor,
         next_sequence_length: int | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         attention_mask: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         is_first_iteration: bool | None = False,
@@ -443,7 +451,7 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         model_inputs = super().prepare_inputs_for_generation(
             input_ids,
             next_sequence_length=next_sequence_length,
-            past_key_values=past_key_values,
+            **{CACHE_NAME: cache},
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
             is_first_iteration=is_first_iteration,
