@@ -16,8 +16,23 @@ def run(tmp_path_factory):
     return demo.main(["--steps", "5", "--seed", "0", "--examples", "2", "--output-dir", str(out)]), out
 
 
-def test_demo_returns_every_metric_for_every_row(run):
+def test_demo_runs_both_tasks(run):
     results, _ = run
+    assert list(results["tasks"]) == ["diabetes", "linear"]
+    linear = results["tasks"]["linear"]
+    assert (linear["n_train"], linear["n_test"]) == (800, 200)
+    # y = 2x + 3 exactly: the linear reference is exact, the training mean is not.
+    assert linear["metrics"]["LinearRegression"]["mae"] < 1e-9 < linear["metrics"]["mean predictor"]["mae"]
+    assert linear["examples"][0]["prompt"].startswith("x is ")
+
+
+def test_demo_runs_one_task_on_request():
+    results = demo.main(["--steps", "1", "--examples", "0", "--task", "linear"])
+    assert list(results["tasks"]) == ["linear"]
+
+
+def test_demo_returns_every_metric_for_every_row(run):
+    results = run[0]["tasks"]["diabetes"]
     assert list(results["metrics"]) == list(ROWS)
     for name in ROWS:
         row = results["metrics"][name]
@@ -37,21 +52,25 @@ def test_demo_returns_every_metric_for_every_row(run):
 
 
 def test_demo_examples_and_json(run):
-    results, out = run
+    everything, out = run
+    results = everything["tasks"]["diabetes"]
     assert len(results["examples"]) == 2
     for example in results["examples"]:
         assert example["prompt"].startswith("Patient: age ")
         assert isinstance(example["completion"], str) and math.isfinite(example["true_value"])
     saved = json.loads((out / "demo_results.json").read_text())
-    assert saved["metrics"] == results["metrics"]
+    assert saved["tasks"]["diabetes"]["metrics"] == results["metrics"]
     assert saved["config"]["steps"] == 5 and saved["config"]["seed"] == 0
-    assert saved["training"]["causalqwen"]["log"][-1]["step"] == 5
+    assert saved["training"]["diabetes"]["causalqwen"]["log"][-1]["step"] == 5
 
 
 def test_demo_is_deterministic_given_the_seed(run):
-    again = demo.main(["--steps", "5", "--seed", "0", "--examples", "0"])
-    assert again["metrics"]["causalqwen"]["mae"] == run[0]["metrics"]["causalqwen"]["mae"]
-    assert again["metrics"]["qwen2-digits"]["mae"] == run[0]["metrics"]["qwen2-digits"]["mae"]
+    again = demo.main(["--steps", "5", "--seed", "0", "--examples", "0", "--task", "diabetes"])["tasks"][
+        "diabetes"
+    ]
+    first = run[0]["tasks"]["diabetes"]
+    assert again["metrics"]["causalqwen"]["mae"] == first["metrics"]["causalqwen"]["mae"]
+    assert again["metrics"]["qwen2-digits"]["mae"] == first["metrics"]["qwen2-digits"]["mae"]
 
 
 @pytest.mark.parametrize(
