@@ -496,61 +496,10 @@ def sweep_table(task_results: dict[str, Any], metric: str) -> str:
     return markdown_table(["model", *(f"noise {float(lv):.0%}" for lv in levels)], rows)
 
 
-DEFAULT_TASKS = ("diabetes", "synthetic-wide", "synthetic-unit")
+DEFAULT_TASKS = ("diabetes", "synthetic-linear", "synthetic-wide", "synthetic-unit")
 
 
-# ------------------------------------------------------------------------------- components and fallbacks
-#
-# The benchmark measures the package's own tokenizer and dataset builders. While those are missing (an
-# install without them, or a checkout where they have not landed yet) it falls back to the small stand-ins
-# below so the harness still runs; the JSON records which components were used (``components``) and the
-# printed header says so. The stand-ins are deliberately simple and are not part of the package API.
-
-
-class FallbackCharTokenizer:
-    """Character tokenizer over printable ASCII; with ``parse_numbers`` numbers become ``<NUM>`` + value.
-
-    Digits are single tokens, as in the Qwen2 pre-tokenizer, so the digits-as-text baseline reads numbers
-    the way it would with the real vocabulary.
-    """
-
-    def __init__(self, parse_numbers: bool):
-        import re
-
-        self.parse_numbers = parse_numbers
-        self.vocab = ["<pad>", "<NUM>", *(chr(i) for i in range(32, 127))]
-        self.index = {t: i for i, t in enumerate(self.vocab)}
-        self.pad_token_id = 0
-        self.number = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
-
-    def __len__(self) -> int:
-        return len(self.vocab)
-
-    def convert_tokens_to_ids(self, token: str) -> int:
-        return self.index[token]
-
-    def _chars(self, text: str) -> list[int]:
-        unknown = sorted({c for c in text if c not in self.index})
-        if unknown:
-            raise ValueError(f"fallback tokenizer cannot encode characters {unknown}")
-        return [self.index[c] for c in text]
-
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list]:
-        if not self.parse_numbers:
-            return {"input_ids": self._chars(text)}
-        ids: list[int] = []
-        values: list[float] = []
-        pos = 0
-        for match in self.number.finditer(text):
-            chunk = self._chars(text[pos : match.start()])
-            ids += chunk + [self.index["<NUM>"]]
-            values += [0.0] * len(chunk) + [float(match.group())]
-            pos = match.end()
-        tail = self._chars(text[pos:])
-        return {"input_ids": ids + tail, "numeric_values": values + [0.0] * len(tail)}
-
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        return "".join(self.vocab[i] for i in ids if i >= 2 or not skip_special_tokens)
+# ------------------------------------------------------------------------------------- components
 
 
 def load_tokenizers() -> tuple[Any, Any, str]:
@@ -559,72 +508,20 @@ def load_tokenizers() -> tuple[Any, Any, str]:
     The package's tiny test tokenizer (a few hundred tokens, Qwen2 pre-tokenizer) keeps the embedding small
     enough for the 2-core budget; the real 151,936-row vocabulary would dominate every step.
     """
-    try:
-        from causalqwen.tokenization.testing import build_tiny_tokenizer
-    except ImportError:
-        return FallbackCharTokenizer(True), FallbackCharTokenizer(False), "fallback-char"
+    from causalqwen.tokenization.testing import build_tiny_tokenizer
+
     tok = build_tiny_tokenizer()
     return tok, BackendDigitsView(tok), "causalqwen.tokenization.testing.build_tiny_tokenizer"
 
 
-def _split_indices(n: int, test_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    order = np.random.default_rng(seed).permutation(n)
-    n_test = int(round(n * test_fraction))
-    return order[n_test:], order[:n_test]
-
-
-def _fallback_task(name: str, csv: Path | None, target: str | None) -> Task:
-    """Sentence versions of diabetes, two synthetic sets and a CSV (only when the builders are missing)."""
-    rng = np.random.default_rng(0)
-    if name == "diabetes":
-        from sklearn.datasets import load_diabetes
-
-        data = load_diabetes(scaled=False)
-        names, X, y = list(data.feature_names), data.data, data.target.astype(float)
-        prompts = ["Patient: " + ", ".join(f"{k} {v:g}" for k, v in zip(names, row)) + "." for row in X]
-        targets = [f" Disease progression is {v:g}." for v in y]
-    elif name == "synthetic-wide":
-        x = 10.0 ** rng.uniform(-5, 5, 400)
-        x = np.array([float(f"{v:.3g}") for v in x])
-        y = 2 * x
-        prompts = [f"The reading is {v:.3g} units." for v in x]
-        targets = [f" Twice the reading is {v:.3g}." for v in y]
-    elif name == "synthetic-unit":
-        a, b = (np.round(rng.uniform(0, 1, 400), 3) for _ in range(2))
-        y = (a + b) / 2
-        prompts = [f"The values are {u:g} and {v:g}." for u, v in zip(a, b)]
-        targets = [f" Their mean is {v:g}." for v in y]
-    elif name == "csv":
-        import csv as csv_module
-
-        with open(csv, newline="") as handle:
-            rows = list(csv_module.DictReader(handle))
-        if not rows or target not in rows[0]:
-            raise ValueError(f"--target {target!r} is not a column of {csv}")
-        features = [k for k in rows[0] if k != target]
-        y = np.array([float(r[target]) for r in rows])
-        prompts = ["Row: " + ", ".join(f"{k} {r[k]}" for k in features) + "." for r in rows]
-        targets = [f" {target} is {v:g}." for v in y]
-    else:
-        raise ValueError(f"unknown task {name!r}")
-    tr, te = _split_indices(len(y))
-
-    def split(idx):
-        return Split([prompts[i] for i in idx], [targets[i] for i in idx], y[idx])
-
-    return Task(name, split(tr), split(te))
-
-
 def load_task(name: str, csv: Path | None = None, target: str | None = None) -> tuple[Task, str]:
-    """The task from the package's dataset builders, or the fallback; with its provenance."""
-    try:
-        from causalqwen.training.data import build_synthetic_dataset, build_table_dataset
-    except ImportError:
-        return _fallback_task(name, csv, target), "fallback"
+    """The task from the package's dataset builders, with its provenance."""
+    from causalqwen.training.data import build_synthetic_dataset, build_table_dataset
+
     if name == "diabetes":
         rows = build_table_dataset("sklearn:diabetes", seed=0)
-    elif name in ("synthetic-wide", "synthetic-unit"):
-        # 400 rows, as the fallback sets: the benchmark budget was sized for that.
+    elif name.startswith("synthetic-") and name in DEFAULT_TASKS:
+        # 400 rows: the quick budget (300 steps x batch 16, 3 seeds per model) was sized for that.
         rows = build_synthetic_dataset(name.split("-", 1)[1], n=400, seed=0)
     elif name == "csv":
         rows = build_table_dataset(str(csv), target, seed=0)
@@ -692,8 +589,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             loaded.append(load_task("csv", args.csv, args.target))
         tasks = [task for task, _ in loaded]
         results["components"]["data"] = sorted({source for _, source in loaded})
-        if "fallback" in tok_source or "fallback" in results["components"]["data"]:
-            print(f"NOTE: using benchmark fallbacks for missing package components: {results['components']}")
         for task in tasks:
             task = Task(task.name, task.train.head(budget.max_train), task.test.head(budget.max_test))
             levels = budget.noise_levels if task.name in sweep else (0.0,)

@@ -298,17 +298,6 @@ def test_numeric_csv_task(tmp_path):
     assert results["tasks"]["csv"]["n_test"] == 4
 
 
-def test_fallback_tokenizer_parses_numbers_and_rejects_non_ascii():
-    tok = numeric.FallbackCharTokenizer(parse_numbers=True)
-    enc = tok("x 1.5e3, -2.")
-    num = tok.convert_tokens_to_ids("<NUM>")
-    assert [v for i, v in zip(enc["input_ids"], enc["numeric_values"]) if i == num] == [1500.0, -2.0]
-    plain = numeric.FallbackCharTokenizer(parse_numbers=False)
-    assert plain.decode(plain("x 1.5e3")["input_ids"]) == "x 1.5e3"
-    with pytest.raises(ValueError, match="cannot encode characters"):
-        tok("25岁")
-
-
 def test_backend_digits_view_bypasses_number_parsing():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -333,3 +322,15 @@ def test_perf_tokenizer_comparison_on_the_real_vocabulary():
         map(len, perf.number_corpus(perf.BUDGETS["smoke"].tokenizer_texts))
     )
     assert all(r["texts_per_s"] > 0 for r in result.values())
+
+
+@pytest.mark.parametrize(
+    "name, prefix", [("synthetic-linear", "x is "), ("synthetic-unit", ""), ("diabetes", "Patient: ")]
+)
+def test_numeric_tasks_come_from_the_package_builders(name, prefix):
+    task, source = numeric.load_task(name)
+    assert source == "causalqwen.training.data"
+    n = 442 if name == "diabetes" else 400
+    assert len(task.train.values) + len(task.test.values) == n
+    assert len(task.test.values) == round(n * 0.2)
+    assert task.train.prompts[0].startswith(prefix)
