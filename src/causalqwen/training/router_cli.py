@@ -23,6 +23,8 @@ from .router_trainer import train_router
 # --quick: a subset and a handful of steps, enough to prove the pipeline end to end in seconds.
 QUICK_ROWS = {"train": 64, "dev": 32}
 QUICK_STEPS = 4
+# Distillation steps before the supervised stage (router_distil); --quick caps them at QUICK_STEPS.
+DISTIL_STEPS = 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="train on the union of the batch's tools (in-batch negatives; BFCL default) or on each query's "
         "own candidates (synthetic default: its labels depend on each query's resource vectors)",
+    )
+    parser.add_argument(
+        "--distil-steps",
+        type=int,
+        default=DISTIL_STEPS,
+        help="steps distilling all-MiniLM-L6-v2 into the encoders before training on the labels "
+        "(train/dev questions and tool texts; 0 = off)",
+    )
+    parser.add_argument(
+        "--distil-time-budget", type=float, default=None, help="stop distillation after this many seconds"
     )
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_STEPS} steps on a small subset (tests)")
     return parser
@@ -85,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         time_budget_s=args.time_budget,
         logging_steps=1 if args.quick else args.logging_steps,
+        distil_steps=min(args.distil_steps, QUICK_STEPS) if args.quick else args.distil_steps,
+        distil_time_budget_s=args.distil_time_budget,
         shared_tool_set=(args.tool_set or ("batch" if args.data == "bfcl" else "candidates")) == "batch",
     )
     summary["data"] = args.data

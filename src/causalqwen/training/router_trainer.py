@@ -320,6 +320,9 @@ def train_router(
     report_to: str | list[str] = "none",
     disable_tqdm: bool | None = None,
     shared_tool_set: bool = False,
+    distil_steps: int = 0,
+    distil_time_budget_s: float | None = None,
+    distil_data=None,
 ) -> tuple[ToolRouterModel, Any, dict[str, Any]]:
     """Train a router on ``dataset`` (``train`` and ``dev`` splits of :mod:`router_data`).
 
@@ -327,6 +330,10 @@ def train_router(
     returns ``(model, tokenizer, summary)``; ``summary`` holds the train/eval metrics, the wall time and
     the parameter count. ``test`` is never touched here. ``shared_tool_set`` trains with in-batch
     negatives (see :class:`RouterDataCollator`); dev metrics always use each query's own candidates.
+
+    ``distil_steps > 0`` first distils all-MiniLM-L6-v2 into the encoders
+    (:func:`~causalqwen.training.router_distil.distil_router`, at most ``distil_time_budget_s`` seconds)
+    on the train/dev questions and tool texts; ``distil_data`` reuses precomputed teacher embeddings.
     """
     for split in ("train", "dev"):
         if split not in dataset:
@@ -337,6 +344,16 @@ def train_router(
     model = ToolRouterModel(config)
     if warm_start:
         warm_start_embeddings(model)
+    distil_summary = None
+    if distil_steps > 0:
+        from .router_distil import build_distillation_data, distil_router
+
+        if distil_data is None:
+            distil_data = build_distillation_data([dataset["train"], dataset["dev"]])
+        distil_summary = distil_router(
+            model, tokenizer, distil_data, max_steps=distil_steps, time_budget_s=distil_time_budget_s,
+            max_query_length=max_query_length, max_tool_length=max_tool_length, seed=seed,
+        )  # fmt: skip
     args = TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=batch_size,
@@ -390,6 +407,7 @@ def train_router(
         "parameters": sum(p.numel() for p in model.parameters()),
         "warm_start": "all-MiniLM-L6-v2 word embeddings, PCA to encoder width" if warm_start else None,
         "shared_tool_set": shared_tool_set,
+        "distillation": distil_summary,
         "config": {
             k: v for k, v in config.to_diff_dict().items() if not isinstance(v, float) or math.isfinite(v)
         },
