@@ -118,13 +118,13 @@ def test_train_router_distils_before_the_supervised_stage(tokenizer, tmp_path):
     data = rd.build_distillation_data([ds["train"], ds["dev"]], embed=fake_teacher())
     _, _, summary = rt.train_router(
         ds, tmp_path, tokenizer=tokenizer, config_overrides=TINY, max_steps=2, batch_size=8,
-        disable_tqdm=True, distil_steps=3, distil_data=data,
+        disable_tqdm=True, distil_steps=3, distil_data=data, distil_weight=1.0, shared_tool_set=True,
     )  # fmt: skip
-    assert summary["distillation"]["steps"] == 3 and summary["steps"] == 2
+    assert summary["distillation"]["steps"] == 3 and summary["steps"] == 2 and summary["distil_weight"] == 1.0
     _, _, plain = rt.train_router(
         ds, tmp_path, tokenizer=tokenizer, config_overrides=TINY, max_steps=1, batch_size=8, disable_tqdm=True
     )  # fmt: skip
-    assert plain["distillation"] is None
+    assert plain["distillation"] is None and plain["distil_weight"] == 0.0
 
 
 def test_cli_flag_runs_distillation(tmp_path, monkeypatch):
@@ -134,3 +134,26 @@ def test_cli_flag_runs_distillation(tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "train_summary.json").read_text())
     assert summary["distillation"]["steps"] == 2
     assert router_cli.build_parser().parse_args(["--output-dir", "x"]).distil_steps == router_cli.DISTIL_STEPS
+
+
+def test_supervised_stage_adds_the_teacher_score_kl(tokenizer, tmp_path):
+    from transformers import TrainingArguments
+
+    ds = build_synthetic_routing_dataset(16, 8, 8, num_families=2, seed=1)
+    data = rd.build_distillation_data([ds["train"]], embed=fake_teacher())
+    teacher = dict(zip(data.queries, data.query_targets)) | dict(zip(data.tools, data.tool_targets))
+    batch = rt.RouterDataCollator(tokenizer, shared_tool_set=True, teacher=teacher)(
+        [ds["train"][i] for i in range(4)]
+    )
+    tq, tt = batch["teacher_query_embeddings"], batch["teacher_tool_embeddings"]
+    assert tq.shape == (4, 8) and tt.shape == (batch["tool_input_ids"].shape[0], 8)
+    torch.manual_seed(0)
+    model = ToolRouterModel(rt.router_config_for(tokenizer, **TINY)).eval()
+    args = TrainingArguments(str(tmp_path), use_cpu=True, report_to="none")
+    trainer = rt.RouterTrainer(model=model, args=args, distil_weight=0.5)
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch))
+        plain = model(**{k: v for k, v in batch.items() if not k.startswith("teacher")})
+        kl = rd.score_distillation_loss(plain.scores, tq, tt)
+    assert kl > 0.01
+    assert torch.allclose(loss, plain.loss + 0.5 * kl)

@@ -121,9 +121,22 @@ def distillation_loss(
         1 - cos(head(tools), tool_targets, dim=-1)
     ).mean()
     scores = model._match(query, tools.expand(query.shape[0], -1, -1))
-    teacher = torch.softmax(query_targets @ tool_targets.T / teacher_temperature, dim=-1)
-    score = nn.functional.kl_div(torch.log_softmax(scores, dim=-1), teacher, reduction="batchmean")
+    score = score_distillation_loss(scores, query_targets, tool_targets, teacher_temperature)
     return {"loss": embedding + score, "embedding": embedding, "score": score}
+
+
+def score_distillation_loss(
+    scores: torch.Tensor,
+    query_targets: torch.Tensor,
+    tool_targets: torch.Tensor,
+    teacher_temperature: float = 0.05,
+) -> torch.Tensor:
+    """``KL(softmax(e_q e_t^T / tau) || softmax(scores))`` over one shared tool set, mean over queries.
+
+    ``scores`` [B, T] are router logits for the tools whose teacher embeddings are ``tool_targets`` [T, D].
+    """
+    teacher = torch.softmax(query_targets @ tool_targets.T / teacher_temperature, dim=-1)
+    return nn.functional.kl_div(torch.log_softmax(scores, dim=-1), teacher, reduction="batchmean")
 
 
 def distil_router(
@@ -205,5 +218,6 @@ __all__ = [
     "build_distillation_data",
     "distil_router",
     "distillation_loss",
+    "score_distillation_loss",
     "teacher_embeddings",
 ]

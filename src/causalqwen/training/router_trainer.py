@@ -138,6 +138,9 @@ class RouterDataCollator:
     max_tool_length: int = 64
     use_runtime_context: bool = True
     shared_tool_set: bool = False
+    # Text -> teacher sentence embedding (router_distil); with a shared tool set the batch then carries
+    # ``teacher_query_embeddings`` [B, D] and ``teacher_tool_embeddings`` [T, D] for RouterTrainer.
+    teacher: dict[str, torch.Tensor] | None = None
 
     def _tokenize(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.tokenizer(
@@ -220,6 +223,9 @@ class RouterDataCollator:
             "labels": labels,
             "latency_labels": latency,
         }
+        if self.teacher is not None:
+            batch["teacher_query_embeddings"] = torch.stack([self.teacher[r["query"]] for r in rows])
+            batch["teacher_tool_embeddings"] = torch.stack([self.teacher[text] for text, _ in index])
         return self._with_context(batch, rows)
 
 
@@ -263,10 +269,15 @@ class RouterTrainer(Trainer):
     and the abstain logit (:data:`EVAL_IGNORE_KEYS`).
     """
 
-    def __init__(self, *args, eval_data_collator=None, **kwargs):
+    def __init__(
+        self, *args, eval_data_collator=None, distil_weight: float = 0.0, teacher_temperature: float = 0.05,
+        **kwargs,
+    ):  # fmt: skip
         kwargs.setdefault("compute_metrics", compute_router_metrics)
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False
+        # Score distillation kept on during the supervised stage (batches with teacher embeddings only).
+        self.distil_weight, self.teacher_temperature = distil_weight, teacher_temperature
         # Training may use a shared in-batch tool set; dev metrics are always within each query's candidates.
         self.eval_data_collator = eval_data_collator
 
@@ -278,6 +289,19 @@ class RouterTrainer(Trainer):
             return super().get_eval_dataloader(eval_dataset)
         finally:
             self.data_collator = train_collator
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The router's loss, plus ``distil_weight`` x the teacher score KL when the batch carries it."""
+        teacher_queries = inputs.pop("teacher_query_embeddings", None)
+        teacher_tools = inputs.pop("teacher_tool_embeddings", None)
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        if teacher_queries is not None and self.distil_weight:
+            from .router_distil import score_distillation_loss
+
+            loss = loss + self.distil_weight * score_distillation_loss(
+                outputs.scores, teacher_queries, teacher_tools, self.teacher_temperature
+            )
+        return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         ignore_keys = list(EVAL_IGNORE_KEYS) if ignore_keys is None else ignore_keys
@@ -323,6 +347,7 @@ def train_router(
     distil_steps: int = 0,
     distil_time_budget_s: float | None = None,
     distil_data=None,
+    distil_weight: float = 0.0,
 ) -> tuple[ToolRouterModel, Any, dict[str, Any]]:
     """Train a router on ``dataset`` (``train`` and ``dev`` splits of :mod:`router_data`).
 
@@ -334,6 +359,7 @@ def train_router(
     ``distil_steps > 0`` first distils all-MiniLM-L6-v2 into the encoders
     (:func:`~causalqwen.training.router_distil.distil_router`, at most ``distil_time_budget_s`` seconds)
     on the train/dev questions and tool texts; ``distil_data`` reuses precomputed teacher embeddings.
+    ``distil_weight > 0`` (with ``shared_tool_set``) keeps the teacher score KL in the supervised loss.
     """
     for split in ("train", "dev"):
         if split not in dataset:
@@ -344,12 +370,16 @@ def train_router(
     model = ToolRouterModel(config)
     if warm_start:
         warm_start_embeddings(model)
-    distil_summary = None
-    if distil_steps > 0:
+    distil_summary, teacher = None, None
+    if distil_steps > 0 or (distil_weight > 0 and shared_tool_set):
         from .router_distil import build_distillation_data, distil_router
 
         if distil_data is None:
             distil_data = build_distillation_data([dataset["train"], dataset["dev"]])
+        if distil_weight > 0 and shared_tool_set:
+            teacher = dict(zip(distil_data.queries, distil_data.query_targets))
+            teacher.update(zip(distil_data.tools, distil_data.tool_targets))
+    if distil_steps > 0:
         distil_summary = distil_router(
             model, tokenizer, distil_data, max_steps=distil_steps, time_budget_s=distil_time_budget_s,
             max_query_length=max_query_length, max_tool_length=max_tool_length, seed=seed,
@@ -378,9 +408,9 @@ def train_router(
     )
     collator, eval_collator = (
         RouterDataCollator(
-            tokenizer, max_query_length, max_tool_length, config.runtime_context_dim > 0, shared
+            tokenizer, max_query_length, max_tool_length, config.runtime_context_dim > 0, shared, given
         )
-        for shared in (shared_tool_set, False)
+        for shared, given in ((shared_tool_set, teacher), (False, None))
     )
     callbacks = [TimeBudgetCallback(time_budget_s)] if time_budget_s else []
     trainer = RouterTrainer(
@@ -391,6 +421,7 @@ def train_router(
         data_collator=collator,
         eval_data_collator=eval_collator,
         callbacks=callbacks,
+        distil_weight=distil_weight if teacher is not None else 0.0,
     )
     start = time.perf_counter()
     train_output = trainer.train()
@@ -408,6 +439,7 @@ def train_router(
         "warm_start": "all-MiniLM-L6-v2 word embeddings, PCA to encoder width" if warm_start else None,
         "shared_tool_set": shared_tool_set,
         "distillation": distil_summary,
+        "distil_weight": distil_weight if teacher is not None else 0.0,
         "config": {
             k: v for k, v in config.to_diff_dict().items() if not isinstance(v, float) or math.isfinite(v)
         },
