@@ -53,6 +53,12 @@ from common import apply_threads, base_parser, environment_info, markdown_table,
 
 CATALOGUE_SIZES = (10, 100, 1000, 10000)
 RETRIEVAL_KS = (1, 5)
+# MiniLM distillation before the supervised stage (docs/routing.md, "Attempts"): steps, time cap,
+# the supervised learning rate after it, and the weight of the teacher score KL kept during it.
+DISTIL_STEPS = 0  # off: no gain on dev-selected settings (docs/routing.md, "Attempts"); --distil-steps N
+DISTIL_BUDGET_S = 240
+FINETUNE_LR = 5e-4
+DISTIL_WEIGHT = 0.0
 
 
 # ------------------------------------------------------------------------------------------- metrics
@@ -314,13 +320,17 @@ def build_arg_parser():
     parser.add_argument("--epochs", type=float, default=None)
     parser.add_argument("--methods", default="router,bm25,minilm,random", help="comma-separated subset")
     parser.add_argument("--latency-queries", type=int, default=None)
+    parser.add_argument(
+        "--distil-steps", type=int, default=None, help="MiniLM distillation steps before training (0 = off)"
+    )
     return parser
 
 
 def budget(args) -> dict:
     """Training epochs / time budget, data subsets and sweep sizes per mode (full must fit 20 min on 2 CPUs)."""
     if args.smoke:
-        return {"epochs": 1, "max_steps": 3, "time_budget": 60, "subset": 48, "sizes": (10, 100), "n_q": 3}
+        return {"epochs": 1, "max_steps": 3, "time_budget": 60, "subset": 48, "sizes": (10, 100), "n_q": 3,
+                "distil_steps": 2, "distil_budget": 30}  # fmt: skip
     if args.quick:
         return {
             "epochs": 4,
@@ -329,6 +339,8 @@ def budget(args) -> dict:
             "subset": None,
             "sizes": (10, 100, 1000),
             "n_q": 10,
+            "distil_steps": DISTIL_STEPS // 3,
+            "distil_budget": DISTIL_BUDGET_S / 3,
         }
     return {
         "epochs": 8,
@@ -337,6 +349,8 @@ def budget(args) -> dict:
         "subset": None,
         "sizes": CATALOGUE_SIZES,
         "n_q": 20,
+        "distil_steps": DISTIL_STEPS,
+        "distil_budget": DISTIL_BUDGET_S,
     }
 
 
@@ -346,6 +360,7 @@ def load_or_train_router(args, dataset, plan):
     if args.router_dir is not None:
         model = ToolRouterModel.from_pretrained(str(args.router_dir)).eval()
         return model, AutoTokenizer.from_pretrained(str(args.router_dir), local_files_only=True), None
+    distil_steps = plan["distil_steps"] if args.distil_steps is None else args.distil_steps
     model, tokenizer, summary = train_router(
         dataset,
         args.train_dir,
@@ -355,6 +370,10 @@ def load_or_train_router(args, dataset, plan):
         logging_steps=20,
         shared_tool_set=True,
         batch_size=64,
+        learning_rate=FINETUNE_LR if distil_steps else 2e-3,
+        distil_steps=distil_steps,
+        distil_time_budget_s=plan["distil_budget"],
+        distil_weight=DISTIL_WEIGHT if distil_steps else 0.0,
     )
     summary.pop("log_history")
     return model.eval(), tokenizer, summary
