@@ -88,8 +88,10 @@ BUDGETS = {
     "smoke": Budget(
         steps=3, batch_size=4, lr=3e-3, seeds=1, noise_levels=(0.0, 0.2), max_train=16, max_test=8
     ),
+    # 600 steps: at 300 the tiny models have learned where a number goes but not yet which (value learning
+    # starts once the <NUM> gate opens); measured 2026-12-01, causalqwen on synthetic-linear MAE 55 at 300 steps.
     "quick": Budget(
-        steps=300,
+        steps=600,
         batch_size=16,
         lr=3e-3,
         seeds=3,
@@ -497,6 +499,10 @@ def sweep_table(task_results: dict[str, Any], metric: str) -> str:
 
 
 DEFAULT_TASKS = ("diabetes", "synthetic-linear", "synthetic-wide", "synthetic-unit")
+SYNTHETIC_ROWS = 1000
+# The label-noise sweep of --quick/--smoke runs on synthetic-linear, where the language models learn the
+# relation (on diabetes no tiny LM beats the training mean, so noise has nothing to degrade); --full sweeps all.
+QUICK_SWEEP = ("synthetic-linear", "csv")
 
 
 # ------------------------------------------------------------------------------------- components
@@ -521,8 +527,8 @@ def load_task(name: str, csv: Path | None = None, target: str | None = None) -> 
     if name == "diabetes":
         rows = build_table_dataset("sklearn:diabetes", seed=0)
     elif name.startswith("synthetic-") and name in DEFAULT_TASKS:
-        # 400 rows: the quick budget (300 steps x batch 16, 3 seeds per model) was sized for that.
-        rows = build_synthetic_dataset(name.split("-", 1)[1], n=400, seed=0)
+        # 1,000 rows (800 train / 200 test), as in the demo's linear task.
+        rows = build_synthetic_dataset(name.split("-", 1)[1], n=SYNTHETIC_ROWS, seed=0)
     elif name == "csv":
         rows = build_table_dataset(str(csv), target, seed=0)
     else:
@@ -571,12 +577,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise ValueError(
             f"unknown model(s) {unknown}; expected some of {', '.join([*MODEL_SPECS, *SKLEARN_MODELS])}"
         )
-    task_names = (args.tasks or ("diabetes" if args.smoke else ",".join(DEFAULT_TASKS))).split(",")
+    task_names = (args.tasks or ("synthetic-linear" if args.smoke else ",".join(DEFAULT_TASKS))).split(",")
     task_names = [t for t in task_names if t]
     bad = [t for t in task_names if t not in DEFAULT_TASKS]
     if bad:
         raise ValueError(f"unknown task(s) {bad}; expected some of {', '.join(DEFAULT_TASKS)} (or --csv)")
-    default_sweep = ["diabetes", "csv"] if (args.quick or args.smoke) else [*task_names, "csv"]
+    default_sweep = list(QUICK_SWEEP) if (args.quick or args.smoke) else [*task_names, "csv"]
     sweep = set(args.sweep_tasks.split(",") if args.sweep_tasks else default_sweep)
 
     *tokenizers, tok_source = load_tokenizers()

@@ -246,7 +246,7 @@ def test_numeric_smoke_runs_every_model_and_the_noise_sweep(tmp_path):
     out = tmp_path / "numeric.json"
     results = numeric.main(["--smoke", "--out", str(out)])
     saved = json.loads(out.read_text())
-    task = saved["tasks"]["diabetes"]
+    task = saved["tasks"]["synthetic-linear"]
     assert (
         task["n_train"] == numeric.BUDGETS["smoke"].max_train
         and task["n_test"] == numeric.BUDGETS["smoke"].max_test
@@ -261,7 +261,7 @@ def test_numeric_smoke_runs_every_model_and_the_noise_sweep(tmp_path):
     assert clean["cq-mse"]["summary"]["cover90"] is None  # no trained spread, no interval
     assert 0.0 <= clean["causalqwen"]["summary"]["num_acc"][0] <= 1.0
     assert 0.0 <= clean["qwen2-digits"]["summary"]["fail_rate"][0] <= 1.0
-    assert results["tables"][0].startswith("## diabetes: quality")
+    assert results["tables"][0].startswith("## synthetic-linear: quality")
 
 
 def test_numeric_rejects_bad_arguments():
@@ -330,7 +330,7 @@ def test_perf_tokenizer_comparison_on_the_real_vocabulary():
 def test_numeric_tasks_come_from_the_package_builders(name, prefix):
     task, source = numeric.load_task(name)
     assert source == "causalqwen.training.data"
-    n = 442 if name == "diabetes" else 400
+    n = 442 if name == "diabetes" else numeric.SYNTHETIC_ROWS
     assert len(task.train.values) + len(task.test.values) == n
     assert len(task.test.values) == round(n * 0.2)
     assert task.train.prompts[0].startswith(prefix)
