@@ -15,7 +15,7 @@ export USE_HUB_KERNELS := 0
 export TOKENIZERS_PARALLELISM := false
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-slow lint format bench clean
+.PHONY: venv demo test test-slow lint format bench bench-routing clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -44,9 +44,15 @@ format: venv
 	$(BIN)/ruff check --fix src tests benchmarks examples
 	$(BIN)/ruff format src tests benchmarks examples
 
+# Issue #9's scripts (numeric quality, perf ratios): --quick, <= 30 min on 2 CPU cores.
 bench:
 	$(MAKE) venv EXTRAS=train,peft,router-data,dev,bench
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py --only numeric,perf
+
+# The routing benchmark (issue #7): trains the router on BFCL, then router vs BM25 / MiniLM / random; ~10 min.
+bench-routing:
+	$(MAKE) venv EXTRAS=train,peft,router-data,dev,bench
+	$(BIN)/python benchmarks/routing.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
