@@ -314,11 +314,22 @@ def build_model(spec: ModelSpec, vocab_size: int, num_id: int, pad_id: int, norm
 def train(
     model, enc: Encoded, budget: Budget, seed: int, device: torch.device, with_values: bool
 ) -> list[float]:
-    """The one training loop every neural model gets: AdamW, constant LR after a 10% warm-up."""
+    """The one training loop every neural model gets: AdamW, 10% linear warm-up, then cosine decay to zero.
+
+    Cosine, as the demo's and the CLI's ``TrainingArguments``: with a constant LR (the first version) the
+    tiny models kept oscillating at the end of the budget (synthetic-linear, 600 steps: CausalQwen MAE
+    33 ± 27 over 3 seeds, digits Qwen2 7.0 ± 2.7).
+    """
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=budget.lr, weight_decay=0.0)
     warmup = max(budget.steps // 10, 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(budget.steps - warmup, 1)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     generator = torch.Generator().manual_seed(seed)
     n = enc.input_ids.shape[0]
     losses = []
