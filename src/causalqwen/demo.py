@@ -27,7 +27,7 @@ What runs (CPU, nothing downloaded, deterministic given ``--seed``):
    mean). References: the training mean, and ``LinearRegression`` on the prompt's numbers (with Gaussian
    intervals from its training residuals).
 
-Figures are printed honestly whatever they say; docs/training.md ("Demo and evaluation") records a run.
+Figures are printed honestly whatever they say; docs/training.md ("Demo and stability") records a run.
 """
 
 from __future__ import annotations
