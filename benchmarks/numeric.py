@@ -514,6 +514,9 @@ SYNTHETIC_ROWS = 1000
 # The label-noise sweep of --quick/--smoke runs on synthetic-linear, where the language models learn the
 # relation (on diabetes no tiny LM beats the training mean, so noise has nothing to degrade); --full sweeps all.
 QUICK_SWEEP = ("synthetic-linear", "csv")
+# --quick runs the ablations on these tasks only (the others get SWEEP_MODELS), to fit `make bench` in 30 minutes
+# on 2 CPU cores; `--ablation-tasks all` (or --full) runs them everywhere.
+QUICK_ABLATION_TASKS = ("diabetes", "synthetic-linear", "csv")
 
 
 # ------------------------------------------------------------------------------------- components
@@ -568,6 +571,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--sweep-tasks", default=None, help="tasks that get the label-noise sweep (default: all)"
     )
+    parser.add_argument(
+        "--ablation-tasks",
+        default=None,
+        help="tasks that run the CausalQwen ablations, or 'all' (default: all; --quick: diabetes,synthetic-linear)",
+    )
     args = parser.parse_args(argv)
     if (args.csv is None) != (args.target is None):
         raise ValueError("--csv and --target go together (the CSV file and its target column)")
@@ -595,6 +603,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise ValueError(f"unknown task(s) {bad}; expected some of {', '.join(DEFAULT_TASKS)} (or --csv)")
     default_sweep = list(QUICK_SWEEP) if (args.quick or args.smoke) else [*task_names, "csv"]
     sweep = set(args.sweep_tasks.split(",") if args.sweep_tasks else default_sweep)
+    if args.ablation_tasks == "all" or not (args.quick or args.ablation_tasks):
+        ablation_tasks = None
+    else:
+        ablation_tasks = set((args.ablation_tasks or ",".join(QUICK_ABLATION_TASKS)).split(","))
 
     *tokenizers, tok_source = load_tokenizers()
     results: dict[str, Any] = {"env": environment_info(device), "budget": vars(budget), "tasks": {}}
@@ -609,7 +621,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for task in tasks:
             task = Task(task.name, task.train.head(budget.max_train), task.test.head(budget.max_test))
             levels = budget.noise_levels if task.name in sweep else (0.0,)
-            runner = Runner(task, tokenizers, budget, device, models)
+            task_models = models
+            if ablation_tasks is not None and task.name not in ablation_tasks:
+                task_models = [m for m in models if m in SWEEP_MODELS]
+            runner = Runner(task, tokenizers, budget, device, task_models)
             task_results = runner.run(levels)
             results["tasks"][task.name] = {
                 "n_train": len(task.train.values),

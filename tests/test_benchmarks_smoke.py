@@ -334,3 +334,22 @@ def test_numeric_tasks_come_from_the_package_builders(name, prefix):
     assert len(task.train.values) + len(task.test.values) == n
     assert len(task.test.values) == round(n * 0.2)
     assert task.train.prompts[0].startswith(prefix)
+
+
+def test_numeric_ablations_run_only_on_the_ablation_tasks(tmp_path):
+    results = numeric.main(
+        [
+            "--smoke",
+            "--tasks",
+            "synthetic-unit",
+            "--ablation-tasks",
+            "diabetes",
+            "--sweep-tasks",
+            "none",
+            "--models",
+            "causalqwen,cq-xval,linear",
+            "--out",
+            str(tmp_path / "n.json"),
+        ]
+    )
+    assert list(results["tasks"]["synthetic-unit"]["results"]["0.0"]) == ["causalqwen", "linear"]
