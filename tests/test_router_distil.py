@@ -13,17 +13,10 @@ from causalqwen.training import router_cli
 from causalqwen.training import router_distil as rd
 from causalqwen.training import router_trainer as rt
 from causalqwen.training.router_data import build_synthetic_routing_dataset
+from router_helpers import TINY_ROUTER as TINY
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("USE_HUB_KERNELS", "0")
-
-TINY = dict(d_tool=24, d_resource=8, encoder_hidden_size=16, encoder_state_size=4, num_attention_heads=4,
-            latency_hidden_size=8, dropout=0.0)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return rt.load_router_tokenizer()
 
 
 def fake_teacher(dim: int = 8):
@@ -66,15 +59,15 @@ def test_sampled_tool_set_holds_the_candidates_then_random_distinct_tools():
     assert len(rd._sample_tools(data, [0], 99, random.Random(0))) == 5  # capped at the catalogue
 
 
-def test_distillation_loss_falls_on_a_tiny_setup(tokenizer):
+def test_distillation_loss_falls_on_a_tiny_setup(router_tokenizer):
     words = ["weather", "forecast", "triangle", "area", "stock", "price", "email", "send", "music", "play"]
     rows = [(f"please {a} the {b}", [f"{b}_{a}: {a} a {b}", f"{a} tool"]) for a in words for b in words[:4]]
     data = rd.build_distillation_data([split(rows)], embed=fake_teacher(16))
     torch.manual_seed(0)
-    model = ToolRouterModel(rt.router_config_for(tokenizer, **TINY))
+    model = ToolRouterModel(rt.router_config_for(router_tokenizer, **TINY))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     summary = rd.distil_router(
-        model, tokenizer, data, max_steps=40, batch_queries=8, batch_tools=12, learning_rate=1e-2
+        model, router_tokenizer, data, max_steps=40, batch_queries=8, batch_tools=12, learning_rate=1e-2
     )
     assert summary["steps"] == 40 and summary["texts"] == {"queries": 40, "tools": 50}
     first, last = summary["first"], summary["last"]
@@ -86,12 +79,14 @@ def test_distillation_loss_falls_on_a_tiny_setup(tokenizer):
     assert not model.training
 
 
-def test_distillation_loss_is_zero_score_term_for_matching_scores(tokenizer):
+def test_distillation_loss_is_zero_score_term_for_matching_scores(router_tokenizer):
     """KL term: 0 when router scores equal the teacher's logits; embedding term: 0 for aligned outputs."""
     torch.manual_seed(0)
-    model = ToolRouterModel(rt.router_config_for(tokenizer, **TINY)).eval()
-    q = tokenizer(["send an email"], return_tensors="pt")
-    t = tokenizer(["send_email: send a mail", "play_music: play a song"], padding=True, return_tensors="pt")
+    model = ToolRouterModel(rt.router_config_for(router_tokenizer, **TINY)).eval()
+    q = router_tokenizer(["send an email"], return_tensors="pt")
+    t = router_tokenizer(
+        ["send_email: send a mail", "play_music: play a song"], padding=True, return_tensors="pt"
+    )
     with torch.no_grad():
         query = model.query_encoder(q["input_ids"], q["attention_mask"])
         tools = model.encode_tools(t["input_ids"], t["attention_mask"], torch.zeros(2, 6)).tool_states
@@ -113,16 +108,16 @@ def test_teacher_is_minilm_sentence_embeddings():
     assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.2
 
 
-def test_train_router_distils_before_the_supervised_stage(tokenizer, tmp_path):
+def test_train_router_distils_before_the_supervised_stage(router_tokenizer, tmp_path):
     ds = build_synthetic_routing_dataset(32, 16, 8, num_families=2, seed=1)
     data = rd.build_distillation_data([ds["train"], ds["dev"]], embed=fake_teacher())
     _, _, summary = rt.train_router(
-        ds, tmp_path, tokenizer=tokenizer, config_overrides=TINY, max_steps=2, batch_size=8,
+        ds, tmp_path, tokenizer=router_tokenizer, config_overrides=TINY, max_steps=2, batch_size=8,
         disable_tqdm=True, distil_steps=3, distil_data=data, distil_weight=1.0, shared_tool_set=True,
     )  # fmt: skip
     assert summary["distillation"]["steps"] == 3 and summary["steps"] == 2 and summary["distil_weight"] == 1.0
     _, _, plain = rt.train_router(
-        ds, tmp_path, tokenizer=tokenizer, config_overrides=TINY, max_steps=1, batch_size=8, disable_tqdm=True
+        ds, tmp_path, tokenizer=router_tokenizer, config_overrides=TINY, max_steps=1, batch_size=8, disable_tqdm=True
     )  # fmt: skip
     assert plain["distillation"] is None and plain["distil_weight"] == 0.0
 
@@ -136,19 +131,19 @@ def test_cli_flag_runs_distillation(tmp_path, monkeypatch):
     assert router_cli.build_parser().parse_args(["--output-dir", "x"]).distil_steps == router_cli.DISTIL_STEPS
 
 
-def test_supervised_stage_adds_the_teacher_score_kl(tokenizer, tmp_path):
+def test_supervised_stage_adds_the_teacher_score_kl(router_tokenizer, tmp_path):
     from transformers import TrainingArguments
 
     ds = build_synthetic_routing_dataset(16, 8, 8, num_families=2, seed=1)
     data = rd.build_distillation_data([ds["train"]], embed=fake_teacher())
     teacher = dict(zip(data.queries, data.query_targets)) | dict(zip(data.tools, data.tool_targets))
-    batch = rt.RouterDataCollator(tokenizer, shared_tool_set=True, teacher=teacher)(
+    batch = rt.RouterDataCollator(router_tokenizer, shared_tool_set=True, teacher=teacher)(
         [ds["train"][i] for i in range(4)]
     )
     tq, tt = batch["teacher_query_embeddings"], batch["teacher_tool_embeddings"]
     assert tq.shape == (4, 8) and tt.shape == (batch["tool_input_ids"].shape[0], 8)
     torch.manual_seed(0)
-    model = ToolRouterModel(rt.router_config_for(tokenizer, **TINY)).eval()
+    model = ToolRouterModel(rt.router_config_for(router_tokenizer, **TINY)).eval()
     args = TrainingArguments(str(tmp_path), use_cpu=True, report_to="none")
     trainer = rt.RouterTrainer(model=model, args=args, distil_weight=0.5)
     with torch.no_grad():

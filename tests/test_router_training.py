@@ -14,17 +14,10 @@ from causalqwen import ToolRouterModel
 from causalqwen.training import router_cli
 from causalqwen.training import router_trainer as rt
 from causalqwen.training.router_data import build_synthetic_routing_dataset
+from router_helpers import TINY_ROUTER as TINY
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("USE_HUB_KERNELS", "0")
-
-TINY = dict(d_tool=24, d_resource=8, encoder_hidden_size=16, encoder_state_size=4, num_attention_heads=4,
-            latency_hidden_size=8, dropout=0.0)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return rt.load_router_tokenizer()
 
 
 def row(query, texts, labels, resources=None, latency=None, load=0.5):
@@ -33,13 +26,13 @@ def row(query, texts, labels, resources=None, latency=None, load=0.5):
             "latency": latency or [-1.0] * len(texts)}  # fmt: skip
 
 
-def test_tokenizer_is_minilm_wordpiece_offline(tokenizer):
-    assert len(tokenizer) == 30522 and tokenizer.pad_token_id == 0
-    assert tokenizer.tokenize("get_weather") == ["get", "_", "weather"]
+def test_tokenizer_is_minilm_wordpiece_offline(router_tokenizer):
+    assert len(router_tokenizer) == 30522 and router_tokenizer.pad_token_id == 0
+    assert router_tokenizer.tokenize("get_weather") == ["get", "_", "weather"]
 
 
-def test_collator_pads_tool_sets_and_marks_padding(tokenizer):
-    collator = rt.RouterDataCollator(tokenizer, max_query_length=8, max_tool_length=6)
+def test_collator_pads_tool_sets_and_marks_padding(router_tokenizer):
+    collator = rt.RouterDataCollator(router_tokenizer, max_query_length=8, max_tool_length=6)
     batch = collator([
         row("weather in paris", ["get_weather: weather", "send_email: send mail"], [1, 0],
             resources=[[1.0, 2.0, 0.0, 0.5, 0.1, 3.0], [0.0] * 6], latency=[0.2, -1.0]),
@@ -58,13 +51,13 @@ def test_collator_pads_tool_sets_and_marks_padding(tokenizer):
         batch["resource_vectors"][0, 0], torch.log1p(torch.tensor([1.0, 2.0, 0.0, 0.5, 0.1, 3.0]))
     )
     assert batch["runtime_context"].tolist() == [[0.5], [0.25]]
-    assert "runtime_context" not in rt.RouterDataCollator(tokenizer, use_runtime_context=False)(
+    assert "runtime_context" not in rt.RouterDataCollator(router_tokenizer, use_runtime_context=False)(
         [row("q", ["t"], [1])]
     )
 
 
-def test_shared_collator_builds_the_batch_union_with_in_batch_negatives(tokenizer):
-    collator = rt.RouterDataCollator(tokenizer, shared_tool_set=True)
+def test_shared_collator_builds_the_batch_union_with_in_batch_negatives(router_tokenizer):
+    collator = rt.RouterDataCollator(router_tokenizer, shared_tool_set=True)
     batch = collator([
         row("weather", ["get_weather", "send_email"], [1, 0], latency=[0.3, -1.0]),
         row("mail", ["send_email"], [1]),
@@ -82,8 +75,8 @@ def test_shared_collator_builds_the_batch_union_with_in_batch_negatives(tokenize
     assert split["labels"].tolist() == [[1, 0], [0, 1]]
 
 
-def test_collator_rejects_inconsistent_rows(tokenizer):
-    collator = rt.RouterDataCollator(tokenizer)
+def test_collator_rejects_inconsistent_rows(router_tokenizer):
+    collator = rt.RouterDataCollator(router_tokenizer)
     with pytest.raises(ValueError, match="lengths differ or are 0"):
         collator([row("q", ["a", "b"], [1])])
     with pytest.raises(ValueError, match="empty batch"):
@@ -104,9 +97,9 @@ def test_router_metrics_exact_values():
     assert best.tolist() == [0, 1, 0, 0] and margin.tolist() == [-3.0, -2.0, 0.5, 3.0]
 
 
-def test_warm_start_copies_pca_of_minilm_embeddings(tokenizer):
+def test_warm_start_copies_pca_of_minilm_embeddings(router_tokenizer):
     torch.manual_seed(0)
-    model = ToolRouterModel(rt.router_config_for(tokenizer, **TINY))
+    model = ToolRouterModel(rt.router_config_for(router_tokenizer, **TINY))
     assert rt.warm_start_embeddings(model) == 30522
     q, t = model.query_encoder.mamba.embeddings.weight, model.tool_encoder.mamba.embeddings.weight
     assert torch.equal(q, t)
@@ -114,10 +107,10 @@ def test_warm_start_copies_pca_of_minilm_embeddings(tokenizer):
     variances = q.var(0)
     assert torch.all(variances[:-1] >= variances[1:] - 1e-9)  # principal components, largest first
     # Related words end up closer than unrelated ones (the point of warm-starting).
-    ids = tokenizer.convert_tokens_to_ids(["weather", "forecast", "triangle"])
+    ids = router_tokenizer.convert_tokens_to_ids(["weather", "forecast", "triangle"])
     e = torch.nn.functional.normalize(q[ids], dim=-1)
     assert (e[0] @ e[1]) > (e[0] @ e[2])
-    small = ToolRouterModel(rt.router_config_for(tokenizer, **{**TINY, "vocab_size": 100}))
+    small = ToolRouterModel(rt.router_config_for(router_tokenizer, **{**TINY, "vocab_size": 100}))
     with pytest.raises(ValueError, match="needs the MiniLM vocabulary"):
         rt.warm_start_embeddings(small)
 
@@ -133,9 +126,9 @@ def synthetic():
     return ds
 
 
-def test_train_router_runs_trainer_saves_and_reloads(tokenizer, synthetic, tmp_path):
+def test_train_router_runs_trainer_saves_and_reloads(router_tokenizer, synthetic, tmp_path):
     model, _, summary = rt.train_router(
-        synthetic, tmp_path, tokenizer=tokenizer, config_overrides=TINY, max_steps=6, batch_size=8,
+        synthetic, tmp_path, tokenizer=router_tokenizer, config_overrides=TINY, max_steps=6, batch_size=8,
         logging_steps=2, disable_tqdm=True,
     )  # fmt: skip
     assert summary["steps"] == 6
@@ -144,16 +137,16 @@ def test_train_router_runs_trainer_saves_and_reloads(tokenizer, synthetic, tmp_p
     assert [h["step"] for h in summary["log_history"] if "loss" in h] == [2, 4, 6]
     assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "tokenizer.json").is_file()
     reloaded = ToolRouterModel.from_pretrained(str(tmp_path)).eval()
-    batch = rt.RouterDataCollator(tokenizer)([synthetic["test"][i] for i in range(4)])
+    batch = rt.RouterDataCollator(router_tokenizer)([synthetic["test"][i] for i in range(4)])
     batch.pop("labels"), batch.pop("latency_labels")
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(**batch).scores, reloaded(**batch).scores)
 
 
-def test_shared_tool_set_training_evaluates_within_candidates(tokenizer, synthetic, tmp_path):
+def test_shared_tool_set_training_evaluates_within_candidates(router_tokenizer, synthetic, tmp_path):
     _, _, summary = rt.train_router(
-        synthetic, tmp_path, tokenizer=tokenizer, config_overrides=TINY, num_train_epochs=1, batch_size=16,
+        synthetic, tmp_path, tokenizer=router_tokenizer, config_overrides=TINY, num_train_epochs=1, batch_size=16,
         disable_tqdm=True, shared_tool_set=True,
     )  # fmt: skip
     assert summary["steps"] == 4 and summary["shared_tool_set"] is True
@@ -162,9 +155,9 @@ def test_shared_tool_set_training_evaluates_within_candidates(tokenizer, synthet
     assert len(evals) == 2 and 0.0 <= evals[-1]["eval_top1_multi_accuracy"] <= 1.0
 
 
-def test_time_budget_stops_training_after_one_step(tokenizer, synthetic, tmp_path):
+def test_time_budget_stops_training_after_one_step(router_tokenizer, synthetic, tmp_path):
     _, _, summary = rt.train_router(
-        synthetic, tmp_path, tokenizer=tokenizer, config_overrides=TINY, max_steps=50, batch_size=8,
+        synthetic, tmp_path, tokenizer=router_tokenizer, config_overrides=TINY, max_steps=50, batch_size=8,
         time_budget_s=1e-9, disable_tqdm=True,
     )  # fmt: skip
     assert summary["steps"] == 1
@@ -175,11 +168,11 @@ def test_train_router_needs_train_and_dev(synthetic, tmp_path):
         rt.train_router({"train": synthetic["train"]}, tmp_path)
 
 
-def test_router_learns_synthetic_routing(tokenizer, tmp_path):
+def test_router_learns_synthetic_routing(router_tokenizer, tmp_path):
     """Regression: the full pipeline (collator, Trainer, loss) must learn; chance top-1 is 1/8."""
     ds = build_synthetic_routing_dataset(256, 64, 8, num_families=2, seed=1)
     _, _, summary = rt.train_router(
-        ds, tmp_path, tokenizer=tokenizer, config_overrides=TINY, num_train_epochs=3, batch_size=16,
+        ds, tmp_path, tokenizer=router_tokenizer, config_overrides=TINY, num_train_epochs=3, batch_size=16,
         learning_rate=3e-3, logging_steps=8, disable_tqdm=True,
     )  # fmt: skip
     losses = [h["loss"] for h in summary["log_history"] if "loss" in h]

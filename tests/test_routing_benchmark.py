@@ -23,12 +23,11 @@ sys.path.insert(0, str(BENCH))
 
 import baselines  # noqa: E402
 import routing  # noqa: E402
+from router_helpers import TINY_ROUTER as TINY  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("USE_HUB_KERNELS", "0")
 
-TINY = dict(d_tool=24, d_resource=8, encoder_hidden_size=16, encoder_state_size=4, num_attention_heads=4,
-            latency_hidden_size=8, dropout=0.0)  # fmt: skip
 TOOLS = [
     "get_weather: get the weather forecast for a city | parameters: city (string): the city",
     "send_email: send an email message to a person",
@@ -117,10 +116,9 @@ def test_minilm_zero_shot_ranks_the_matching_tool_first():
 
 # ------------------------------------------------------------------------------------------- router
 @pytest.fixture(scope="module")
-def router():
-    tokenizer = rt.load_router_tokenizer()
+def router(router_tokenizer):
     torch.manual_seed(0)
-    return ToolRouterModel(rt.router_config_for(tokenizer, **TINY)).eval(), tokenizer
+    return ToolRouterModel(rt.router_config_for(router_tokenizer, **TINY)).eval(), router_tokenizer
 
 
 def test_encode_catalogue_in_chunks_matches_encode_tools(router):
