@@ -9,21 +9,11 @@ score falls below a threshold tuned on the dev split.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import numpy as np
 
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
-_SEPARATORS = re.compile(r"[_.\-/]+")
-
-
-def split_identifiers(text: str) -> str:
-    """``getWeather_forecast.v2`` -> ``get Weather forecast v2``: lets BM25 match words inside identifiers.
-
-    BM25's word regex treats ``get_weather`` as one token, which never matches "weather" in a query.
-    """
-    return _SEPARATORS.sub(" ", _CAMEL.sub(" ", text))
+from causalqwen.lexical import BM25Index, check_texts, split_identifiers
 
 
 class Scorer:
@@ -37,13 +27,7 @@ class Scorer:
     def score(self, queries: Sequence[str]) -> np.ndarray:
         raise NotImplementedError
 
-    @staticmethod
-    def _check_texts(texts: Sequence[str], what: str) -> list[str]:
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise TypeError(f"{what} must be a sequence of strings")
-        if not texts:
-            raise ValueError(f"{what} is empty")
-        return list(texts)
+    _check_texts = staticmethod(check_texts)
 
 
 class BM25Scorer(Scorer):
@@ -55,26 +39,13 @@ class BM25Scorer(Scorer):
         self.k1, self.b, self.retriever, self.size = k1, b, None, 0
 
     def index(self, texts: Sequence[str]) -> None:
-        import bm25s
-
-        texts = self._check_texts(texts, "catalogue")
-        corpus = bm25s.tokenize([split_identifiers(t) for t in texts], stopwords="en", show_progress=False)
-        self.retriever = bm25s.BM25(k1=self.k1, b=self.b)
-        self.retriever.index(corpus, show_progress=False)
-        self.size = len(texts)
+        self.retriever = BM25Index(self._check_texts(texts, "catalogue"), k1=self.k1, b=self.b)
+        self.size = self.retriever.size
 
     def score(self, queries: Sequence[str]) -> np.ndarray:
-        import bm25s
-
         if self.retriever is None:
             raise ValueError("call index() before score()")
-        queries = self._check_texts(queries, "queries")
-        tokens = bm25s.tokenize(
-            [split_identifiers(q) for q in queries], stopwords="en", return_ids=False, show_progress=False
-        )
-        # A query made only of stopwords has no terms: it matches nothing (all-zero scores).
-        rows = [self.retriever.get_scores(t) if t else np.zeros(self.size) for t in tokens]
-        return np.stack(rows).astype(np.float32)
+        return self.retriever.scores(self._check_texts(queries, "queries"))
 
 
 class MiniLMScorer(Scorer):
@@ -90,7 +61,7 @@ class MiniLMScorer(Scorer):
     def __init__(self, batch_size: int = 64, device: str = "cpu", max_seq_length: int = 128):
         from sentence_transformers import SentenceTransformer
 
-        from causalqwen.training.router_trainer import minilm_path
+        from causalqwen.training.minilm import minilm_path
 
         self.model = SentenceTransformer(str(minilm_path()), device=device, local_files_only=True)
         self.model.max_seq_length = max_seq_length

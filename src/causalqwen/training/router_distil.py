@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..modeling.modeling_tool_router import ToolRouterModel
-from .router_trainer import minilm_path
+from .minilm import minilm_path
 
 TEACHER_MAX_LENGTH = 128  # the MiniLM baseline's truncation (benchmarks/baselines.py)
 

