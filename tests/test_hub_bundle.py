@@ -464,13 +464,23 @@ print(json.dumps({
 """
 
 
-def test_tool_router_loads_as_remote_code_without_the_package(tmp_path):
-    module = pytest.importorskip(
-        "causalqwen.modeling.modeling_tool_router", reason="ToolRouterModel (issue #6) not in the tree"
-    )
-    from causalqwen import ToolRouterConfig
+# Router v2 shape: a pretrained-style BERT encoder (shared towers) and the KAN fusion head.
+TINY_BERT_ROUTER = {
+    **TINY_ROUTER_SIZES,
+    "encoder_type": "pretrained",
+    "share_encoder": True,
+    "matching": "fusion",
+    "text_encoder_config": {"model_type": "bert", "vocab_size": 128, "hidden_size": 32, "num_hidden_layers": 1,
+                            "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 32},
+}  # fmt: skip
 
-    config = ToolRouterConfig(**TINY_ROUTER_SIZES)
+
+@pytest.mark.parametrize("sizes", [TINY_ROUTER_SIZES, TINY_BERT_ROUTER], ids=["mamba", "pretrained-fusion"])
+def test_tool_router_loads_as_remote_code_without_the_package(tmp_path, sizes):
+    from causalqwen import ToolRouterConfig
+    from causalqwen.modeling import modeling_tool_router as module
+
+    config = ToolRouterConfig(**sizes)
     torch.manual_seed(0)
     original = module.ToolRouterModel(config).eval()
     original.save_pretrained(tmp_path / "router")
@@ -489,6 +499,7 @@ def test_tool_router_loads_as_remote_code_without_the_package(tmp_path):
         "tool_attention_mask": torch.ones(2, 3, 5, dtype=torch.long),
         "resource_vectors": torch.rand(2, 3, 6, generator=generator),
         "tool_mask": torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool),
+        "lexical_scores": torch.rand(2, 3, generator=generator) * 5,  # used by the fusion head only
     }
     model = module.ToolRouterModel.from_pretrained(tmp_path / "router").eval()
     with torch.no_grad():

@@ -1,4 +1,12 @@
-"""ToolRouter configuration: Mamba text encoders, resource MLP, tool-set attention, matching/abstain/latency heads.
+"""ToolRouter configuration: text encoders, resource MLP, tool-set attention, matching/abstain/latency heads.
+
+Text encoders (``encoder_type``): ``"mamba"`` (seed 000: transformers' ``MambaModel`` from scratch, sized by
+the ``encoder_*`` fields) or ``"pretrained"`` (seed 001's ToolEncoder: any transformers encoder such as
+all-MiniLM-L6-v2 or all-mpnet-base-v2, described by ``text_encoder_config``, the encoder's own
+``config.json`` as a dict; its weights are part of the router checkpoint). Matching (``matching``):
+``"cosine"`` and ``"kan"`` score the query against the tool-set state; ``"fusion"`` (router v2) is a
+two-layer KAN over a few scalar features per (query, tool): dense cosine, its z-score over the tool set,
+the z-scored lexical (BM25) score, the set-context cosine and a resource fit (docs/routing.md).
 
 Defaults follow seed 001 (d_tool 768 + d_resource 256 = d_model 1024, 8 heads, 1 layer); tests use tiny
 configs. ``d_model`` is derived (``d_tool + d_resource``) because the tool embedding is their concatenation.
@@ -12,7 +20,8 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-MATCHING_TYPES = ("cosine", "kan")
+MATCHING_TYPES = ("cosine", "kan", "fusion")
+ENCODER_TYPES = ("mamba", "pretrained")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -37,7 +46,9 @@ class ToolRouterConfig(PreTrainedConfig):
     d_resource: int = 256
     resource_dim: int = 6
     runtime_context_dim: int = 0
-    # Mamba text encoders.
+    # Text encoders: "mamba" (the encoder_* fields) or "pretrained" (text_encoder_config).
+    encoder_type: str = "mamba"
+    text_encoder_config: dict | None = None
     encoder_hidden_size: int = 256
     encoder_num_layers: int = 2
     encoder_state_size: int = 16
@@ -56,6 +67,8 @@ class ToolRouterConfig(PreTrainedConfig):
     init_temperature: float | int = 0.07
     kan_grid_size: int = 8
     kan_spline_order: int = 3
+    # Width of the fusion KAN's hidden layer (matching="fusion"): features -> kan_hidden_size -> 1.
+    kan_hidden_size: int = 4
     latency_hidden_size: int = 64
     # Loss weights.
     bce_weight: float | int = 1.0
@@ -67,6 +80,30 @@ class ToolRouterConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         self._validate_router_settings()
 
+    @classmethod
+    def for_pretrained_encoder(cls, encoder_path: str, **kwargs: Any) -> ToolRouterConfig:
+        """A v2 router config around the transformers encoder saved in ``encoder_path`` (read locally).
+
+        ``d_tool`` defaults to the encoder width, so the tool-set attention sees the pretrained embedding
+        unchanged; ``matching`` defaults to ``"fusion"``. The weights are copied by
+        ``ToolRouterModel.from_pretrained_encoder``; the config alone builds a randomly initialised encoder.
+        """
+        from transformers import AutoConfig
+
+        encoder_config = AutoConfig.from_pretrained(encoder_path, local_files_only=True).to_dict()
+        for key in ("_name_or_path", "transformers_version", "architectures", "torch_dtype", "dtype"):
+            encoder_config.pop(key, None)
+        settings = dict(
+            encoder_type="pretrained",
+            text_encoder_config=encoder_config,
+            vocab_size=encoder_config["vocab_size"],
+            pad_token_id=encoder_config.get("pad_token_id", 0),
+            d_tool=encoder_config["hidden_size"],
+            matching="fusion",
+        )
+        settings.update(kwargs)
+        return cls(**settings)
+
     @property
     def d_model(self) -> int:
         return self.d_tool + self.d_resource
@@ -75,7 +112,7 @@ class ToolRouterConfig(PreTrainedConfig):
         for name in (
             "vocab_size", "d_tool", "d_resource", "resource_dim", "encoder_hidden_size", "encoder_num_layers",
             "encoder_state_size", "encoder_expand", "encoder_conv_kernel", "num_attention_heads",
-            "num_tool_set_layers", "dim_feedforward", "kan_grid_size", "latency_hidden_size",
+            "num_tool_set_layers", "dim_feedforward", "kan_grid_size", "kan_hidden_size", "latency_hidden_size",
         ):  # fmt: skip
             _check(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
         _check(
@@ -90,6 +127,21 @@ class ToolRouterConfig(PreTrainedConfig):
             self.matching in MATCHING_TYPES,
             f"matching must be one of {MATCHING_TYPES}, got {self.matching!r}",
         )
+        _check(
+            self.encoder_type in ENCODER_TYPES,
+            f"encoder_type must be one of {ENCODER_TYPES}, got {self.encoder_type!r}",
+        )
+        if self.encoder_type == "pretrained":
+            _check(
+                isinstance(self.text_encoder_config, dict) and "model_type" in self.text_encoder_config,
+                "encoder_type='pretrained' needs text_encoder_config: the encoder's config.json as a dict "
+                "(with its model_type), e.g. ToolRouterConfig.for_pretrained_encoder(path)",
+            )
+            encoder_vocab = self.text_encoder_config.get("vocab_size", self.vocab_size)
+            _check(
+                encoder_vocab == self.vocab_size,
+                f"vocab_size={self.vocab_size} differs from the text encoder's vocab_size={encoder_vocab}",
+            )
         _check(0.0 <= self.dropout < 1.0, f"dropout must lie in [0, 1), got {self.dropout}")
         _check(
             math.isfinite(self.init_temperature) and self.init_temperature > 0,

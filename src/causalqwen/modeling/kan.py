@@ -49,9 +49,10 @@ class KANLayer(nn.Module):
         x = x.unsqueeze(-1)
         basis = ((x >= knots[:-1]) & (x < knots[1:])).to(x.dtype)
         for k in range(1, self.spline_order + 1):
-            left = (x - knots[: -(k + 1)]) / (knots[k:-1] - knots[: -(k + 1)]) * basis[..., :-1]
-            right = (knots[k + 1 :] - x) / (knots[k + 1 :] - knots[1:-k]) * basis[..., 1:]
-            basis = left + right
+            # Uniform knots: every denominator of order k is k * grid_step, so one scalar multiply replaces
+            # two tensor divisions (the fusion head evaluates this over every (query, tool) pair).
+            inv = 1.0 / (k * self.grid_step)
+            basis = ((x - knots[: -(k + 1)]) * basis[..., :-1] + (knots[k + 1 :] - x) * basis[..., 1:]) * inv
         return basis
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,4 +69,17 @@ class KANLayer(nn.Module):
         )
 
 
-__all__ = ["KANLayer"]
+@torch.no_grad()
+def kan_edge_functions(layer: KANLayer, x: torch.Tensor) -> torch.Tensor:
+    """The learned 1-d function of every edge evaluated on the points ``x`` [N]: [N, out, in].
+
+    Edge (j, i) is ``w_base[j,i] * silu(x) + sum_k w_spline[j,i,k] * B_k(x)``; the layer's output j is the
+    sum over i of its edges, which is what plots of a KAN show.
+    """
+    inputs = x.to(layer.base_weight.dtype)[:, None].expand(-1, layer.in_features)
+    base = nn.functional.silu(inputs)[:, None, :] * layer.base_weight[None]
+    spline = torch.einsum("nik,oik->noi", layer.b_splines(inputs), layer.spline_weight)
+    return base + spline
+
+
+__all__ = ["KANLayer", "kan_edge_functions"]
