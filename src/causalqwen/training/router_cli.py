@@ -2,12 +2,16 @@
 
 Examples::
 
-    causalqwen-train-router --output-dir runs/router                 # BFCL, 8 epochs (~5 min on 2 CPUs)
-    causalqwen-train-router --data synthetic --output-dir runs/synth
+    causalqwen-train-router --output-dir runs/router                 # BFCL, router v2 (MiniLM), ~8 min on 2 CPUs
+    causalqwen-train-router --encoder mamba --output-dir runs/mamba   # v2 recipe, seed-000 Mamba encoder
+    causalqwen-train-router --data synthetic --output-dir runs/synth  # v1 recipe (per-query resource labels)
     causalqwen-train-router --quick --output-dir /tmp/router          # seconds: a smoke run for tests
 
-Progress bars and ``loss``/``grad_norm``/``learning_rate`` logs come from the ``Trainer``; dev metrics
-(top-1 accuracy, abstain accuracy) are logged after each epoch and written to ``train_summary.json``.
+BFCL defaults to the v2 recipe (``router_v2``: encoder stage, then head stage over the whole training
+catalogue); ``--recipe v1`` is the earlier Mamba recipe (``router_trainer``), the default for the
+synthetic set, whose labels depend on each query's own resource vectors and machine load.
+Progress and ``loss``/``grad_norm``/``learning_rate`` logs come from the ``Trainer``; the summary is
+written to ``train_summary.json`` next to the saved model and tokenizer.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 
 from .router_data import build_bfcl_dataset, build_synthetic_routing_dataset
 from .router_trainer import train_router
+from .router_v2 import train_router_v2
 
 # --quick: a subset and a handful of steps, enough to prove the pipeline end to end in seconds.
 QUICK_ROWS = {"train": 64, "dev": 32}
@@ -64,6 +69,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--distil-time-budget", type=float, default=None, help="stop distillation after this many seconds"
     )
+    parser.add_argument(
+        "--recipe",
+        choices=("v1", "v2"),
+        default=None,
+        help="training recipe (default: v2 on BFCL, v1 synthetic)",
+    )
+    parser.add_argument(
+        "--encoder",
+        default="minilm",
+        help="v2: 'minilm', 'mamba' or a transformers encoder directory (default minilm)",
+    )
+    parser.add_argument(
+        "--encoder-epochs", type=float, default=2.0, help="v2: encoder-stage epochs (default 2)"
+    )
+    parser.add_argument("--head-epochs", type=float, default=5.0, help="v2: head-stage epochs (default 5)")
+    parser.add_argument(
+        "--separate-encoders", action="store_true", help="v2: separate query and tool encoder weights"
+    )
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_STEPS} steps on a small subset (tests)")
     return parser
 
@@ -85,30 +108,45 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1:
         raise SystemExit("--batch-size must be >= 1")
     dataset = load_dataset_for(args)
-    _, _, summary = train_router(
-        dataset,
-        args.output_dir,
-        config_overrides={"matching": args.matching},
-        warm_start=not args.no_warm_start,
-        num_train_epochs=args.epochs,
-        max_steps=QUICK_STEPS if args.quick else args.max_steps,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        seed=args.seed,
-        time_budget_s=args.time_budget,
-        logging_steps=1 if args.quick else args.logging_steps,
-        distil_steps=min(args.distil_steps, QUICK_STEPS) if args.quick else args.distil_steps,
-        distil_time_budget_s=args.distil_time_budget,
-        shared_tool_set=(args.tool_set or ("batch" if args.data == "bfcl" else "candidates")) == "batch",
-    )
+    recipe = args.recipe or ("v2" if args.data == "bfcl" else "v1")
+    if recipe == "v2":
+        _, _, summary = train_router_v2(
+            dataset, args.output_dir, encoder=args.encoder, share_encoder=not args.separate_encoders,
+            encoder_epochs=0.1 if args.quick else args.encoder_epochs, encoder_batch_size=args.batch_size * 2,
+            head_epochs=1 if args.quick else args.head_epochs, seed=args.seed,
+            encoder_time_budget_s=args.time_budget, logging_steps=1 if args.quick else args.logging_steps,
+        )  # fmt: skip
+    else:
+        _, _, summary = train_router(
+            dataset,
+            args.output_dir,
+            config_overrides={"matching": args.matching},
+            warm_start=not args.no_warm_start,
+            num_train_epochs=args.epochs,
+            max_steps=QUICK_STEPS if args.quick else args.max_steps,
+            batch_size=args.batch_size,
+            learning_rate=args.lr,
+            seed=args.seed,
+            time_budget_s=args.time_budget,
+            logging_steps=1 if args.quick else args.logging_steps,
+            distil_steps=min(args.distil_steps, QUICK_STEPS) if args.quick else args.distil_steps,
+            distil_time_budget_s=args.distil_time_budget,
+            shared_tool_set=(args.tool_set or ("batch" if args.data == "bfcl" else "candidates")) == "batch",
+        )
     summary["data"] = args.data
     (args.output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    dev = summary["dev"]
-    print(
-        f"trained {summary['steps']} steps in {summary['train_seconds']:.1f}s; dev top1 "
-        f"{dev.get('eval_top1_accuracy', float('nan')):.3f}, abstain acc "
-        f"{dev.get('eval_abstain_accuracy', float('nan')):.3f}; saved to {args.output_dir}"
-    )
+    if recipe == "v2":
+        print(
+            f"trained in {summary['train_seconds']:.1f}s (encoder stage {summary['encoder_stage']['steps']} steps, "
+            f"head stage {summary['head_stage']['steps']} steps); saved to {args.output_dir}"
+        )
+    else:
+        dev = summary["dev"]
+        print(
+            f"trained {summary['steps']} steps in {summary['train_seconds']:.1f}s; dev top1 "
+            f"{dev.get('eval_top1_accuracy', float('nan')):.3f}, abstain acc "
+            f"{dev.get('eval_abstain_accuracy', float('nan')):.3f}; saved to {args.output_dir}"
+        )
     return 0
 
 
