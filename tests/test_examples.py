@@ -44,6 +44,7 @@ def test_router_quickstart_routes_each_query_to_its_tool():
 def test_training_quickstart_learns_the_linear_task(tmp_path):
     lines = run_example("quickstart_training.py", cwd=tmp_path).splitlines()
     mae = float(lines[-2].removeprefix("test MAE "))
-    # Predicting the training mean gives ~48 on this test split; three seeds of this recipe end at 0.25-0.66.
-    assert mae < 2.0, lines[-2]
+    # Predicting the training mean gives ~48 on this test split; seeds 0/1/2 of this recipe end at 0.25-0.66,
+    # and the seeded example printed 0.484 with 1 and 2 threads here (another BLAS may move the last digits).
+    assert mae < 1.0, lines[-2]
     assert lines[-1] == "<NUM> accuracy 1.0"
