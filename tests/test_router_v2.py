@@ -349,3 +349,22 @@ def test_cli_trains_v2_on_bfcl_by_default(tmp_path, router_tokenizer, capsys):
     assert "encoder stage" in capsys.readouterr().out
     loaded = AutoModel.from_pretrained(tmp_path / "out")
     assert loaded.config.encoder_type == "pretrained" and loaded.config.matching == "fusion"
+
+
+def test_tool_index_latency_intervals_with_and_without_runtime_context(tmp_path, router_tokenizer):
+    resources = [[1, 2, 0, 0.3, 0.1, 0], [4, 16, 1, 2.0, 1.0, 7]]
+    for context_dim in (0, 1):
+        model = tiny_v2_router(tmp_path, router_tokenizer, runtime_context_dim=context_dim).eval()
+        index = ToolIndex.build(model, router_tokenizer, ["a_tool: apple", "b_tool: pear"], resources)
+        assert (index.cache.latency_loc is None) == bool(context_dim)  # cached only without a context
+        routed = index.route("apple please", k=2)
+        for tool in routed.tools:
+            low, high = tool.latency_interval
+            assert low < high
+        # The interval is the forward's own latency head output at the neutral (zero) context.
+        enc = router_tokenizer(["apple please"], return_tensors="pt")
+        with torch.no_grad():
+            out = model(enc["input_ids"], enc["attention_mask"], tool_cache=index.cache)
+        first = routed.tools[0]
+        centre = (first.latency_interval[0] + first.latency_interval[1]) / 2
+        assert centre == pytest.approx(out.latency_loc[0, first.index].item(), rel=1e-5, abs=1e-6)

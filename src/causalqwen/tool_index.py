@@ -219,8 +219,14 @@ class ToolIndex:
         scores = scores.masked_fill(~allowed, -math.inf)
         intervals = None
         if self.has_resources:
-            loc, scale = self.model.latency_head(self.cache.resource_states[None], None)
-            low, high = cauchy_interval(loc[0], scale[0], 0.9)
+            loc, scale = self.cache.latency_loc, self.cache.latency_scale
+            if loc is None:  # a runtime-context model: the index routes at the neutral (zero) context
+                context = torch.zeros(1, self.model.config.runtime_context_dim)
+                with torch.no_grad():
+                    loc, scale = (
+                        x[0] for x in self.model.latency_head(self.cache.resource_states[None], context)
+                    )
+            low, high = cauchy_interval(loc, scale, 0.9)
             intervals = torch.stack([low, high], -1).tolist()
         results = []
         for query, row, abstain_logit in zip(queries, scores, abstain.tolist()):
@@ -264,8 +270,16 @@ class ToolIndex:
         tensors = load_file(str(directory / "tool_states.safetensors"))
         if tensors["text_states"].shape[-1] != model.tool_encoder.hidden_size:
             raise ValueError(f"{directory}: the index was built for another model (text width differs)")
-        cache = ToolEmbeddingCache.with_units(tool_states=tensors["tool_states"], resource_states=tensors["resource_states"],
-                                              tool_mask=tensors["tool_mask"].bool(), text_states=tensors["text_states"])  # fmt: skip
+        with torch.no_grad():
+            latency_loc, latency_scale = model.tool_latency(tensors["resource_states"])
+        cache = ToolEmbeddingCache.with_units(
+            tool_states=tensors["tool_states"],
+            resource_states=tensors["resource_states"],
+            tool_mask=tensors["tool_mask"].bool(),
+            text_states=tensors["text_states"],
+            latency_loc=latency_loc,
+            latency_scale=latency_scale,
+        )
         return cls(model, tokenizer, meta["names"], meta["texts"], cache, tensors["resource_vectors"],
                    specs=meta["specs"], has_resources=meta["has_resources"],
                    abstain_threshold=meta["abstain_threshold"], max_query_length=meta["max_query_length"],

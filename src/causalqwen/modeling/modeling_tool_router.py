@@ -59,6 +59,9 @@ class ToolEmbeddingCache(ModelOutput):
     # of queries instead of re-normalising the whole catalogue each time. Derived: recomputed, never saved.
     text_units: torch.Tensor | None = None
     tool_units: torch.Tensor | None = None
+    # Latency Cauchy (loc, scale) per tool when it depends on the tools alone (runtime_context_dim == 0).
+    latency_loc: torch.Tensor | None = None
+    latency_scale: torch.Tensor | None = None
 
     @classmethod
     def with_units(cls, **fields) -> ToolEmbeddingCache:
@@ -438,13 +441,23 @@ class ToolRouterModel(RemoteCodeMixin, ToolRouterPreTrainedModel):
             return_all_attentions=output_attentions,
         )
         tool_states, attentions = encoded if output_attentions else (encoded, None)
+        latency_loc, latency_scale = self.tool_latency(resource_states)
         return ToolEmbeddingCache.with_units(
             tool_states=tool_states,
             resource_states=resource_states,
             tool_mask=tool_mask,
             tool_set_attentions=tuple(attentions) if output_attentions else None,
             text_states=text_states,
+            latency_loc=latency_loc,
+            latency_scale=latency_scale,
         )
+
+    def tool_latency(self, resource_states: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Per-tool latency (loc, scale) when no runtime context enters it, else ``(None, None)``: then it
+        is a property of the tool set, computed once per cache instead of once per query."""
+        if self.config.runtime_context_dim:
+            return None, None
+        return self.latency_head(resource_states, None)
 
     def _match(self, query: torch.Tensor, tools: torch.Tensor) -> torch.Tensor:
         """query [B, d], tools [B, T, d] -> logits [B, T] (cosine / temperature, or KAN on the product)."""
@@ -598,7 +611,11 @@ class ToolRouterModel(RemoteCodeMixin, ToolRouterPreTrainedModel):
             scores = self._match(query, tool_states)
             abstain_score = self._match(query, self.null_tool.expand(batch, 1, -1)).squeeze(-1)
         scores = scores.masked_fill(~score_mask, torch.finfo(scores.dtype).min)
-        if runtime_context is None and shared_resources.dim() == 2:
+        if runtime_context is None and tool_cache.latency_loc is not None:
+            latency_loc, latency_scale = tool_cache.latency_loc, tool_cache.latency_scale
+            if latency_loc.dim() == 1:
+                latency_loc, latency_scale = latency_loc.expand(batch, -1), latency_scale.expand(batch, -1)
+        elif runtime_context is None and shared_resources.dim() == 2:
             latency_loc, latency_scale = (
                 x.expand(batch, -1) for x in self.latency_head(shared_resources, None)
             )
