@@ -240,7 +240,7 @@ def trained_router(tmp_path_factory, router_tokenizer):
     model, tokenizer, summary = train_router_v2(
         dataset, tmp / "router", encoder=tiny_encoder_dir(tmp, len(router_tokenizer)), tokenizer=router_tokenizer,
         encoder_epochs=2, encoder_batch_size=16, encoder_lr=1e-3, head_epochs=40, head_batch_size=32,
-        max_tool_length=32, disable_tqdm=True, logging_steps=1,
+        max_length=32, disable_tqdm=True, logging_steps=1,
         config_overrides=dict(d_resource=8, num_attention_heads=4, dropout=0.0, latency_hidden_size=8),
     )  # fmt: skip
     return model, tokenizer, summary, tmp

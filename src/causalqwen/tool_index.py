@@ -39,10 +39,13 @@ from .modeling.modeling_tool_router import TextEncoder, ToolEmbeddingCache, Tool
 # Resource vector fields (the synthetic routing set's units); a budget names any of them.
 RESOURCE_FIELDS = ("cpu", "memory", "gpu", "latency", "cost", "size")
 INDEX_FORMAT = 1
+# Word pieces kept of a query and of a tool text (issue #12: >= 128; 5 % of BFCL live questions and 16 % of the
+# training questions are longer than 64).
+MAX_TEXT_LENGTH = 128
 
 
 @torch.no_grad()
-def embed_texts(encoder: TextEncoder, tokenizer, texts: Sequence[str], *, max_length: int = 128,
+def embed_texts(encoder: TextEncoder, tokenizer, texts: Sequence[str], *, max_length: int = MAX_TEXT_LENGTH,
                 batch_size: int = 64) -> torch.Tensor:  # fmt: skip
     """Pooled text states [N, E] of ``texts`` through ``encoder``, in batches (right padding).
 
@@ -105,8 +108,8 @@ class ToolIndex:
 
     def __init__(self, model: ToolRouterModel, tokenizer, names: list[str], texts: list[str],
                  cache: ToolEmbeddingCache, resource_vectors: torch.Tensor, *, specs: list | None = None,
-                 has_resources: bool = False, abstain_threshold: float = 0.0, max_query_length: int = 64,
-                 max_tool_length: int = 128):  # fmt: skip
+                 has_resources: bool = False, abstain_threshold: float = 0.0, max_query_length: int = MAX_TEXT_LENGTH,
+                 max_tool_length: int = MAX_TEXT_LENGTH):  # fmt: skip
         self.model, self.tokenizer = model.eval(), tokenizer
         self.names, self.texts, self.specs = names, texts, specs
         self.cache, self.resource_vectors, self.has_resources = cache, resource_vectors, has_resources
@@ -121,7 +124,7 @@ class ToolIndex:
     @classmethod
     @torch.no_grad()
     def build(cls, model: ToolRouterModel, tokenizer, tools: Sequence[Any], resource_vectors=None, *,
-              abstain_threshold: float = 0.0, max_query_length: int = 64, max_tool_length: int = 128,
+              abstain_threshold: float = 0.0, max_query_length: int = MAX_TEXT_LENGTH, max_tool_length: int = MAX_TEXT_LENGTH,
               batch_size: int = 64) -> ToolIndex:  # fmt: skip
         """Encode ``tools`` (specs or strings) with optional ``resource_vectors`` [T, 6] in raw units
         (:data:`RESOURCE_FIELDS`; ``log1p`` is applied as in training)."""
@@ -286,4 +289,12 @@ class ToolIndex:
                    max_tool_length=meta["max_tool_length"])  # fmt: skip
 
 
-__all__ = ["RESOURCE_FIELDS", "RankedTool", "RouteResult", "ToolIndex", "embed_texts", "tool_name_and_text"]
+__all__ = [
+    "MAX_TEXT_LENGTH",
+    "RESOURCE_FIELDS",
+    "RankedTool",
+    "RouteResult",
+    "ToolIndex",
+    "embed_texts",
+    "tool_name_and_text",
+]

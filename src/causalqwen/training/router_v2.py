@@ -45,7 +45,7 @@ from transformers import Trainer
 
 from ..lexical import BM25Index
 from ..modeling.modeling_tool_router import ToolRouterModel
-from ..tool_index import embed_texts
+from ..tool_index import MAX_TEXT_LENGTH, embed_texts
 from .minilm import load_router_tokenizer, minilm_path
 from .router_trainer import (
     RouterTrainer,
@@ -116,8 +116,8 @@ class ContrastiveCollator:
 
     tokenizer: Any
     tool_texts: Sequence[str]
-    max_query_length: int = 64
-    max_tool_length: int = 128
+    max_query_length: int = MAX_TEXT_LENGTH
+    max_tool_length: int = MAX_TEXT_LENGTH
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not rows:
@@ -240,7 +240,7 @@ def build_router(encoder: str = "minilm", *, tokenizer=None, share_encoder: bool
 
 def train_encoder_stage(model, tokenizer, examples: CatalogueExamples, lexical: np.ndarray, output_dir, *,
                         epochs: float = 2.0, batch_size: int = 32, learning_rate: float = 2e-5,
-                        max_tool_length: int = 128, seed: int = 0, time_budget_s: float | None = None,
+                        max_length: int = MAX_TEXT_LENGTH, seed: int = 0, time_budget_s: float | None = None,
                         logging_steps: int = 10, disable_tqdm: bool | None = None) -> dict[str, Any]:  # fmt: skip
     """Stage 1 (see the module docstring); returns steps, seconds and the first/last logged losses."""
     negatives = mine_hard_negatives(examples, lexical)
@@ -254,7 +254,7 @@ def train_encoder_stage(model, tokenizer, examples: CatalogueExamples, lexical: 
         args=router_training_args(Path(output_dir) / "encoder_stage", batch_size=batch_size, learning_rate=learning_rate,
                             epochs=epochs, seed=seed, logging_steps=logging_steps, disable_tqdm=disable_tqdm),
         train_dataset=rows,
-        data_collator=ContrastiveCollator(tokenizer, examples.texts, max_tool_length=max_tool_length),
+        data_collator=ContrastiveCollator(tokenizer, examples.texts, max_length, max_length),
         callbacks=[TimeBudgetCallback(time_budget_s)] if time_budget_s else [],
     )  # fmt: skip
     start = time.perf_counter()
@@ -273,14 +273,14 @@ def freeze_encoders(model: ToolRouterModel) -> None:
 
 def train_head_stage(model, tokenizer, examples: CatalogueExamples, lexical: np.ndarray, output_dir, *,
                      epochs: float = 5.0, batch_size: int = 64, learning_rate: float = 1e-3,
-                     max_tool_length: int = 128, seed: int = 0, time_budget_s: float | None = None,
+                     max_length: int = MAX_TEXT_LENGTH, seed: int = 0, time_budget_s: float | None = None,
                      logging_steps: int = 10, disable_tqdm: bool | None = None) -> dict[str, Any]:  # fmt: skip
     """Stage 2 (see the module docstring): frozen encoder, the whole catalogue as every question's tool set."""
     freeze_encoders(model)
     start = time.perf_counter()
     model.eval()
-    query_embeddings = embed_texts(model.query_encoder, tokenizer, examples.queries, max_length=64)
-    tool_embeddings = embed_texts(model.tool_encoder, tokenizer, examples.texts, max_length=max_tool_length)
+    query_embeddings = embed_texts(model.query_encoder, tokenizer, examples.queries, max_length=max_length)
+    tool_embeddings = embed_texts(model.tool_encoder, tokenizer, examples.texts, max_length=max_length)
     embed_seconds = time.perf_counter() - start
     model.train()
     rows = [{"row": i, "positives": p} for i, p in enumerate(examples.positives)]
@@ -314,7 +314,7 @@ def train_router_v2(
     head_batch_size: int = 64,
     head_lr: float = 1e-3,
     head_fraction: float = 0.3,
-    max_tool_length: int = 128,
+    max_length: int = MAX_TEXT_LENGTH,
     seed: int = 0,
     encoder_time_budget_s: float | None = None,
     head_time_budget_s: float | None = None,
@@ -341,12 +341,12 @@ def train_router_v2(
     encoder_summary = train_encoder_stage(
         model, tokenizer, subset(examples, encoder_rows), lexical[encoder_rows], output_dir, epochs=encoder_epochs, batch_size=encoder_batch_size,
         learning_rate=encoder_lr if encoder_lr is not None else (2e-3 if encoder == "mamba" else 2e-5),
-        max_tool_length=max_tool_length, seed=seed, time_budget_s=encoder_time_budget_s,
+        max_length=max_length, seed=seed, time_budget_s=encoder_time_budget_s,
         logging_steps=logging_steps, disable_tqdm=disable_tqdm,
     )  # fmt: skip
     head_summary = train_head_stage(
         model, tokenizer, subset(examples, head_rows), lexical[head_rows], output_dir, epochs=head_epochs, batch_size=head_batch_size,
-        learning_rate=head_lr, max_tool_length=max_tool_length, seed=seed, time_budget_s=head_time_budget_s,
+        learning_rate=head_lr, max_length=max_length, seed=seed, time_budget_s=head_time_budget_s,
         logging_steps=logging_steps, disable_tqdm=disable_tqdm,
     )  # fmt: skip
     train_seconds = time.perf_counter() - start
@@ -365,7 +365,7 @@ def train_router_v2(
         "encoder_stage": encoder_summary,
         "head_stage": head_summary,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "max_tool_length": max_tool_length,
+        "max_length": max_length,
         "config": {
             k: v for k, v in model.config.to_diff_dict().items()
             if k != "text_encoder_config" and (not isinstance(v, float) or math.isfinite(v))
