@@ -49,7 +49,8 @@ bench:
 	$(MAKE) venv EXTRAS=train,peft,router-data,dev,bench
 	$(BIN)/python benchmarks/run_all.py --only numeric,perf
 
-# The routing benchmark (issue #7): trains the router on BFCL, then router vs BM25 / MiniLM / random; ~10 min.
+# The routing benchmark (issues #7, #12): trains router v2 (MiniLM) and its Mamba variant on BFCL, then every
+# method (BM25, MiniLM, their hybrid, random) on BFCL live; ~13 min on 2 CPU cores.
 bench-routing:
 	$(MAKE) venv EXTRAS=train,peft,router-data,dev,bench
 	$(BIN)/python benchmarks/routing.py
