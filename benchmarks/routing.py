@@ -144,6 +144,13 @@ def margins_of(
     return (abstain_scores if abstain_scores is not None else 0.0) - best
 
 
+def correct_names(split) -> list[list[str]]:
+    """Per question, the function names of its correct candidates (empty for "no tool fits")."""
+    return [
+        [n for n, y in zip(names, labels) if y] for names, labels in zip(split["tool_names"], split["labels"])
+    ]
+
+
 def name_retrieval_metrics(
     matrix: np.ndarray, names: Sequence[str], target_names: Sequence[Sequence[str]], ks=RETRIEVAL_KS
 ) -> dict[str, float]:
@@ -230,9 +237,7 @@ def tune_hybrid_weight(hybrid: HybridScorer, split, grid: Sequence[float] = HYBR
     hybrid.index(catalogue["text"])
     lexical, dense = hybrid.bm25.score(split["query"]), hybrid.minilm.score(split["query"])
     index = {t: i for i, t in zip(catalogue["tool_id"], catalogue["text"])}
-    targets = [
-        [n for n, y in zip(names, labels) if y] for names, labels in zip(split["tool_names"], split["labels"])
-    ]
+    targets = correct_names(split)
     best = (-1.0, 0.5)
     for weight in grid:
         hybrid.weight = float(weight)
@@ -267,10 +272,7 @@ def evaluate_split(scorer: Scorer, split) -> dict:
         "margins": margins_of(candidates, abstain),
         "targets": catalogue_targets(split, catalogue),
         "names": list(catalogue["name"]),
-        "target_names": [
-            [n for n, y in zip(names, labels) if y]
-            for names, labels in zip(split["tool_names"], split["labels"])
-        ],  # fmt: skip
+        "target_names": correct_names(split),
         "catalogue_size": len(catalogue),
     }
 

@@ -186,21 +186,24 @@ class ToolIndex:
         return mask
 
     @torch.no_grad()
-    def scores(self, queries: Sequence[str], batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw scores [Q, T] over the whole catalogue and abstain logits [Q] (no masking, no top-k)."""
+    def _forward(self, queries: Sequence[str], batch_size: int = 64):
+        """The model's scores [Q, T], abstain logits [Q] and latency (loc, scale) [Q, T] for ``queries``."""
         if isinstance(queries, str) or not len(queries) or not all(isinstance(q, str) for q in queries):
             raise ValueError("queries must be a non-empty sequence of strings")
         lexical = torch.from_numpy(self.lexical.scores(queries))
-        scores, abstain = [], []
+        outputs = []
         for start in range(0, len(queries), batch_size):
             chunk = list(queries[start : start + batch_size])
             enc = self.tokenizer(chunk, max_length=self.max_query_length, truncation=True, padding="longest",
                                  return_tensors="pt")  # fmt: skip
             out = self.model(enc["input_ids"], enc["attention_mask"], tool_cache=self.cache,
                              lexical_scores=lexical[start : start + len(chunk)])  # fmt: skip
-            scores.append(out.scores.float())
-            abstain.append(out.abstain_score.float())
-        return torch.cat(scores), torch.cat(abstain)
+            outputs.append((out.scores, out.abstain_score, out.latency_loc, out.latency_scale))
+        return tuple(torch.cat(parts).float() for parts in zip(*outputs))
+
+    def scores(self, queries: Sequence[str], batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw scores [Q, T] over the whole catalogue and abstain logits [Q] (no masking, no top-k)."""
+        return self._forward(queries, batch_size)[:2]
 
     def route(self, queries: str | Sequence[str], k: int = 5, *, budget: dict[str, float] | None = None,
               candidates: Sequence[int | str] | None = None) -> RouteResult | list[RouteResult]:  # fmt: skip
@@ -218,21 +221,13 @@ class ToolIndex:
         if k > len(self):
             raise ValueError(f"k={k} exceeds the {len(self)} tools of this index")
         allowed = self._budget_mask(budget) & self._candidate_mask(candidates)
-        scores, abstain = self.scores(queries)
+        # The model's own latency head output (a runtime-context model routes at its neutral zero context).
+        scores, abstain, latency_loc, latency_scale = self._forward(queries)
         scores = scores.masked_fill(~allowed, -math.inf)
-        intervals = None
-        if self.has_resources:
-            loc, scale = self.cache.latency_loc, self.cache.latency_scale
-            if loc is None:  # a runtime-context model: the index routes at the neutral (zero) context
-                context = torch.zeros(1, self.model.config.runtime_context_dim)
-                with torch.no_grad():
-                    loc, scale = (
-                        x[0] for x in self.model.latency_head(self.cache.resource_states[None], context)
-                    )
-            low, high = cauchy_interval(loc, scale, 0.9)
-            intervals = torch.stack([low, high], -1).tolist()
+        low, high = cauchy_interval(latency_loc, latency_scale, 0.9)
+        bounds = torch.stack([low, high], -1).tolist() if self.has_resources else [None] * len(queries)
         results = []
-        for query, row, abstain_logit in zip(queries, scores, abstain.tolist()):
+        for query, row, abstain_logit, intervals in zip(queries, scores, abstain.tolist(), bounds):
             top = torch.topk(row, min(k, int(allowed.sum()))) if allowed.any() else None
             tools = []
             if top is not None:

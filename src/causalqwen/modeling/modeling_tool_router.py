@@ -116,11 +116,15 @@ def _pretrained_encoder(config: ToolRouterConfig) -> nn.Module:
     by masked mean, as sentence-transformers does for MiniLM/MPNet, and an unused layer would only add
     parameters without gradients.
     """
-    encoder_config = AutoConfig.for_model(**config.text_encoder_config)
+    return _without_pooler(AutoModel.from_config, AutoConfig.for_model(**config.text_encoder_config))
+
+
+def _without_pooler(build, *args, **kwargs) -> nn.Module:
+    """``build(..., add_pooling_layer=False)`` where the architecture takes that flag (BERT, MPNet, ...)."""
     try:
-        return AutoModel.from_config(encoder_config, add_pooling_layer=False)
+        return build(*args, add_pooling_layer=False, **kwargs)
     except TypeError:
-        return AutoModel.from_config(encoder_config)
+        return build(*args, **kwargs)
 
 
 class TextEncoder(nn.Module):
@@ -343,11 +347,7 @@ class ToolRouterModel(RemoteCodeMixin, ToolRouterPreTrainedModel):
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            pretrained = AutoModel.from_pretrained(
-                encoder_path, local_files_only=True, add_pooling_layer=False
-            )
-        except TypeError:
-            pretrained = AutoModel.from_pretrained(encoder_path, local_files_only=True)
+            pretrained = _without_pooler(AutoModel.from_pretrained, encoder_path, local_files_only=True)
         finally:
             hf_logging.set_verbosity(verbosity)
         backbones = [model.query_encoder.mamba]
@@ -442,7 +442,9 @@ class ToolRouterModel(RemoteCodeMixin, ToolRouterPreTrainedModel):
         )
         tool_states, attentions = encoded if output_attentions else (encoded, None)
         latency_loc, latency_scale = self.tool_latency(resource_states)
-        return ToolEmbeddingCache.with_units(
+        # Only the fusion head reads the unit-normalised states; other matchers normalise per call.
+        build = ToolEmbeddingCache.with_units if self.config.matching == "fusion" else ToolEmbeddingCache
+        return build(
             tool_states=tool_states,
             resource_states=resource_states,
             tool_mask=tool_mask,
@@ -581,8 +583,9 @@ class ToolRouterModel(RemoteCodeMixin, ToolRouterPreTrainedModel):
             tool_cache.resource_states,
             tool_cache.tool_mask,
         )
-        # A shared catalogue ([T, ...]) is expanded to [B, T, ...] only as views; the fusion scores and the
-        # latency head work on the [T, ...] tensors directly (no per-query copies of the catalogue's work).
+        # A shared catalogue ([T, ...]) is expanded to [B, T, ...] only as views; the fusion scores work on
+        # the [T, ...] tensors directly, and the per-tool latency comes from the cache (no per-query copies
+        # of the catalogue's work).
         shared_tools, shared_resources = tool_states, resource_states
         if tool_states.dim() == 2:
             tool_states, resource_states = (
@@ -615,10 +618,6 @@ class ToolRouterModel(RemoteCodeMixin, ToolRouterPreTrainedModel):
             latency_loc, latency_scale = tool_cache.latency_loc, tool_cache.latency_scale
             if latency_loc.dim() == 1:
                 latency_loc, latency_scale = latency_loc.expand(batch, -1), latency_scale.expand(batch, -1)
-        elif runtime_context is None and shared_resources.dim() == 2:
-            latency_loc, latency_scale = (
-                x.expand(batch, -1) for x in self.latency_head(shared_resources, None)
-            )
         else:
             latency_loc, latency_scale = self.latency_head(resource_states, runtime_context)
 
