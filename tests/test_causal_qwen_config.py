@@ -23,7 +23,8 @@ def test_defaults_extend_qwen2():
     assert config.model_type == "causal_qwen"
     assert config.causal_size == 32  # defaults to hidden_size
     assert config.inference_mode == "standard"
-    assert config.value_encoding == "multiscale"
+    assert config.value_encoding == "multiscale_linear"
+    assert (config.reg_lambda, config.gate_alpha, config.cls_reduction) == (5.0, 0.1, "sum")
     assert CausalQwenConfig().num_token_id == 151665
     assert type(AutoConfig.for_model("causal_qwen", **TINY)) is CausalQwenConfig
 
@@ -52,6 +53,7 @@ def test_int_values_are_accepted_for_float_fields():
         ({"inference_mode": "greedy"}, "unknown inference_mode 'greedy'"),
         ({"value_encoding": "binary"}, "unknown value_encoding 'binary'"),
         ({"value_normalization": "zscore"}, "unknown value_normalization 'zscore'"),
+        ({"cls_reduction": "mean"}, "unknown cls_reduction 'mean'"),
         ({"num_token_id": 300}, r"num_token_id must lie in \[0, vocab_size=300\)"),
         (
             {"tie_word_embeddings": True, "causal_size": 16},

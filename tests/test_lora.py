@@ -37,8 +37,8 @@ def test_only_lora_heads_and_num_rows_are_trainable(tiny_tokenizer, tie):
     model = tiny_model(tiny_tokenizer, tie_word_embeddings=tie)
     expected = expected_trainable(model)
     # H=32, I=64, kv width 16, 2 layers: LoRA 2 x 4 x 512 = 4096; abduction 2112, b_noise 32, value head 33,
-    # multiscale fusion 5376; <NUM> rows 64 (untied) or 32 (tied, one shared delta).
-    assert expected == (11713 if not tie else 11681)
+    # multiscale_linear fusion 5440 (38 value features); <NUM> rows 64 (untied) or 32 (tied, one shared delta).
+    assert expected == (11777 if not tie else 11745)
     peft_model = apply_lora(model, r=R, alpha=8)
     trainable = {n: p.numel() for n, p in peft_model.named_parameters() if p.requires_grad}
     assert sum(trainable.values()) == expected

@@ -244,3 +244,58 @@ def test_bad_settings_raise():
             reg_lambda=1.0,
             chunk_size=0,
         )
+
+
+@pytest.mark.parametrize("chunk_size", [3, 1024])
+def test_balanced_reduction_averages_the_wrong_tokens(chunk_size):
+    hidden, labels, targets, thresholds = make_batch()
+    head = ToyHead()
+    h, y_tok = hidden[:, :-1].reshape(-1, H), labels[:, 1:].reshape(-1)
+    keep = y_tok != IGNORE_INDEX
+    out = head(h[keep])
+    p = 0.5 + torch.atan((out.loc_S - thresholds) / out.scale_S) / math.pi
+    onehot = F.one_hot(y_tok[keep], V).float()
+    positive = -(onehot * torch.log(p)).sum(-1)
+    negatives = -((1 - onehot) * torch.log(1 - p)).sum(-1) / (V - 1)
+    kw = dict(num_token_id=NUM, gate_alpha=0.1, reg_lambda=0.7, chunk_size=chunk_size)
+    balanced = gated_loss(hidden, labels, targets, head, thresholds, cls_reduction="balanced", **kw)
+    summed = gated_loss(hidden, labels, targets, head, thresholds, **kw)
+    torch.testing.assert_close(balanced.cls, (positive + negatives).mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(balanced.reg, summed.reg, rtol=0, atol=0)  # only the token term changes
+    assert balanced.cls < summed.cls
+
+
+def test_balanced_token_loss_does_not_grow_with_the_vocabulary():
+    # Appending tokens the head scores like the existing wrong ones: the summed loss grows with V, the
+    # balanced one stays put (so a reg_lambda tuned on one vocabulary carries over to another).
+    hidden, labels, targets, thresholds = make_batch()
+    labels = labels.clamp_max(NUM)
+
+    class Widened(ToyHead):
+        def __init__(self, copies):
+            super().__init__()
+            self.copies = copies
+
+        def forward(self, h):
+            out = super().forward(h)
+            pad = lambda t: torch.cat([t] + [t[:, :NUM]] * self.copies, dim=-1)  # noqa: E731
+            return CauchyHeads(pad(out.loc_S), pad(out.scale_S), out.loc_Y, out.scale_Y)
+
+    def cls(copies, reduction):
+        th = torch.cat([thresholds] + [thresholds[:NUM]] * copies)
+        return gated_loss(
+            hidden, labels, targets, Widened(copies), th, num_token_id=NUM, gate_alpha=0.1, reg_lambda=1.0,
+            cls_reduction=reduction,
+        ).cls.item()
+
+    assert cls(9, "sum") > 5 * cls(0, "sum")
+    assert cls(9, "balanced") == pytest.approx(cls(0, "balanced"), rel=0.15)
+
+
+def test_unknown_cls_reduction_raises():
+    hidden, labels, targets, thresholds = make_batch()
+    with pytest.raises(ValueError, match="unknown cls_reduction 'mean'"):
+        gated_loss(
+            hidden, labels, targets, ToyHead(), thresholds, num_token_id=NUM, gate_alpha=0.1, reg_lambda=1.0,
+            cls_reduction="mean",
+        )

@@ -45,9 +45,30 @@ def test_multiscale_features_known_values():
 def test_multiscale_features_are_finite_over_the_float_range():
     f = multiscale_features(torch.tensor([3.0e38, -1.0e-38, 1e-45]), 16)
     assert torch.isfinite(f).all()
+    g = multiscale_features(torch.tensor([3.0e38, -3.0e38, 0.0]), 16, ValueNormalizer("affine", 1.0, 1e-30))
+    assert torch.isfinite(g).all()
 
 
-@pytest.mark.parametrize("encoding", ["multiscale", "log_additive"])
+def test_linear_features_see_the_normalised_value():
+    normalizer = ValueNormalizer("affine", shift=10.0, scale=4.0)
+    f = multiscale_features(torch.tensor([10.0, 14.0, 2.0]), 3, normalizer)
+    assert f.shape == (3, 4 + 2 + 2 * 3)
+    t = torch.tensor([0.0, 1.0, -2.0])
+    torch.testing.assert_close(f[:, 4], torch.sign(t) * torch.log1p(t.abs()))
+    torch.testing.assert_close(f[:, 5], t / (1 + t.abs()))
+    # The logarithmic block is seed 002's, unchanged, after the two linear features.
+    torch.testing.assert_close(f[:, [0, 1, 2, 3, 6, 7, 8]], multiscale_features(torch.tensor([10.0, 14.0, 2.0]), 3)[:, :7])
+
+
+def test_value_projection_starts_at_unit_variance():
+    # std 1/sqrt(features), not initializer_range: the value block's first gradients are this projection's output.
+    for encoding, features in (("multiscale", 4 + 32), ("multiscale_linear", 4 + 2 + 32)):
+        weight = model_for(encoding).value_encoding.value_proj_weight
+        assert weight.shape == (64, features)
+        assert weight.std().item() == pytest.approx(features**-0.5, rel=0.1)
+
+
+@pytest.mark.parametrize("encoding", ["multiscale", "multiscale_linear", "log_additive"])
 def test_fused_embedding_starts_at_num_embedding(encoding):
     model = model_for(encoding)
     e = model.embed_tokens.weight[NUM].detach().expand(len(VALUES), -1)
@@ -135,6 +156,8 @@ def test_log_additive_direction_gets_gradient_from_zero():
 
 def test_encoding_registry():
     assert isinstance(model_for("multiscale").value_encoding, MultiScaleValueEncoding)
+    assert model_for("multiscale").value_encoding.normalizer is None
+    assert model_for("multiscale_linear").value_encoding.normalizer is not None
     assert isinstance(model_for("xval").value_encoding, XValEncoding)
 
 

@@ -114,7 +114,8 @@ def test_log_history_holds_numeric_metrics_and_loss_falls(tiny_tokenizer, tmp_pa
             assert math.isfinite(entry[key]), (key, entry)
         assert 0.0 <= entry["num_accuracy"] <= 1.0
         # loss = loss_cls + reg_lambda * loss_reg, all averaged over the same 5 steps of equal-length rows.
-        assert entry["loss"] == pytest.approx(entry["loss_cls"] + entry["loss_reg"], rel=1e-4)
+        lam = model.config.reg_lambda
+        assert entry["loss"] == pytest.approx(entry["loss_cls"] + lam * entry["loss_reg"], rel=1e-4)
     assert logs[-1]["loss"] < 0.5 * logs[0]["loss"], [e["loss"] for e in logs]
     assert logs[-1]["loss_cls"] < logs[0]["loss_cls"]
     assert logs[-1]["value_mae"] < logs[0]["value_mae"]

@@ -23,6 +23,7 @@ from transformers import Qwen2Config
 from transformers.generation.configuration_utils import GenerationConfig
 
 __all__ = [
+    "CLS_REDUCTIONS",
     "INFERENCE_MODES",
     "TRANSFORMERS_EXTRA_KEYS",
     "VALUE_ENCODINGS",
@@ -30,8 +31,9 @@ __all__ = [
     "CausalQwenConfig",
 ]
 
+CLS_REDUCTIONS = ("sum", "balanced")
 INFERENCE_MODES = ("standard", "deterministic", "exogenous", "endogenous", "sampling")
-VALUE_ENCODINGS = ("multiscale", "xval", "log_additive")
+VALUE_ENCODINGS = ("multiscale", "multiscale_linear", "xval", "log_additive")
 VALUE_NORMALIZATIONS = ("none", "affine", "symlog")
 
 # Keys that are not dataclass fields but that transformers (or its Hub ecosystem) passes to a config's
@@ -93,16 +95,24 @@ class CausalQwenConfig(Qwen2Config):
         ovr_threshold_init: initial One-vs-Rest threshold C_k of every token.
         inference_mode: default decision rule, one of :data:`INFERENCE_MODES`.
         causal_temperature: factor on the exogenous noise (>= 0).
-        value_encoding: ``"multiscale"`` (gated fusion of sign / log-magnitude / sinusoidal features),
-            ``"xval"`` (``embed(<NUM>) * value``) or ``"log_additive"`` (``embed(<NUM>) + symlog(value) a``).
+        value_encoding: ``"multiscale_linear"`` (default: gated fusion of sign / log-magnitude / sinusoidal
+            features and two linear features of the normalised value), ``"multiscale"`` (seed 002's fusion,
+            logarithmic features only), ``"xval"`` (``embed(<NUM>) * value``) or ``"log_additive"``
+            (``embed(<NUM>) + symlog(value) a``).
         value_encoding_frequencies: number of sinusoidal frequencies of ``ln|v|`` in the multiscale encoding.
         value_normalization: ``"none"``, ``"affine"`` (``(y - shift) / scale``) or ``"symlog"``
             (``sign(y') log1p(|y'|)`` of the affine-normalised value); applied to regression targets and
             inverted for predictions, so outputs are in the data's units.
         value_norm_shift / value_norm_scale: the affine part of the normalisation.
         gate_alpha: floor of the regression gate ``alpha + (1 - alpha) P_NUM`` in [0, 1].
-        reg_lambda: weight of the regression term (>= 0).
+        reg_lambda: weight of the regression term (>= 0). The default 5 was chosen by the 5-seed ablation of
+            ``benchmarks/numeric.py`` (docs/causal_qwen.md): 1 left the value head at a constant prediction
+            on some seeds, 20 learned values best but cost the ``<NUM>`` decision on wide-range data.
         loss_chunk_size: positions per chunk in the chunked loss (bounds the [positions x V] working set).
+        cls_reduction: ``"sum"`` (the exact OvR negative log-likelihood: every token's "no" term summed over
+            the vocabulary) or ``"balanced"`` (the target's "yes" term plus the *mean* of the others' "no"
+            terms, so the token loss and hence ``reg_lambda`` do not scale with V; measured: better values,
+            worse ``<NUM>`` decisions, so not the default).
     """
 
     model_type = "causal_qwen"
@@ -114,14 +124,15 @@ class CausalQwenConfig(Qwen2Config):
     ovr_threshold_init: float | int = 0.0
     inference_mode: str = "standard"
     causal_temperature: float | int = 1.0
-    value_encoding: str = "multiscale"
+    value_encoding: str = "multiscale_linear"
     value_encoding_frequencies: int = 16
     value_normalization: str = "none"
     value_norm_shift: float | int = 0.0
     value_norm_scale: float | int = 1.0
     gate_alpha: float | int = 0.1
-    reg_lambda: float | int = 1.0
+    reg_lambda: float | int = 5.0
     loss_chunk_size: int = 256
+    cls_reduction: str = "sum"
 
     def __post_init__(self, **kwargs: Any):
         unknown = sorted(k for k in kwargs if k not in TRANSFORMERS_EXTRA_KEYS and not k.startswith("_"))
@@ -166,6 +177,7 @@ class CausalQwenConfig(Qwen2Config):
             ("inference_mode", INFERENCE_MODES),
             ("value_encoding", VALUE_ENCODINGS),
             ("value_normalization", VALUE_NORMALIZATIONS),
+            ("cls_reduction", CLS_REDUCTIONS),
         ):
             value = getattr(self, name)
             _check(value in allowed, f"unknown {name} {value!r}; expected one of {', '.join(allowed)}")

@@ -9,6 +9,9 @@ With shifted labels (ignore index -100)::
   Summing is the exact negative log-likelihood of the V independent decisions the OvR model makes; a mean
   over V would divide the target token's gradient by V (1/151936 for Qwen), so the classifier would barely
   learn next to the regression term. ``reg_lambda`` rebalances the two terms if needed.
+  ``cls_reduction="balanced"`` keeps the target's term whole and averages the V - 1 "no" terms instead of
+  summing them, so the token loss no longer grows with V (with summed Cauchy tails it does) and a
+  ``reg_lambda`` tuned on one vocabulary transfers to another; its cost is weaker pressure on wrong tokens.
 * ``NLL``: Cauchy negative log-likelihood of the value at positions whose target token is ``<NUM>`` (m_i).
 * ``P_NUM`` **is detached** in the gate: the gate is a curriculum ("learn to predict <NUM> first, then its
   value"), not a path for gradients. Without the detach, the cheapest way to lower a large NLL early in
@@ -35,6 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from ..configuration.configuration_causal_qwen import CLS_REDUCTIONS
 from .cauchy import cauchy_nll, ovr_log_probs
 
 __all__ = ["IGNORE_INDEX", "CauchyHeads", "GatedLoss", "gated_loss"]
@@ -67,6 +71,7 @@ def _chunk_sums(
     thresholds: torch.Tensor,
     num_token_id: int,
     gate_alpha: float,
+    negative_weight: float,
     hidden: torch.Tensor,
     labels: torch.Tensor,
     targets: torch.Tensor,
@@ -79,7 +84,8 @@ def _chunk_sums(
     # -sum_k [y_k log P_k + (1 - y_k) log(1 - P_k)] with one-hot y: every token's "no" term, with the
     # target's swapped for its "yes" term. No one-hot [n x V] tensor is built.
     idx = labels.unsqueeze(-1)
-    bce = -log_q.sum(-1) - log_p.gather(-1, idx).squeeze(-1) + log_q.gather(-1, idx).squeeze(-1)
+    negatives = -log_q.sum(-1) + log_q.gather(-1, idx).squeeze(-1)
+    bce = negative_weight * negatives - log_p.gather(-1, idx).squeeze(-1)
 
     is_num = labels == num_token_id
     p_num = log_p[:, num_token_id].exp().detach()
@@ -106,6 +112,7 @@ def gated_loss(
     reg_lambda: float,
     chunk_size: int = 1024,
     shift: bool = True,
+    cls_reduction: str = "sum",
 ) -> GatedLoss:
     """Gated loss from hidden states [B, S, H], unshifted ``labels`` [B, S] and value targets [B, S].
 
@@ -137,6 +144,9 @@ def gated_loss(
     flat_labels = labels[valid]
     flat_targets = numeric_targets[valid]
     vocab = thresholds.shape[0]
+    if cls_reduction not in CLS_REDUCTIONS:
+        raise ValueError(f"unknown cls_reduction {cls_reduction!r}; expected one of {', '.join(CLS_REDUCTIONS)}")
+    negative_weight = 1.0 if cls_reduction == "sum" else 1.0 / max(vocab - 1, 1)
     if flat_labels.numel() and (flat_labels.min() < 0 or flat_labels.max() >= vocab):
         raise ValueError(f"labels must be token ids in [0, {vocab}) or {IGNORE_INDEX}")
     is_num = flat_labels == num_token_id
@@ -154,6 +164,7 @@ def gated_loss(
             thresholds,
             num_token_id,
             gate_alpha,
+            negative_weight,
             hidden[start : start + chunk_size],
             flat_labels[start : start + chunk_size],
             flat_targets[start : start + chunk_size],

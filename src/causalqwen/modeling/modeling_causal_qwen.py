@@ -368,6 +368,7 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
                 gate_alpha=float(self.config.gate_alpha),
                 reg_lambda=float(self.config.reg_lambda),
                 chunk_size=self.config.loss_chunk_size,
+                cls_reduction=self.config.cls_reduction,
             )
             loss, loss_cls, loss_reg = result.total, result.cls, result.reg
 

@@ -1,14 +1,18 @@
 """Numeric input embedding: the value of each ``<NUM>`` token is fused into its embedding.
 
 The tokenizer replaces every number by ``<NUM>`` and returns ``numeric_values`` [B, S]. At ``<NUM>`` positions
-the embedding becomes ``encoding(embed(<NUM>), v)``; elsewhere it is untouched. Three encodings are
-pluggable through ``config.value_encoding`` (a benchmark compares them):
+the embedding becomes ``encoding(embed(<NUM>), v)``; elsewhere it is untouched. Four encodings are
+pluggable through ``config.value_encoding`` (``benchmarks/numeric.py`` compares them):
 
-* ``"multiscale"`` (default, seed 002): features of v (sign, ``ln|v|``, decade, position in the decade,
-  sin/cos of ``ln|v|`` at geometric frequencies ``10000^(-k/K)``) are projected to H and fused with
-  ``embed(<NUM>)`` by sigmoid gates and a projection. At init the value block of the projection is zero
-  and the embedding block is ``I / sigmoid(b)``, so the fused vector equals ``embed(<NUM>)`` (to float
-  rounding) whatever the (half-open) value gate: a pretrained backbone sees exactly what it saw before.
+* ``"multiscale"`` (seed 002): features of v (sign, ``ln|v|``, decade, position in the decade, sin/cos of
+  ``ln|v|`` at geometric frequencies ``10000^(-k/K)``) are projected to H and fused with ``embed(<NUM>)`` by
+  sigmoid gates and a projection. At init the value block of the projection is zero and the embedding
+  block is ``I / sigmoid(b)``, so the fused vector equals ``embed(<NUM>)`` (to float rounding) whatever the
+  (half-open) value gate: a pretrained backbone sees exactly what it saw before.
+* ``"multiscale_linear"`` (default): the same fusion, with two more features of the *normalised* value t
+  (``config.value_normalization``): ``symlog(t)`` and ``t / (1 + |t|)``. The seed's features are all
+  logarithmic, so a target linear in an input needed an exponential of them; measured (docs/causal_qwen.md),
+  the linear features are what lets the tiny benchmark models learn tables such as diabetes.
 * ``"xval"`` (xVal): ``embed(<NUM>) * t`` with t the normalised value (``config.value_normalization``);
   like the xVal paper it needs values of order one, so pair it with an ``affine`` or ``symlog`` normalisation
   when the data spans large magnitudes (an un-normalised 1e12 multiplies the embedding by 1e12).
@@ -48,6 +52,7 @@ _GATE_BIAS = 4.0
 _VALUE_GATE_BIAS = 0.0
 # float32 expm1 overflows above ~88.7; symlog inverses clamp there instead of returning inf.
 _MAX_LOG = 88.0
+_MAX_NORMALISED = 1e30
 
 
 def check_numeric_values(numeric_values: torch.Tensor, input_ids: torch.Tensor | None) -> None:
@@ -65,8 +70,11 @@ def check_numeric_values(numeric_values: torch.Tensor, input_ids: torch.Tensor |
         raise ValueError("numeric_values contains NaN or infinite entries; numbers must be finite")
 
 
-def multiscale_features(values: torch.Tensor, num_frequencies: int) -> torch.Tensor:
-    """Features [..., 4 + 2K] of finite ``values``: sign, ln|v|/10, decade/10, position in the decade, sin, cos.
+def multiscale_features(
+    values: torch.Tensor, num_frequencies: int, normalizer: ValueNormalizer | None = None
+) -> torch.Tensor:
+    """Features [..., 4 + 2K (+ 2)] of finite ``values``: sign, ln|v|/10, decade/10, position in the decade,
+    sin, cos; with a ``normalizer``, also ``symlog(t)`` and ``t / (1 + |t|)`` of the normalised value t.
 
     Zero has sign 0 and ``ln|v|`` treated as 0, so it never produces ``-inf``.
     """
@@ -80,8 +88,12 @@ def multiscale_features(values: torch.Tensor, num_frequencies: int) -> torch.Ten
         10000.0, -torch.arange(num_frequencies, device=v.device, dtype=torch.float32) / num_frequencies
     )
     angles = log_abs.unsqueeze(-1) * freqs
-    scalars = torch.stack([torch.sign(v), log_abs / 10.0, decade / 10.0, log10 - decade], dim=-1)
-    return torch.cat([scalars, torch.sin(angles), torch.cos(angles)], dim=-1)
+    scalars = [torch.sign(v), log_abs / 10.0, decade / 10.0, log10 - decade]
+    if normalizer is not None:
+        # A tiny normalisation scale can overflow float32 to inf; clamped, both features saturate instead.
+        t = normalizer(v).clamp(-_MAX_NORMALISED, _MAX_NORMALISED)
+        scalars += [torch.sign(t) * torch.log1p(t.abs()), t / (1.0 + t.abs())]
+    return torch.cat([torch.stack(scalars, dim=-1), torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
 class ValueNormalizer:
@@ -133,10 +145,11 @@ class ValueNormalizer:
 class MultiScaleValueEncoding(nn.Module):
     """Gated fusion of ``embed(<NUM>)`` with a projection of :func:`multiscale_features` (seed 002)."""
 
-    def __init__(self, hidden_size: int, num_frequencies: int):
+    def __init__(self, hidden_size: int, num_frequencies: int, normalizer: ValueNormalizer | None = None):
         super().__init__()
         self.num_frequencies = num_frequencies
-        num_features = 4 + 2 * num_frequencies
+        self.normalizer = normalizer
+        num_features = 4 + 2 * num_frequencies + (0 if normalizer is None else 2)
         h = hidden_size
         self.value_proj_weight = nn.Parameter(torch.empty(h, num_features))
         self.value_proj_bias = nn.Parameter(torch.empty(h))
@@ -149,7 +162,10 @@ class MultiScaleValueEncoding(nn.Module):
 
     def _init_causal_weights(self, config: CausalQwenConfig) -> None:
         h = self.num_gate_bias.shape[0]
-        init.normal_(self.value_proj_weight, std=config.initializer_range)
+        # Unit-variance projection (std 1/sqrt(features)), not the backbone's initializer_range (0.02): the
+        # fusion's value block starts at zero, so its first gradients are proportional to this projection's
+        # output; at 0.02 they were ~50x weaker and the value path escaped its zero start too late on some seeds.
+        init.normal_(self.value_proj_weight, std=self.value_proj_weight.shape[1] ** -0.5)
         init.zeros_(self.value_proj_bias)
         init.zeros_(self.num_gate_weight)
         init.constant_(self.num_gate_bias, _GATE_BIAS)
@@ -166,7 +182,7 @@ class MultiScaleValueEncoding(nn.Module):
     def forward(self, num_embeds: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         dtype = self.value_proj_weight.dtype
         h = F.linear(
-            multiscale_features(values, self.num_frequencies).to(dtype),
+            multiscale_features(values, self.num_frequencies, self.normalizer).to(dtype),
             self.value_proj_weight,
             self.value_proj_bias,
         )
@@ -212,6 +228,8 @@ def build_value_encoding(config: CausalQwenConfig) -> nn.Module:
     normalizer = ValueNormalizer.from_config(config)
     if config.value_encoding == "multiscale":
         return MultiScaleValueEncoding(config.hidden_size, config.value_encoding_frequencies)
+    if config.value_encoding == "multiscale_linear":
+        return MultiScaleValueEncoding(config.hidden_size, config.value_encoding_frequencies, normalizer)
     if config.value_encoding == "xval":
         return XValEncoding(normalizer)
     if config.value_encoding == "log_additive":
