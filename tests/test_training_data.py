@@ -1,3 +1,4 @@
+import json
 import math
 import struct
 
@@ -236,3 +237,16 @@ def test_tokenize_errors(tiny_tokenizer):
         tokenize_numeric_dataset(wrong, tiny_tokenizer, max_length=0)
     with pytest.raises(TypeError, match="datasets.Dataset or DatasetDict"):
         tokenize_numeric_dataset([{"prompt": "a", "target": " b"}], tiny_tokenizer)
+
+
+def test_keep_cells_gives_the_raw_cells_per_row(tmp_path):
+    path = tmp_path / "homes.csv"
+    path.write_text(CSV)
+    data = build_table_dataset(path, "sale_price", test_size=0.34, seed=1, keep_cells=True)
+    rows = sorted(list(data["train"]) + list(data["test"]), key=lambda r: r["prompt"])
+    assert [json.loads(r["cells"]) for r in rows] == [
+        {"city": "Lyon", "rooms": 3.0, "area_m2": 72.5},
+        {"city": "Oslo", "rooms": 4.0, "area_m2": None},
+        {"city": "Paris", "rooms": 2.0, "area_m2": 41.25},
+    ]
+    assert "cells" not in build_table_dataset(path, "sale_price", test_size=0.34).column_names["train"]

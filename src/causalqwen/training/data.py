@@ -23,6 +23,7 @@ split shuffles row indices with the same seed; the same arguments give the same 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import random
@@ -107,7 +108,9 @@ def build_synthetic_dataset(
     return _split([{"prompt": p, "target": t, "value": v} for p, t, v in rows], test_size, seed)
 
 
-def _split(rows: list[dict[str, Any]], test_size: float, seed: int) -> DatasetDict:
+def _split(
+    rows: list[dict[str, Any]], test_size: float, seed: int, features: Features = ROW_FEATURES
+) -> DatasetDict:
     """Seeded shuffle, then the first ``round(len * test_size)`` rows (at least one) are the test split."""
     if isinstance(test_size, bool) or not isinstance(test_size, (int, float)) or not 0 < test_size < 1:
         raise ValueError(f"test_size must be a fraction in (0, 1), got {test_size!r}")
@@ -118,7 +121,7 @@ def _split(rows: list[dict[str, Any]], test_size: float, seed: int) -> DatasetDi
     n_test = min(max(round(len(rows) * test_size), 1), len(rows) - 1)
 
     def subset(indices: list[int]) -> Dataset:
-        return Dataset.from_list([rows[i] for i in indices], features=ROW_FEATURES)
+        return Dataset.from_list([rows[i] for i in indices], features=features)
 
     return DatasetDict(train=subset(order[n_test:]), test=subset(order[:n_test]))
 
@@ -210,6 +213,7 @@ def build_table_dataset(
     seed: int = 0,
     entity: str | None = None,
     target_name: str | None = None,
+    keep_cells: bool = False,
 ) -> DatasetDict:
     """Rows of a table as sentences: prompt ``"<entity>: col1 v1, col2 v2, ... ."``, target
     ``" <target name> is <value>."``.
@@ -223,6 +227,10 @@ def build_table_dataset(
     ``"A patient aged {age} with a BMI of {bmi}."``; numbers are filled in already formatted.
     ``entity`` (default ``"Patient"``/``"District"`` for the scikit-learn tables, ``"Row"`` otherwise) and
     ``target_name`` (default: the column name, ``_`` as spaces, capitalised) shape the default sentences.
+
+    ``keep_cells=True`` adds a ``cells`` column: the row's feature cells as a JSON object (number, text, or
+    ``null`` when missing), so that a tabular baseline can see the same information as the language model
+    (categorical columns one-hot, missing cells as such) instead of the numbers parsed from the sentence.
 
     Decisions: a missing feature (empty cell, NaN) is written ``unknown`` so the prompt keeps its shape; a
     row with a missing target is dropped (nothing to learn from), a non-numeric or infinite target raises.
@@ -260,12 +268,11 @@ def build_table_dataset(
             raise ValueError(
                 f"row {number}: target column {target_column!r} holds {target!r}, not a finite number"
             )
-        cells = {}
-        for column in feature_columns:
-            cell = _cell_value(row[index[column]])
-            cells[column] = (
-                "unknown" if cell is None else cell if isinstance(cell, str) else format_number(cell)
-            )
+        raw = {column: _cell_value(row[index[column]]) for column in feature_columns}
+        cells = {
+            column: "unknown" if cell is None else cell if isinstance(cell, str) else format_number(cell)
+            for column, cell in raw.items()
+        }
         if template is None:
             prompt = f"{entity}: " + ", ".join(f"{column} {text}" for column, text in cells.items()) + "."
         else:
@@ -275,10 +282,12 @@ def build_table_dataset(
                 raise ValueError(
                     f"template field {error.args[0]!r} is not a feature column ({', '.join(feature_columns)})"
                 ) from None
-        examples.append(
-            {"prompt": prompt, "target": f" {target_name} is {format_number(target)}.", "value": target}
-        )
-    return _split(examples, test_size, seed)
+        example = {"prompt": prompt, "target": f" {target_name} is {format_number(target)}.", "value": target}
+        if keep_cells:
+            example["cells"] = json.dumps(raw)
+        examples.append(example)
+    features = Features({**ROW_FEATURES, "cells": Value("string")}) if keep_cells else ROW_FEATURES
+    return _split(examples, test_size, seed, features)
 
 
 def _read_table(source: Any) -> tuple[list[str], list[list[Any]], str | None, str | None, str | None]:
