@@ -44,7 +44,7 @@ format: venv
 	$(BIN)/ruff check --fix src tests benchmarks examples
 	$(BIN)/ruff format src tests benchmarks examples
 
-# Issue #9's scripts (numeric quality, perf ratios): --quick, <= 30 min on 2 CPU cores.
+# Issue #9's scripts (numeric quality, perf ratios): --quick, ~50 min on 2 CPU cores (estimated; numeric now runs 5 seeds).
 bench:
 	$(MAKE) venv EXTRAS=train,peft,router-data,dev,bench
 	$(BIN)/python benchmarks/run_all.py --only numeric,perf

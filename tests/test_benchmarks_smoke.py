@@ -176,7 +176,7 @@ def test_mse_ablation_replaces_only_the_regression_term():
     gate = 0.1 + 0.9 * p_num
     expected = (gate * (pred - t) ** 2).sum() / 2
     torch.testing.assert_close(out.loss_reg, expected)
-    torch.testing.assert_close(out.loss, out.loss_cls + expected)
+    torch.testing.assert_close(out.loss, out.loss_cls + model.config.reg_lambda * expected)
     out.loss.backward()
     assert model.value_head.weight.grad.abs().sum() > 0
 
@@ -353,3 +353,50 @@ def test_numeric_ablations_run_only_on_the_ablation_tasks(tmp_path):
         ]
     )
     assert list(results["tasks"]["synthetic-unit"]["results"]["0.0"]) == ["causalqwen", "linear"]
+
+
+def test_table_design_one_hot_categories_and_flags_missing_cells():
+    train = [
+        json.dumps({"city": "Lyon", "rooms": 3.0, "area": 70.0}),
+        json.dumps({"city": "Nice", "rooms": None, "area": 50.0}),
+        json.dumps({"city": "Lyon", "rooms": 1.0, "area": 30.0}),
+    ]
+    test = [json.dumps({"city": "Oslo", "rooms": None, "area": 40.0})]
+    X_train, X_test = numeric.table_design(train, test)
+    # city -> Lyon, Nice one-hot; rooms -> value (mean-imputed) + missing flag; area -> value (no missing).
+    assert X_train.tolist() == [
+        [1.0, 0.0, 3.0, 0.0, 70.0],
+        [0.0, 1.0, 2.0, 1.0, 50.0],
+        [1.0, 0.0, 1.0, 0.0, 30.0],
+    ]
+    assert X_test.tolist() == [[0.0, 0.0, 2.0, 1.0, 40.0]]  # unseen city: no category
+
+
+def test_numeric_smoke_on_a_mixed_csv(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = ["city,rooms,area_m2,price"]
+    for i in range(40):
+        rooms = "" if i % 7 == 0 else str(int(rng.integers(1, 6)))
+        lines.append(
+            f"{['Lyon', 'Nice', 'Oslo'][i % 3]},{rooms},{rng.uniform(20, 120):.1f},{int(rng.integers(1e5, 1e6))}"
+        )
+    path = tmp_path / "homes.csv"
+    path.write_text("\n".join(lines) + "\n")
+    results = numeric.main(
+        [
+            "--smoke",
+            "--tasks",
+            "synthetic-linear",
+            "--csv",
+            str(path),
+            "--target",
+            "price",
+            "--models",
+            "causalqwen,linear",
+            "--out",
+            str(tmp_path / "n.json"),
+        ]
+    )
+    csv = results["tasks"]["csv"]["results"]["0.0"]
+    assert set(csv) == {"causalqwen", "linear"}
+    assert all(math.isfinite(csv[m]["summary"]["mae"][0]) for m in csv)

@@ -284,7 +284,14 @@ def test_balanced_token_loss_does_not_grow_with_the_vocabulary():
     def cls(copies, reduction):
         th = torch.cat([thresholds] + [thresholds[:NUM]] * copies)
         return gated_loss(
-            hidden, labels, targets, Widened(copies), th, num_token_id=NUM, gate_alpha=0.1, reg_lambda=1.0,
+            hidden,
+            labels,
+            targets,
+            Widened(copies),
+            th,
+            num_token_id=NUM,
+            gate_alpha=0.1,
+            reg_lambda=1.0,
             cls_reduction=reduction,
         ).cls.item()
 
@@ -296,6 +303,13 @@ def test_unknown_cls_reduction_raises():
     hidden, labels, targets, thresholds = make_batch()
     with pytest.raises(ValueError, match="unknown cls_reduction 'mean'"):
         gated_loss(
-            hidden, labels, targets, ToyHead(), thresholds, num_token_id=NUM, gate_alpha=0.1, reg_lambda=1.0,
+            hidden,
+            labels,
+            targets,
+            ToyHead(),
+            thresholds,
+            num_token_id=NUM,
+            gate_alpha=0.1,
+            reg_lambda=1.0,
             cls_reduction="mean",
         )

@@ -57,7 +57,9 @@ def test_linear_features_see_the_normalised_value():
     torch.testing.assert_close(f[:, 4], torch.sign(t) * torch.log1p(t.abs()))
     torch.testing.assert_close(f[:, 5], t / (1 + t.abs()))
     # The logarithmic block is seed 002's, unchanged, after the two linear features.
-    torch.testing.assert_close(f[:, [0, 1, 2, 3, 6, 7, 8]], multiscale_features(torch.tensor([10.0, 14.0, 2.0]), 3)[:, :7])
+    torch.testing.assert_close(
+        f[:, [0, 1, 2, 3, 6, 7, 8]], multiscale_features(torch.tensor([10.0, 14.0, 2.0]), 3)[:, :7]
+    )
 
 
 def test_value_projection_starts_at_unit_variance():

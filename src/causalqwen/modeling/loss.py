@@ -145,7 +145,9 @@ def gated_loss(
     flat_targets = numeric_targets[valid]
     vocab = thresholds.shape[0]
     if cls_reduction not in CLS_REDUCTIONS:
-        raise ValueError(f"unknown cls_reduction {cls_reduction!r}; expected one of {', '.join(CLS_REDUCTIONS)}")
+        raise ValueError(
+            f"unknown cls_reduction {cls_reduction!r}; expected one of {', '.join(CLS_REDUCTIONS)}"
+        )
     negative_weight = 1.0 if cls_reduction == "sum" else 1.0 / max(vocab - 1, 1)
     if flat_labels.numel() and (flat_labels.min() < 0 or flat_labels.max() >= vocab):
         raise ValueError(f"labels must be token ids in [0, {vocab}) or {IGNORE_INDEX}")

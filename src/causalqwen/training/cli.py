@@ -2,7 +2,7 @@
 
 Examples::
 
-    causalqwen-train --dataset synthetic:linear --steps 300 --output-dir runs/linear        # tiny model, CPU
+    causalqwen-train --dataset synthetic:linear --output-dir runs/linear        # tiny model, CPU, 600 steps
     causalqwen-train --dataset sklearn:diabetes --base /models/Qwen2.5-0.5B --lora --lr 2e-4 --output-dir runs/dia
     causalqwen-train --dataset csv:houses.csv --target price --config train.json --output-dir runs/houses
     causalqwen-train --quick --output-dir /tmp/cq                                             # seconds (tests)
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--target", default=None, help="target column of a table dataset")
     parser.add_argument("--rows", type=int, default=2000, help="rows of a synthetic dataset")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
     parser.add_argument("--lr", type=float, default=1e-3)
