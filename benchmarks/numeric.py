@@ -16,7 +16,9 @@ learning rate, seeds) in the same training loop:
 * scikit-learn ``linear`` and ``gbm`` (gradient boosting) on the raw feature values.
 
 Metrics on the clean test set: MAE, RMSE, R^2, median AE, 50%/90% interval coverage, ``<NUM>`` decision
-accuracy (is ``<NUM>`` the argmax where the target number starts). Label-noise sweep: a fraction of the
+accuracy (is ``<NUM>`` the argmax where the target number starts); per task a reliability diagram
+(``numeric_reliability_<task>.png``: nominal vs observed coverage at 10 %...90 %, mean over seeds) of every
+model with Cauchy intervals. Label-noise sweep: a fraction of the
 training targets is shuffled among themselves; mean +- std over seeds.
 
     python benchmarks/numeric.py --quick                       # what `make bench` runs
@@ -51,6 +53,7 @@ from causalqwen.training.evaluation import (  # noqa: E402
     target_prefix,
 )
 from common import (  # noqa: E402
+    RESULTS_DIR,
     apply_threads,
     base_parser,
     environment_info,
@@ -454,6 +457,49 @@ def metrics(y: np.ndarray, pred: np.ndarray, intervals: dict[float, tuple] | Non
     return out
 
 
+RELIABILITY_LEVELS = tuple(round(0.1 * k, 1) for k in range(1, 10))
+
+
+def coverage_curve(y: np.ndarray, pred: np.ndarray, scale: np.ndarray) -> list[float]:
+    """Observed coverage of the central Cauchy interval at each nominal level of :data:`RELIABILITY_LEVELS`."""
+    z = np.abs(y - pred) / np.maximum(scale, 1e-30)
+    return [float(np.mean(z <= math.tan(math.pi * level / 2))) for level in RELIABILITY_LEVELS]
+
+
+def plot_reliability(task: str, task_results: dict[str, Any], out_dir: Path) -> Path | None:
+    """Reliability diagram (nominal vs observed interval coverage, mean over seeds) of every Cauchy model."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no reliability diagram (pip install '.[bench]')")
+        return None
+    curves = {
+        name: np.mean([run["coverage_curve"] for run in res["per_seed"]], axis=0)
+        for name, res in task_results["0.0"].items()
+        if res["per_seed"] and "coverage_curve" in res["per_seed"][0]
+    }
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
+    for name, curve in curves.items():
+        ax.plot(RELIABILITY_LEVELS, curve, marker="o", markersize=3, label=name)
+    ax.set(xlabel="nominal coverage of the central interval", ylabel="observed coverage (test)", title=task)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"numeric_reliability_{task}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+    return path
+
+
 def cauchy_intervals(pred: np.ndarray, scale: np.ndarray) -> dict[float, tuple]:
     return {
         lv: (pred - scale * math.tan(math.pi * lv / 2), pred + scale * math.tan(math.pi * lv / 2))
@@ -498,10 +544,12 @@ def run_sklearn(name: str, X_train, y_train, X_test, seed: int) -> tuple[np.ndar
 
 
 def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean +- std over seeds of every metric (``None`` stays ``None``: not applicable to the model)."""
+    """Mean +- std over seeds of every scalar metric (``None`` stays ``None``: not applicable to the model)."""
     out = {}
     for key in per_seed[0]:
         values = [run[key] for run in per_seed]
+        if any(isinstance(v, list) for v in values):
+            continue  # per-level curves (coverage_curve) are summarised by the reliability plot
         out[key] = None if any(v is None for v in values) else mean_std([float(v) for v in values])
     return out
 
@@ -545,6 +593,8 @@ class Runner:
             out = predict_causal(model, self.test_enc, self.device)
             intervals = None if spec.mse else cauchy_intervals(out["pred"], out["scale"])
             result = metrics(y_test, out["pred"], intervals, out["num_hit"])
+            if not spec.mse:
+                result["coverage_curve"] = coverage_curve(y_test, out["pred"], out["scale"])
         result["final_loss"] = float(np.mean(losses[-10:]))
         return result
 
@@ -756,6 +806,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     )
     results["wall_s"] = clock["seconds"]
     results["tables"] = tables
+    plot_dir = Path(args.out).parent if args.out is not None else RESULTS_DIR
+    results["reliability_plots"] = [
+        str(path)
+        for name, task in results["tasks"].items()
+        if (path := plot_reliability(name, task["results"], plot_dir)) is not None
+    ]
     print()
     print("\n\n".join(tables))
     write_results("numeric", results, args.out)

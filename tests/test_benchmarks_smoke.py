@@ -400,3 +400,25 @@ def test_numeric_smoke_on_a_mixed_csv(tmp_path):
     csv = results["tasks"]["csv"]["results"]["0.0"]
     assert set(csv) == {"causalqwen", "linear"}
     assert all(math.isfinite(csv[m]["summary"]["mae"][0]) for m in csv)
+
+
+def test_coverage_curve_of_a_calibrated_cauchy_is_the_diagonal():
+    rng = np.random.default_rng(0)
+    y = rng.standard_cauchy(20000) * 2.0 + 5.0
+    curve = numeric.coverage_curve(y, np.full_like(y, 5.0), np.full_like(y, 2.0))
+    assert len(curve) == len(numeric.RELIABILITY_LEVELS) == 9
+    assert curve == pytest.approx(list(numeric.RELIABILITY_LEVELS), abs=0.015)
+    too_wide = numeric.coverage_curve(y, np.full_like(y, 5.0), np.full_like(y, 20.0))
+    assert all(w > c + 0.05 for w, c in zip(too_wide[:-1], curve[:-1]))
+
+
+def test_numeric_smoke_writes_a_reliability_diagram(tmp_path):
+    results = numeric.main(
+        ["--smoke", "--models", "causalqwen,cq-mse,linear", "--out", str(tmp_path / "numeric.json")]
+    )
+    png = tmp_path / "numeric_reliability_synthetic-linear.png"
+    assert results["reliability_plots"] == [str(png)]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    runs = results["tasks"]["synthetic-linear"]["results"]["0.0"]
+    assert len(runs["causalqwen"]["per_seed"][0]["coverage_curve"]) == 9
+    assert "coverage_curve" not in runs["cq-mse"]["per_seed"][0]  # no trained spread, no curve
