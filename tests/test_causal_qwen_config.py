@@ -1,10 +1,11 @@
 import json
+import logging
 
 import pytest
 import torch
-from transformers import AutoConfig, Qwen2Config
+from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config
 
-from causalqwen import CausalQwenConfig
+from causalqwen import CausalQwenConfig, CausalQwenForNumericCausalLM
 
 TINY = dict(
     vocab_size=300,
@@ -114,14 +115,35 @@ def test_keys_transformers_writes_still_load(tmp_path):
     assert loaded.rope_parameters["rope_theta"] == 1000000.0
 
 
-def test_unknown_key_in_saved_file_raises(tmp_path):
+def test_saved_config_with_extra_attributes_loads_with_a_warning(tmp_path, caplog):
+    # Tooling (transformers' test utilities, PEFT, users) sets attributes on a config; save_pretrained writes them.
+    config = CausalQwenConfig(**TINY)
+    config.layer_norm_eps = 1e-5
+    config.gamma_inti = 3.0  # a typo in a saved file: loads, and the warning points at the field
+    config.save_pretrained(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        loaded = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, CausalQwenConfig)
+    assert loaded.layer_norm_eps == 1e-5 and loaded.gamma_inti == 3.0
+    assert loaded.gamma_init == 1.0  # the typo did not set the field
+    (record,) = [r for r in caplog.records if "not causal_qwen settings" in r.getMessage()]
+    assert "'gamma_inti' (did you mean 'gamma_init'?)" in record.getMessage()
+    assert "'layer_norm_eps'" in record.getMessage()
+    # Saving again keeps the attributes (as PreTrainedConfig does); the model loads from such a folder.
+    loaded.save_pretrained(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["layer_norm_eps"] == 1e-5
+    CausalQwenForNumericCausalLM(CausalQwenConfig(**TINY)).save_pretrained(tmp_path / "model")
+    data = json.loads((tmp_path / "model" / "config.json").read_text())
+    (tmp_path / "model" / "config.json").write_text(json.dumps({**data, "layer_norm_eps": 1e-5}))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    assert isinstance(model, CausalQwenForNumericCausalLM) and model.config.layer_norm_eps == 1e-5
+
+
+def test_known_transformers_keys_load_without_warning(tmp_path, caplog):
     CausalQwenConfig(**TINY).save_pretrained(tmp_path)
-    path = tmp_path / "config.json"
-    data = json.loads(path.read_text())
-    data["gamma_inti"] = 3.0
-    path.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="'gamma_inti'"):
+    with caplog.at_level(logging.WARNING):
         CausalQwenConfig.from_pretrained(tmp_path)
+    assert not [r for r in caplog.records if "not causal_qwen settings" in r.getMessage()]
 
 
 def test_config_from_qwen2_dict_without_model_type():

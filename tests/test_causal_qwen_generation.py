@@ -169,8 +169,8 @@ def test_generate_rejects_bad_inputs():
     values[0, -1] = float("nan")
     with pytest.raises(ValueError, match="NaN or infinite"):
         model.generate(input_ids=ids, attention_mask=mask, numeric_values=values, **GEN)
-    with pytest.raises(ValueError, match="does not support beam search"):
-        model.generate(input_ids=ids, attention_mask=mask, num_beams=2, **GEN)
+    with pytest.raises(ValueError, match="needs input_ids or inputs_embeds"):
+        model.generate(max_new_tokens=2)
     with pytest.raises(ValueError, match="must have the shape of input_ids"):
         model.generate(input_ids=ids, attention_mask=mask, numeric_values=values[:, :-1], **GEN)
 
@@ -189,3 +189,190 @@ def test_num_return_sequences_expands_the_values():
     )
     assert out.sequences.shape[0] == out.numeric_values.shape[0] == 4
     assert torch.equal(out.numeric_values[[0, 1], : ids.shape[1]], values[[0, 0]])
+
+
+# ------------------------------------------------------------------------------------------- beam search
+
+
+def teacher_forced(model, seq, vals, prompt_mask):
+    """Forward over whole sequences (left-padded prompts), feeding the given values back in."""
+    full_mask = torch.cat([prompt_mask, torch.ones_like(seq[:, prompt_mask.shape[1] :])], dim=1)
+    position_ids = (full_mask.cumsum(-1) - 1).clamp_min(0)
+    return model(input_ids=seq, numeric_values=vals, attention_mask=full_mask, position_ids=position_ids)
+
+
+def beam_search(model, ids, values, mask, num_beams, **extra):
+    return model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        numeric_values=values,
+        num_beams=num_beams,
+        num_return_sequences=num_beams,
+        return_dict_in_generate=True,
+        output_scores=True,
+        **{**GEN, **extra},
+    )
+
+
+@pytest.mark.parametrize("num_beams", [1, 2, 4])
+def test_beam_search_values_follow_the_kept_beams(num_beams):
+    model = tiny_model(num_bias=0.2)
+    ids, values, mask = left_pad(prompts())
+    out = beam_search(model, ids, values, mask, num_beams)
+    p, rows = ids.shape[1], 2 * num_beams
+    assert out.sequences.shape == out.numeric_values.shape == (rows, p + GEN["max_new_tokens"])
+    prompt_mask = mask.repeat_interleave(num_beams, dim=0)
+    assert torch.equal(out.numeric_values[:, :p], values.repeat_interleave(num_beams, dim=0))
+    generated = out.sequences[:, p:]
+    assert (generated == NUM).sum() >= rows, "every beam should generate <NUM>"
+    assert torch.count_nonzero(out.numeric_values[out.sequences != NUM]) == 0
+    ref = teacher_forced(model, out.sequences, out.numeric_values, prompt_mask)
+    # Each returned value is what its own beam predicted before it (not another beam's value) ...
+    num_at = generated == NUM
+    predicted = ref.value_loc[:, p - 1 : -1]
+    torch.testing.assert_close(out.numeric_values[:, p:][num_at], predicted[num_at], rtol=1e-4, atol=1e-4)
+    # ... and the search scored every beam with those values fed back: the beam scores are the
+    # teacher-forced log-likelihoods (length penalty 1: divided by the generated length).
+    logp = ref.logits[:, p - 1 : -1].float().log_softmax(-1).gather(-1, generated[..., None])[..., 0]
+    if num_beams > 1:
+        expected = logp.sum(-1) / generated.shape[1]
+        torch.testing.assert_close(out.sequences_scores, expected, rtol=1e-4, atol=1e-4)
+        assert not torch.equal(out.numeric_values[0], out.numeric_values[1]), "beams should differ"
+    else:
+        greedy = model.generate(
+            input_ids=ids, attention_mask=mask, numeric_values=values, return_dict_in_generate=True, **GEN
+        )
+        assert torch.equal(out.sequences, greedy.sequences)
+        torch.testing.assert_close(out.numeric_values, greedy.numeric_values)
+
+
+def test_beam_search_differs_from_greedy_and_depends_on_the_values():
+    model = tiny_model(num_bias=0.2)
+    ids, values, mask = left_pad(prompts())
+    greedy = model.generate(input_ids=ids, attention_mask=mask, numeric_values=values, **GEN)
+    beams = beam_search(model, ids, values, mask, 4)
+    assert not torch.equal(beams.sequences[::4], greedy), "4 beams should find another best sequence here"
+    scaled = beam_search(model, ids, values * 1000, mask, 4)
+    assert not torch.allclose(beams.numeric_values, scaled.numeric_values)
+
+
+def test_beam_search_batched_with_left_padding_equals_one_by_one():
+    model = tiny_model(num_bias=0.2)
+    ids, values, mask = left_pad(prompts())
+    batched = beam_search(model, ids, values, mask, 2)
+    p = ids.shape[1]
+    for row, (i, v) in enumerate(prompts()):
+        single = beam_search(model, i[None], v[None], torch.ones(1, len(i), dtype=torch.long), 2)
+        rows = slice(2 * row, 2 * row + 2)
+        assert torch.equal(batched.sequences[rows, p:], single.sequences[:, len(i) :])
+        torch.testing.assert_close(
+            batched.numeric_values[rows, p:], single.numeric_values[:, len(i) :], rtol=1e-5, atol=1e-5
+        )
+        torch.testing.assert_close(
+            batched.sequences_scores[rows], single.sequences_scores, rtol=1e-5, atol=1e-5
+        )
+
+
+def test_beam_sample_values_are_consistent():
+    model = tiny_model(num_bias=0.2)
+    ids, values, mask = left_pad(prompts())
+    torch.manual_seed(0)
+    out = beam_search(model, ids, values, mask, 2, do_sample=True, top_k=3)
+    p = ids.shape[1]
+    ref = teacher_forced(model, out.sequences, out.numeric_values, mask.repeat_interleave(2, dim=0))
+    num_at = out.sequences[:, p:] == NUM
+    assert num_at.any()
+    predicted = ref.value_loc[:, p - 1 : -1]
+    torch.testing.assert_close(out.numeric_values[:, p:][num_at], predicted[num_at], rtol=1e-4, atol=1e-4)
+
+
+def test_beam_search_from_inputs_embeds():
+    model = tiny_model(num_bias=0.2)
+    i, v = prompts()[0]
+    embeds = model.model.embed_tokens(i[None])
+    out = model.generate(inputs_embeds=embeds, num_beams=2, return_dict_in_generate=True, **GEN)
+    # With inputs_embeds, sequences hold the generated tokens only (transformers' convention).
+    assert out.sequences.shape == out.numeric_values.shape == (1, GEN["max_new_tokens"])
+    assert (out.sequences == NUM).any()
+    assert torch.count_nonzero(out.numeric_values[out.sequences != NUM]) == 0
+    assert torch.count_nonzero(out.numeric_values[out.sequences == NUM]) == int((out.sequences == NUM).sum())
+
+
+# ------------------------------------------------------------------------------------ assisted decoding
+
+
+def smaller_causal_qwen() -> CausalQwenForNumericCausalLM:
+    torch.manual_seed(1)
+    config = CausalQwenConfig(**{**TINY, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1})
+    model = CausalQwenForNumericCausalLM(config).eval()
+    with torch.no_grad():
+        model.action.ovr_thresholds[NUM] = -0.3
+    return model
+
+
+def plain_qwen2_assistant():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(2)
+    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
+    return Qwen2ForCausalLM(Qwen2Config(**{k: TINY[k] for k in keys}, num_hidden_layers=1)).eval()
+
+
+@pytest.mark.parametrize("assistant", ["same", "smaller", "qwen2", "prompt_lookup"])
+def test_assisted_decoding_equals_greedy(assistant):
+    model = tiny_model(num_bias=0.2)
+    gen = dict(max_new_tokens=14, do_sample=False, pad_token_id=PAD, return_dict_in_generate=True)
+    extra = {
+        "same": dict(assistant_model=model),
+        "smaller": dict(assistant_model=smaller_causal_qwen()),
+        "qwen2": dict(assistant_model=plain_qwen2_assistant()),
+        "prompt_lookup": dict(prompt_lookup_num_tokens=3),
+    }[assistant]
+    for i, v in prompts():
+        greedy = model.generate(input_ids=i[None], numeric_values=v[None], **gen)
+        assisted = model.generate(input_ids=i[None], numeric_values=v[None], **gen, **extra)
+        assert (greedy.sequences == NUM).sum() >= 3
+        assert torch.equal(assisted.sequences, greedy.sequences)
+        torch.testing.assert_close(assisted.numeric_values, greedy.numeric_values, rtol=1e-5, atol=1e-5)
+
+
+def test_assisted_sampling_values_are_consistent():
+    model = tiny_model(num_bias=0.2)
+    assistant = smaller_causal_qwen()
+    i, v = prompts()[0]
+    p, generated_nums = len(i), 0
+    for seed in range(3):
+        torch.manual_seed(seed)
+        out = model.generate(
+            input_ids=i[None],
+            numeric_values=v[None],
+            assistant_model=assistant,
+            do_sample=True,
+            top_k=3,
+            max_new_tokens=14,
+            pad_token_id=PAD,
+            return_dict_in_generate=True,
+        )
+        ref = teacher_forced(model, out.sequences, out.numeric_values, torch.ones(1, p, dtype=torch.long))
+        num_at = out.sequences[:, p:] == NUM
+        generated_nums += int(num_at.sum())
+        torch.testing.assert_close(
+            out.numeric_values[:, p:][num_at], ref.value_loc[:, p - 1 : -1][num_at], rtol=1e-4, atol=1e-4
+        )
+    assert generated_nums >= 2
+
+
+@pytest.mark.parametrize(
+    ("flags", "name"),
+    [
+        (dict(penalty_alpha=0.6, top_k=4), "contrastive search"),
+        (dict(num_beams=4, num_beam_groups=2, diversity_penalty=1.0), "group beam search"),
+        (dict(num_beams=2, force_words_ids=[[3]]), "constrained beam search"),
+        (dict(dola_layers="low"), "dola generation"),
+    ],
+)
+def test_strategies_that_run_hub_code_are_refused_clearly(flags, name):
+    model = tiny_model()
+    ids, values, mask = left_pad(prompts())
+    with pytest.raises(ValueError, match=f"does not support {name}: .*does not carry the <NUM> value track"):
+        model.generate(input_ids=ids, attention_mask=mask, numeric_values=values, **GEN, **flags)

@@ -21,7 +21,9 @@ from hub_server import last_json_line, run_isolated
 
 PACKAGE_DIR = Path(causalqwen.__file__).resolve().parent
 CAUSAL_QWEN_BUNDLE = [
+    "_checks.py",
     "_compat.py",
+    "_keys.py",
     "cauchy.py",
     "configuration_causal_qwen.py",
     "hub.py",
@@ -74,9 +76,9 @@ def test_leaf_module_is_bundled_verbatim():
     assert bundle["cauchy.py"] == Path(cauchy.__file__).read_text(encoding="utf-8")
 
 
-def test_config_class_bundles_only_its_module():
+def test_config_class_bundles_only_its_module_and_the_key_checks():
     bundle = build_code_bundle([CausalQwenConfig])
-    assert list(bundle) == ["configuration_causal_qwen.py"]
+    assert list(bundle) == ["_keys.py", "configuration_causal_qwen.py"]
     assert bundle["configuration_causal_qwen.py"] == Path(configuration_causal_qwen.__file__).read_text()
 
 

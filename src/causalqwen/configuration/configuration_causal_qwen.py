@@ -1,11 +1,8 @@
 """CausalQwen configuration: a Qwen2 configuration plus the abduction-action settings.
 
-Unknown keys. ``PreTrainedConfig`` subclasses accept arbitrary ``**kwargs`` and store them as attributes,
-so a typo such as ``gama_init=2.0`` would be silently ignored. :class:`CausalQwenConfig` rejects every
-extra keyword that is not one transformers itself consumes or writes (``transformers_version``,
-``architectures``, ``auto_map``, ``dtype``/``torch_dtype``, legacy RoPE keys, generation defaults that old
-checkpoints carry, ``quantization_config``...; see :data:`TRANSFORMERS_EXTRA_KEYS`) or a private ``_`` key.
-The error names the key and, when there is one, the closest field.
+Unknown keys (``configuration/_keys.py``): an error naming the closest field when a user builds the config
+(``CausalQwenConfig(gama_init=2.0)``), a warning when a saved config carries attributes that tooling added
+(they load as attributes, as with ``PreTrainedConfig``).
 
 ``causal_temperature`` is the noise temperature of the action network. It is deliberately not called
 ``temperature``: transformers copies a model config's ``temperature`` into the generation config (where it
@@ -14,13 +11,13 @@ means softmax temperature) and refuses to save a model config that carries one.
 
 from __future__ import annotations
 
-import difflib
 import math
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
 from transformers import Qwen2Config
-from transformers.generation.configuration_utils import GenerationConfig
+
+from ._keys import TRANSFORMERS_EXTRA_KEYS, KnownKeysMixin
 
 __all__ = [
     "CLS_REDUCTIONS",
@@ -36,46 +33,6 @@ INFERENCE_MODES = ("standard", "deterministic", "exogenous", "endogenous", "samp
 VALUE_ENCODINGS = ("multiscale", "multiscale_linear", "xval", "log_additive")
 VALUE_NORMALIZATIONS = ("none", "affine", "symlog")
 
-# Keys that are not dataclass fields but that transformers (or its Hub ecosystem) passes to a config's
-# constructor when it loads a config.json it wrote, or that older Qwen2 checkpoints carry.
-TRANSFORMERS_EXTRA_KEYS = frozenset(
-    {
-        "model_type",
-        "auto_map",
-        "custom_pipelines",
-        "tokenizer_class",
-        "name_or_path",
-        "torch_dtype",
-        "num_labels",
-        "attn_implementation",
-        "experts_implementation",
-        "output_attentions",
-        "per_layer_config",
-        "rope_theta",
-        "rope_scaling",
-        "partial_rotary_factor",
-        "quantization_config",
-        "torchscript",
-        "pruned_heads",
-        "tie_encoder_decoder",
-        "is_decoder",
-        "add_cross_attention",
-        "cross_attention_hidden_size",
-        "decoder_start_token_id",
-        "sep_token_id",
-        "prefix",
-        "task_specific_params",
-        "finetuning_task",
-        "tf_legacy_loss",
-        "use_bfloat16",
-        "gradient_checkpointing",
-        "base_model_tp_plan",
-        "base_model_pp_plan",
-        "peft_config",
-    }
-    | set(GenerationConfig._get_default_generation_params())
-)
-
 
 def _check(condition: bool, message: str) -> None:
     if not condition:
@@ -83,7 +40,7 @@ def _check(condition: bool, message: str) -> None:
 
 
 @strict
-class CausalQwenConfig(Qwen2Config):
+class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
     """A Qwen2 configuration plus the abduction-action settings of CausalQwen.
 
     Args (beyond :class:`~transformers.Qwen2Config`):
@@ -135,14 +92,7 @@ class CausalQwenConfig(Qwen2Config):
     cls_reduction: str = "sum"
 
     def __post_init__(self, **kwargs: Any):
-        unknown = sorted(k for k in kwargs if k not in TRANSFORMERS_EXTRA_KEYS and not k.startswith("_"))
-        if unknown:
-            names = [f.name for f in self.__dataclass_fields__.values()]
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(key, names, n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ValueError(f"CausalQwenConfig got unknown configuration key(s): {', '.join(hints)}")
+        self._reject_unknown_keys(kwargs)
         if self.causal_size is None:
             self.causal_size = self.hidden_size
         super().__post_init__(**kwargs)

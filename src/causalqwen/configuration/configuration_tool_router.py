@@ -20,6 +20,8 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from ._keys import KnownKeysMixin
+
 MATCHING_TYPES = ("cosine", "kan", "fusion")
 ENCODER_TYPES = ("mamba", "pretrained")
 
@@ -30,7 +32,7 @@ def _check(condition: bool, message: str) -> None:
 
 
 @strict
-class ToolRouterConfig(PreTrainedConfig):
+class ToolRouterConfig(KnownKeysMixin, PreTrainedConfig):
     """Configuration of the tool router: tool/query encoders, tool-set attention, matching head.
 
     Encoders: ``encoder_*`` configure transformers' ``MambaModel`` (separate query/tool encoders unless
@@ -77,6 +79,7 @@ class ToolRouterConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs: Any):
+        self._reject_unknown_keys(kwargs)
         super().__post_init__(**kwargs)
         self._validate_router_settings()
 

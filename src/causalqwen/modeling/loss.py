@@ -130,7 +130,12 @@ def gated_loss(
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     if numeric_targets is None:
         if (labels == num_token_id).any():
-            raise ValueError("labels contain <NUM> but no numeric targets were given (numeric_labels)")
+            raise ValueError(
+                "labels contain <NUM> but no numeric targets were given: pass the value of every <NUM> as "
+                "numeric_values=[B, S] (the input numbers, which are the targets in causal-LM training) or "
+                "numeric_labels=[B, S] aligned with labels; the tokenizer returns numeric_values and "
+                "NumericDataCollator pads them (docs/training.md)"
+            )
         numeric_targets = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
     elif numeric_targets.shape != labels.shape:
         raise ValueError(

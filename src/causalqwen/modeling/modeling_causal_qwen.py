@@ -29,7 +29,9 @@ C_k = 0 (with a Qwen2.5-sized vocabulary, V=151,700, 256 positions: 0.969 vs 0.2
 at init, the right prior for One-vs-Rest (a token is usually *not* next), so the initial BCE is far smaller.
 
 Generation: ``numeric_values`` enter on prefill only; at every step the predicted ``value_loc`` of the last
-position is appended to a per-call value track and fed back when the sampled token is ``<NUM>``.
+position is appended to a per-call value track and fed back when the sampled token is ``<NUM>``. Beam search
+reorders the track with the beams; assisted decoding cuts drafts before their first ``<NUM>`` (the table of
+strategies is in docs/causal_qwen.md).
 ``generate(..., return_dict_in_generate=True)`` returns :class:`CausalQwenGenerateOutput` with
 ``numeric_values`` [B, L] (0 where the token is not ``<NUM>``). The action noise temperature is passed to
 ``generate`` as ``causal_temperature=`` (``temperature=`` there is the softmax temperature of sampling).
@@ -40,7 +42,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +50,8 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel, Qwen2ForCausalLM, Qwen2Model
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.generation.utils import GenerateDecoderOnlyOutput
+from transformers.generation.configuration_utils import GenerationConfig, GenerationMode
+from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.qwen2.modeling_qwen2 import Qwen2PreTrainedModel
@@ -66,6 +69,7 @@ __all__ = [
     "CausalAbduction",
     "CausalAction",
     "CausalQwenForNumericCausalLM",
+    "CausalQwenGenerateBeamOutput",
     "CausalQwenGenerateOutput",
     "CausalQwenModel",
     "CausalQwenOutput",
@@ -129,6 +133,81 @@ class CausalQwenGenerateOutput(GenerateDecoderOnlyOutput):
     numeric_values: torch.FloatTensor | None = None
 
 
+@dataclass
+class CausalQwenGenerateBeamOutput(GenerateBeamDecoderOnlyOutput):
+    """``GenerateBeamDecoderOnlyOutput`` plus ``numeric_values`` [B * num_return_sequences, L] of the beams."""
+
+    numeric_values: torch.FloatTensor | None = None
+
+
+def _output_fields(out: ModelOutput) -> dict:
+    return {f.name: getattr(out, f.name) for f in fields(out)}
+
+
+_HUB_ONLY_MODES = frozenset(
+    {
+        GenerationMode.CONTRASTIVE_SEARCH,
+        GenerationMode.GROUP_BEAM_SEARCH,
+        GenerationMode.CONSTRAINED_BEAM_SEARCH,
+        GenerationMode.DOLA_GENERATION,
+    }
+)
+
+
+@dataclass
+class _NumericTrackState:
+    """Per-``generate`` state of the value track (transformers threads ``numeric_values`` through its model
+    kwargs but gives the model no hook to reorder them with beams or to learn the draft length)."""
+
+    track: torch.Tensor
+    step_values: list[torch.Tensor] = field(default_factory=list)
+    drafts: int = 0
+
+
+class _NumericDrafts:
+    """Wraps an assisted-decoding candidate generator for a CausalQwen target.
+
+    A drafted ``<NUM>`` could be verified (the logits before it do not depend on its value) but every token
+    after it depends on a value the target predicts in the same forward pass, so drafts are cut before their
+    first ``<NUM>``; the target then emits that ``<NUM>`` itself, with its own value, as the bonus token. The
+    output is therefore exactly greedy decoding's. A CausalQwen assistant receives the target's value track so
+    far (so its drafts see the same numbers); any other assistant gets no ``numeric_values``.
+    """
+
+    def __init__(self, inner, target: CausalQwenForNumericCausalLM):
+        self.inner = inner
+        self.target = target
+        # Model-based generators pass their model kwargs (a copy of the target's, values included) to the
+        # assistant's generate; prompt lookup and other model-free generators have none.
+        has_assistant_kwargs = hasattr(inner, "assistant_kwargs")
+        assistant = getattr(inner, "assistant_model", None)
+        self.numeric_assistant = (
+            has_assistant_kwargs
+            and isinstance(assistant, CausalQwenForNumericCausalLM)
+            and assistant.config.num_token_id == target.config.num_token_id
+        )
+        if has_assistant_kwargs and not self.numeric_assistant:
+            inner.assistant_kwargs.pop("numeric_values", None)
+
+    def get_candidates(self, input_ids: torch.LongTensor, **kwargs):
+        state = self.target._numeric_state
+        if self.numeric_assistant and state is not None:
+            self.inner.assistant_kwargs["numeric_values"] = state.track.to(self.inner.assistant_model.device)
+        candidate_ids, candidate_logits = self.inner.get_candidates(input_ids, **kwargs)
+        drafted = candidate_ids[:, input_ids.shape[1] :] == self.target.config.num_token_id
+        if drafted.any():
+            first = torch.where(drafted.any(-1), drafted.float().argmax(-1), drafted.shape[1])
+            keep = int(first.min())  # drafts before the first <NUM> of any row
+            candidate_ids = candidate_ids[:, : input_ids.shape[1] + keep]
+            # No draft left: no logits either, as transformers' own generators do (its speculative sampling
+            # cannot index an empty draft).
+            candidate_logits = None if candidate_logits is None or keep == 0 else candidate_logits[:, :keep]
+        return candidate_ids, candidate_logits
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
 class CausalAbduction(nn.Module):
     """Infers Cauchy(loc_U, scale_U) from hidden states; identity loc path and exact scale at init."""
 
@@ -155,10 +234,14 @@ class CausalAbduction(nn.Module):
 class CausalAction(nn.Module):
     """Exogenous noise ``b_noise`` [C] and the One-vs-Rest thresholds ``ovr_thresholds`` [V] (a buffer)."""
 
-    def __init__(self, causal_size: int, vocab_size: int):
+    def __init__(self, causal_size: int, vocab_size: int, threshold_init: float = 0.0):
         super().__init__()
         self.b_noise = nn.Parameter(torch.empty(causal_size))
-        self.register_buffer("ovr_thresholds", torch.empty(vocab_size), persistent=True)
+        # Filled at construction, not left to the init pass: a checkpoint without the buffer, loaded with weight
+        # init skipped (meta-device loading), must still get deterministic thresholds.
+        self.register_buffer(
+            "ovr_thresholds", torch.full((vocab_size,), float(threshold_init)), persistent=True
+        )
 
     def _init_causal_weights(self, config: CausalQwenConfig) -> None:
         init.constant_(self.b_noise, float(config.b_noise_init))
@@ -254,11 +337,11 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         self.model = CausalQwenModel(config)
         self.vocab_size = config.vocab_size
         self.abduction = CausalAbduction(config.hidden_size, config.causal_size)
-        self.action = CausalAction(config.causal_size, config.vocab_size)
+        self.action = CausalAction(config.causal_size, config.vocab_size, config.ovr_threshold_init)
         self.lm_head = nn.Linear(config.causal_size, config.vocab_size, bias=False)
         self.value_head = nn.Linear(config.causal_size, 1)
         self.loss_type = "ForCausalLM"
-        self._numeric_track: torch.Tensor | None = None
+        self._numeric_state: _NumericTrackState | None = None
         self.post_init()
 
     @property
@@ -301,7 +384,9 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         """Cauchy parameters of the token and value heads (value in normalised units), plus loc_U, scale_U."""
         loc_U, scale_U = self.abduction(hidden)
         loc, scale = self.action(loc_U, scale_U, mode, temperature)
-        abs_weight = None if scale is None or torch.is_grad_enabled() else self._abs_head_weight()
+        # The |W| cache keys on storage pointers and version counters, which torch.compile cannot trace.
+        uncached = scale is None or torch.is_grad_enabled() or torch.compiler.is_compiling()
+        abs_weight = None if uncached else self._abs_head_weight()
         loc_S, scale_S = linear_cauchy(loc, scale, self.lm_head.weight, abs_weight=abs_weight)
         loc_Y, scale_Y = linear_cauchy(loc, scale, self.value_head.weight, self.value_head.bias)
         heads = CauchyHeads(
@@ -424,8 +509,11 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         rows = self.get_input_embeddings().weight.shape[0]
         if new_num_tokens is not None and new_num_tokens < rows:
             raise ValueError(
-                f"refusing to shrink the embedding from {rows} to {new_num_tokens} rows (Qwen2 embeddings are "
-                f"padded beyond the tokenizer length; <NUM> is id {self.config.num_token_id})"
+                f"refusing to shrink the embedding from {rows} to {new_num_tokens} rows: Qwen2 embeddings are "
+                f"padded beyond the tokenizer length (len(tokenizer) is not the row count) and <NUM> is id "
+                f"{self.config.num_token_id}, so shrinking to len(tokenizer) would cut trained rows and maybe "
+                f"<NUM>. Nothing needs resizing when the tokenizer's ids are all < {rows}; to add tokens, grow "
+                f"to max(len(tokenizer), {rows}) (optionally pad_to_multiple_of=64)"
             )
         embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
         old = self.action.ovr_thresholds
@@ -461,12 +549,26 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         if causal_temperature is not None:
             model_inputs["temperature"] = causal_temperature
         step_ids = model_inputs.get("input_ids")
-        if numeric_values is not None and step_ids is not None:
-            # The value track is as long as input_ids: slice it like the ids, keep values only at <NUM>.
-            values = numeric_values[:, -step_ids.shape[1] :].to(step_ids.device)
-            model_inputs["numeric_values"] = torch.where(
-                step_ids == self.config.num_token_id, values, torch.zeros_like(values)
-            )
+        if numeric_values is None:
+            return model_inputs
+        # Tokens past the end of the value track are assisted-decoding drafts; they hold no <NUM> (the draft
+        # is cut before its first <NUM>, see _NumericDrafts), so they are fed value 0.
+        drafts = input_ids.shape[1] - numeric_values.shape[1]
+        if self._numeric_state is not None:
+            self._numeric_state.drafts = max(drafts, 0)
+        if step_ids is None or step_ids.shape[1] == 0:
+            return model_inputs
+        if drafts > 0:
+            if (input_ids[:, -drafts:] == self.config.num_token_id).any():
+                raise RuntimeError(
+                    "a draft token is <NUM>: its value is not known before verification; wrap custom candidate "
+                    "generators so that drafts stop before <NUM>"
+                )
+            numeric_values = F.pad(numeric_values, (0, drafts))
+        values = numeric_values[:, -step_ids.shape[1] :].to(step_ids.device)
+        model_inputs["numeric_values"] = torch.where(
+            step_ids == self.config.num_token_id, values, torch.zeros_like(values)
+        )
         return model_inputs
 
     def _update_model_kwargs_for_generation(
@@ -477,49 +579,110 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         )
         track = model_kwargs.get("numeric_values")
         value_loc = getattr(outputs, "value_loc", None)
-        if track is not None and value_loc is not None:
-            # value_loc at the last position is the value of the token about to be generated.
-            new = value_loc[:, -num_new_tokens:].to(device=track.device, dtype=track.dtype)
-            model_kwargs["numeric_values"] = torch.cat([track, new], dim=-1)
-            self._numeric_track = model_kwargs["numeric_values"]
+        state = self._numeric_state
+        if track is not None and value_loc is not None and state is not None:
+            # value_loc at position t is the value of token t + 1. The new tokens follow the last position
+            # before the drafts (0 drafts outside assisted decoding).
+            end = value_loc.shape[1] - state.drafts
+            new = value_loc[:, end - 1 : end - 1 + num_new_tokens].to(device=track.device, dtype=track.dtype)
+            state.track = model_kwargs["numeric_values"] = torch.cat([track, new], dim=-1)
+            state.step_values.append(new[:, -1])
         return model_kwargs
+
+    def _get_running_beams_for_next_iteration(self, *args, **kwargs):
+        """Beam search: reorder the value track with the beams, as the KV cache is reordered."""
+        running = super()._get_running_beams_for_next_iteration(*args, **kwargs)
+        state = self._numeric_state
+        if state is not None and state.track is not None:
+            beam_indices = running[
+                2
+            ]  # [batch, beams, generated] flat source rows, -1 beyond the current step
+            step = int((beam_indices[0, 0] >= 0).sum()) - 1
+            source_rows = beam_indices[..., step].reshape(-1).to(state.track.device, torch.long)
+            state.track.copy_(state.track.index_select(0, source_rows))
+        return running
+
+    def _get_candidate_generator(self, *args, **kwargs):
+        return _NumericDrafts(super()._get_candidate_generator(*args, **kwargs), self)
 
     def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
         """``GenerationMixin.generate`` that also consumes ``numeric_values`` and returns generated values.
 
         Extra keyword arguments: ``numeric_values`` [B, P] for the prompt, ``inference_mode`` and
-        ``causal_temperature`` (per-call overrides). Beam search is not supported (the value track is not
-        reordered with the beams).
+        ``causal_temperature`` (per-call overrides). Every decoding strategy that transformers runs in-library
+        works: greedy, sampling, beam search and beam sampling (the value track is reordered with the beams),
+        assisted and prompt-lookup decoding (drafts stop before their first ``<NUM>``, whose value is only
+        known once the model has verified the token before it). With ``return_dict_in_generate=True`` the
+        output carries ``numeric_values`` aligned with ``sequences``.
         """
+        self._refuse_hub_strategies(generation_config, kwargs)
         prompt = inputs if inputs is not None else kwargs.get("input_ids")
         numeric_values = kwargs.pop("numeric_values", None)
         if prompt is None:
             if numeric_values is not None:
                 raise ValueError("numeric_values needs input_ids in generate")
-            return super().generate(inputs, generation_config, **kwargs)
-        if numeric_values is None:
+            embeds = kwargs.get("inputs_embeds")
+            if embeds is None:
+                raise ValueError(
+                    "CausalQwen generate needs input_ids or inputs_embeds (to start from nothing, pass the start "
+                    "token: input_ids=[[bos_token_id]])"
+                )
+            # With inputs_embeds, sequences hold only the generated tokens; the track starts empty.
+            numeric_values = embeds.new_zeros((embeds.shape[0], 0), dtype=torch.float32)
+        elif numeric_values is None:
             numeric_values = torch.zeros(prompt.shape, dtype=torch.float32, device=prompt.device)
         else:
             check_numeric_values(numeric_values, prompt)
             numeric_values = numeric_values.float()
-        base_config = generation_config if generation_config is not None else self.generation_config
-        if kwargs.get("num_beams", base_config.num_beams or 1) > 1:
-            raise ValueError("CausalQwen generate does not support beam search (num_beams > 1)")
-        self._numeric_track = None
+        # Saved and restored: an assistant model may be this very model, generating inside this call.
+        outer_state, self._numeric_state = self._numeric_state, _NumericTrackState(track=numeric_values)
         try:
             out = super().generate(inputs, generation_config, numeric_values=numeric_values, **kwargs)
-            track = self._numeric_track
+            state = self._numeric_state
         finally:
-            self._numeric_track = None
-        sequences = out if isinstance(out, torch.Tensor) else out.sequences
+            self._numeric_state = outer_state
+        if isinstance(out, GenerateBeamDecoderOnlyOutput):
+            values = self._beam_values(out, numeric_values, state.step_values)
+            return CausalQwenGenerateBeamOutput(**_output_fields(out), numeric_values=values)
         if not isinstance(out, GenerateDecoderOnlyOutput):
             return out
-        if track is None:
-            track = numeric_values
-        track = track[:, : sequences.shape[1]].to(sequences.device)
-        values = torch.where(sequences == self.config.num_token_id, track, torch.zeros_like(track))
-        fields_ = {f.name: getattr(out, f.name) for f in fields(GenerateDecoderOnlyOutput)}
-        return CausalQwenGenerateOutput(**fields_, numeric_values=values)
+        track = state.track[:, : out.sequences.shape[1]].to(out.sequences.device)
+        values = torch.where(out.sequences == self.config.num_token_id, track, torch.zeros_like(track))
+        return CausalQwenGenerateOutput(**_output_fields(out), numeric_values=values)
+
+    def _refuse_hub_strategies(self, generation_config: GenerationConfig | None, kwargs: dict) -> None:
+        """Contrastive search, group and constrained beam search and DoLa moved to Hub repos (``custom_generate``)
+        in transformers 5; their loops keep candidates the value track does not follow, so they are refused up
+        front (with a clear message) rather than run with possibly wrong values."""
+        config = copy.deepcopy(generation_config if generation_config is not None else self.generation_config)
+        for key, value in kwargs.items():
+            if hasattr(config, key):
+                setattr(config, key, value)
+        mode = config.get_generation_mode(kwargs.get("assistant_model"))
+        if config.dola_layers is not None:
+            mode = GenerationMode.DOLA_GENERATION
+        if mode in _HUB_ONLY_MODES:
+            raise ValueError(
+                f"CausalQwen does not support {mode.value.replace('_', ' ')}: transformers 5 runs it from a Hub "
+                "repository (custom_generate) whose loop does not carry the <NUM> value track. Supported: greedy, "
+                "sampling, beam search and beam sampling (num_beams), assisted and prompt-lookup decoding"
+            )
+
+    def _beam_values(
+        self, out: GenerateBeamDecoderOnlyOutput, prompt_values: torch.Tensor, step_values: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """Values aligned with the returned beams: the value of the token chosen at step s of a beam is the
+        ``value_loc`` that its source row (``beam_indices[:, s]``) predicted at that step."""
+        sequences, beam_indices = out.sequences, out.beam_indices
+        rows, prompt_len = sequences.shape[0], sequences.shape[1] - beam_indices.shape[1]
+        values = torch.zeros(sequences.shape, dtype=torch.float32, device=sequences.device)
+        per_prompt = rows // prompt_values.shape[0]
+        values[:, :prompt_len] = prompt_values.repeat_interleave(per_prompt, dim=0).to(values.device)
+        for step in range(beam_indices.shape[1]):
+            source = beam_indices[:, step]
+            chosen = step_values[step].to(values.device)[source.clamp_min(0).long()]
+            values[:, prompt_len + step] = torch.where(source >= 0, chosen, torch.zeros_like(chosen))
+        return torch.where(sequences == self.config.num_token_id, values, torch.zeros_like(values))
 
     # ------------------------------------------------------------------------------- knowledge inheritance
 

@@ -34,6 +34,7 @@ from transformers.utils import logging as hf_logging
 
 from ..configuration.configuration_tool_router import ToolRouterConfig
 from ..hub import RemoteCodeMixin
+from ._checks import check_finite
 from .cauchy import cauchy_nll, softplus_inverse
 from .kan import KANLayer
 from .tool_set import ResourceMLP, ToolSetEncoder
@@ -392,8 +393,7 @@ class ToolRouterModel(RemoteCodeMixin, ToolRouterPreTrainedModel):
             raise ValueError(
                 f"resource_vectors {tuple(resource_vectors.shape)} do not match the tool set {tuple(set_shape)}"
             )
-        if not torch.isfinite(resource_vectors).all():
-            raise ValueError("resource_vectors contain NaN or inf")
+        check_finite(resource_vectors, "resource_vectors contain NaN or inf")
         if tool_mask is not None and tool_mask.shape != set_shape:
             raise ValueError(f"tool_mask {tuple(tool_mask.shape)} must have shape {tuple(set_shape)}")
 
@@ -602,8 +602,7 @@ class ToolRouterModel(RemoteCodeMixin, ToolRouterPreTrainedModel):
                 raise ValueError(
                     f"lexical_scores {tuple(lexical_scores.shape)} must have shape [B, T] = {tuple(score_mask.shape)}"
                 )
-            if not torch.isfinite(lexical_scores).all():
-                raise ValueError("lexical_scores contain NaN or inf")
+            check_finite(lexical_scores, "lexical_scores contain NaN or inf")
         runtime_context = self._check_runtime_context(runtime_context, batch, tool_states)
 
         query = self.query_encoder.proj(query_text)
@@ -671,8 +670,7 @@ class ToolRouterModel(RemoteCodeMixin, ToolRouterPreTrainedModel):
                     f"runtime_context must be [B={batch}, runtime_context_dim={self.config.runtime_context_dim}], "
                     f"got {tuple(runtime_context.shape)}"
                 )
-            if not torch.isfinite(runtime_context).all():
-                raise ValueError("runtime_context contains NaN or inf")
+            check_finite(runtime_context, "runtime_context contains NaN or inf")
             return runtime_context
         if self.config.runtime_context_dim:
             return torch.zeros(batch, self.config.runtime_context_dim, dtype=like.dtype, device=like.device)

@@ -29,6 +29,7 @@ from torch import nn
 from transformers import initialization as init
 
 from ..configuration.configuration_causal_qwen import CausalQwenConfig
+from ._checks import check_finite
 
 __all__ = [
     "LogAdditiveEncoding",
@@ -66,8 +67,7 @@ def check_numeric_values(numeric_values: torch.Tensor, input_ids: torch.Tensor |
             f"numeric_values must have the shape of input_ids {tuple(input_ids.shape)}, "
             f"got {tuple(numeric_values.shape)}"
         )
-    if not torch.isfinite(numeric_values).all():
-        raise ValueError("numeric_values contains NaN or infinite entries; numbers must be finite")
+    check_finite(numeric_values, "numeric_values contains NaN or infinite entries; numbers must be finite")
 
 
 def multiscale_features(
@@ -246,7 +246,8 @@ def embed_numbers(
 ) -> torch.Tensor:
     """Replace the embeddings at ``<NUM>`` positions by ``encoding(embed(<NUM>), value)``.
 
-    Only the ``<NUM>`` rows are encoded (no [B, S, H] work for ordinary tokens). Without ``numeric_values``
+    Only the ``<NUM>`` rows are encoded (no [B, S, H] work for ordinary tokens), except under torch.compile,
+    where every position is encoded and the ``<NUM>`` rows selected (no dynamic shapes). Without ``numeric_values``
     the ``<NUM>`` positions are encoded with value 0.
     """
     mask = input_ids == num_token_id
@@ -254,6 +255,10 @@ def embed_numbers(
         numeric_values = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
     else:
         check_numeric_values(numeric_values, input_ids)
+    if torch.compiler.is_compiling():
+        # Static shapes for torch.compile: encode every position and select (decoding steps are [B, 1]).
+        fused = encoding(inputs_embeds, numeric_values.to(inputs_embeds.device))
+        return torch.where(mask.unsqueeze(-1), fused.to(inputs_embeds.dtype), inputs_embeds)
     if not mask.any():
         return inputs_embeds
     fused = encoding(inputs_embeds[mask], numeric_values[mask])

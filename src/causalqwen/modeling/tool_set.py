@@ -100,7 +100,8 @@ class ToolSetAttention(nn.Module):
             average_attn_weights=False,
         )
         out = self.norm(xb + self.dropout(attn_out))
-        if empty is not None and bool(empty.any()):
+        # Unconditional under torch.compile (no data-dependent branch); eagerly, only when a set is empty.
+        if empty is not None and (torch.compiler.is_compiling() or bool(empty.any())):
             out = torch.where(empty[:, None, None], xb, out)
             if weights is not None:
                 weights = weights.masked_fill(empty[:, None, None, None], 0.0)
