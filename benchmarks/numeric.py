@@ -677,10 +677,10 @@ def load_tokenizers() -> tuple[Any, Any, str]:
     The package's tiny test tokenizer (a few hundred tokens, Qwen2 pre-tokenizer) keeps the embedding small
     enough for the 2-core budget; the real 151,936-row vocabulary would dominate every step.
     """
-    from causalqwen.tokenization.testing import build_tiny_tokenizer
+    from causalqwen.tokenization.tiny_vocab import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
-    return tok, BackendDigitsView(tok), "causalqwen.tokenization.testing.build_tiny_tokenizer"
+    return tok, BackendDigitsView(tok), "causalqwen.tokenization.tiny_vocab.build_tiny_tokenizer"
 
 
 def load_task(name: str, csv: Path | None = None, target: str | None = None) -> tuple[Task, str]:

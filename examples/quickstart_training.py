@@ -4,7 +4,7 @@ import numpy as np
 from transformers import set_seed
 
 from causalqwen import CausalQwenConfig, CausalQwenForNumericCausalLM
-from causalqwen.tokenization.testing import build_tiny_tokenizer
+from causalqwen.tokenization.tiny_vocab import build_tiny_tokenizer
 from causalqwen.training.cli import value_normalization
 from causalqwen.training.collator import NumericDataCollator
 from causalqwen.training.data import build_synthetic_dataset, tokenize_numeric_dataset

@@ -314,8 +314,8 @@ def test_backend_digits_view_bypasses_number_parsing():
     assert view.decode([2, 3, 4, 3]).replace(" ", "") == "is151"
 
 
+@pytest.mark.realvocab
 def test_perf_tokenizer_comparison_on_the_real_vocabulary():
-    pytest.importorskip("causalqwen.tokenization.qwen_vocab")
     result = perf.measure_tokenizers(perf.budget_for("smoke", "tiny"))
     assert set(result) == {"qwen2", "causalqwen"}
     assert result["qwen2"]["chars"] == sum(

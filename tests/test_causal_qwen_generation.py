@@ -115,13 +115,19 @@ def test_prompt_values_change_the_continuation():
     assert not torch.allclose(a.numeric_values, b.numeric_values)
 
 
-def test_plain_generate_returns_ids_and_without_values_defaults_to_zero():
+def test_plain_generate_returns_ids_and_needs_values_only_for_numbers():
     model = tiny_model()
-    ids, _, mask = left_pad(prompts())
-    out = model.generate(input_ids=ids, attention_mask=mask, **GEN)
+    ids, values, mask = left_pad(prompts())
+    out = model.generate(input_ids=ids, attention_mask=mask, numeric_values=values, **GEN)
     assert isinstance(out, torch.Tensor) and out.shape == (2, ids.shape[1] + 6)
-    zero = model.generate(input_ids=ids, attention_mask=mask, numeric_values=torch.zeros(ids.shape), **GEN)
-    assert torch.equal(out, zero)
+    text_only = torch.where(ids == NUM, 3, ids)  # a prompt without numbers needs no numeric_values
+    plain = model.generate(input_ids=text_only, attention_mask=mask, **GEN)
+    zero = model.generate(
+        input_ids=text_only, attention_mask=mask, numeric_values=torch.zeros(ids.shape), **GEN
+    )
+    assert torch.equal(plain, zero)
+    with pytest.raises(ValueError, match="the prompt contains <NUM> but numeric_values is None"):
+        model.generate(input_ids=ids, attention_mask=mask, **GEN)
 
 
 def test_mode_and_causal_temperature_through_generate():
@@ -160,7 +166,9 @@ def test_mode_and_causal_temperature_through_generate():
     )
     assert torch.equal(cold, endo)
     with pytest.raises(ValueError, match="unknown inference_mode 'nope'"):
-        model.generate(input_ids=ids, attention_mask=mask, inference_mode="nope", **GEN)
+        model.generate(
+            input_ids=ids, attention_mask=mask, numeric_values=values, inference_mode="nope", **GEN
+        )
 
 
 def test_generate_rejects_bad_inputs():

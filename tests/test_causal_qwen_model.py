@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from causalqwen import CausalQwenConfig, CausalQwenForNumericCausalLM, CausalQwenModel
-from causalqwen.modeling.modeling_causal_qwen import CausalQwenOutput
+from causalqwen.modeling.modeling_causal_qwen import FP32_VALUE_PATH, CausalQwenOutput
 
 V, NUM = 96, 95
 TINY = dict(
@@ -64,7 +64,7 @@ def test_initialisation():
     )
     assert torch.equal(model.action.b_noise, torch.full((32,), 0.3))
     assert torch.equal(model.action.ovr_thresholds, torch.full((V,), 0.2))
-    out = model(input_ids=batch()[0])
+    out = model(input_ids=batch()[0], numeric_values=batch()[1])
     torch.testing.assert_close(out.scale_U, torch.full_like(out.scale_U, 2.5))
 
 
@@ -105,8 +105,8 @@ def test_sampling_mode_perturbs_loc_with_temperature():
 
 def test_config_mode_is_the_default_and_overrides_validate():
     model = tiny_model(inference_mode="deterministic")
-    ids, _ = batch()
-    assert torch.count_nonzero(model(input_ids=ids).scale_S) == 0
+    ids, values = batch()
+    assert torch.count_nonzero(model(input_ids=ids, numeric_values=values).scale_S) == 0
     with pytest.raises(ValueError, match="unknown inference_mode 'fast'"):
         model(input_ids=ids, inference_mode="fast")
     with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
@@ -165,7 +165,7 @@ def test_numeric_labels_default_to_numeric_values():
     assert torch.equal(implicit.loss_reg, explicit.loss_reg)
     assert not torch.equal(implicit.loss_reg, other.loss_reg)
     with pytest.raises(ValueError, match="labels contain <NUM> but no numeric targets"):
-        model(input_ids=ids, labels=ids)
+        model(input_ids=torch.where(ids == NUM, 0, ids), labels=ids)  # <NUM> labels, text-only inputs
 
 
 def test_value_normalisation_is_applied_to_targets_and_inverted_for_predictions():
@@ -219,9 +219,48 @@ def test_save_load_bit_identical_and_bf16(tmp_path):
     assert half.lm_head.weight.dtype == torch.bfloat16
     out = half(input_ids=ids, numeric_values=values, labels=ids)
     assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+    # bf16 logits agree with float32 on the ranking that generation uses
+    agree = (out.logits.float().argmax(-1) == a.logits.argmax(-1)).float().mean()
+    assert agree >= 0.9, agree
     backbone = AutoModel.from_pretrained(tmp_path)
     assert type(backbone) is CausalQwenModel
     assert backbone(input_ids=ids, numeric_values=values).last_hidden_state.shape == (2, 8, 32)
+
+
+def assert_value_path_is_float32(model):
+    for name, param in model.named_parameters():
+        value_path = any(part in FP32_VALUE_PATH for part in name.split("."))
+        assert param.dtype == (torch.float32 if value_path else torch.bfloat16), name
+
+
+def test_value_path_stays_float32_under_a_bf16_backbone(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    half = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    assert_value_path_is_float32(half)
+    assert half.action.ovr_thresholds.dtype == torch.float32
+    ids, values = batch()
+    with torch.no_grad():
+        out = half(input_ids=ids, numeric_values=values, output_hidden_states=True)
+        hidden = out.hidden_states[-1]
+        assert hidden.dtype == torch.bfloat16
+        # the float32 model's value path on the same (bf16) hidden states
+        heads, _, _ = model._heads(hidden.float(), "standard", 1.0)
+        want_loc, want_scale = model.normalizer.inverse_cauchy(heads.loc_Y, heads.scale_Y)
+    assert out.value_loc.dtype == torch.float32
+    torch.testing.assert_close(out.value_loc, want_loc, rtol=1e-6, atol=0)
+    torch.testing.assert_close(out.value_scale, want_scale, rtol=1e-6, atol=0)
+
+
+def test_from_qwen2_keeps_the_value_path_float32_on_a_bf16_checkpoint():
+    base = tiny_qwen2().to(torch.bfloat16)
+    model = CausalQwenForNumericCausalLM.from_qwen2(base, ovr_threshold_init=0.0).eval()
+    assert_value_path_is_float32(model)
+    ids, values = batch()
+    with torch.no_grad():
+        out = model(input_ids=ids, numeric_values=values, labels=ids)
+    assert out.logits.dtype == torch.bfloat16 and out.value_loc.dtype == torch.float32
+    assert torch.isfinite(out.loss)
 
 
 def test_tied_embeddings_share_the_head():
@@ -329,7 +368,7 @@ def test_resize_grows_head_and_thresholds_and_never_shrinks():
     assert model.lm_head.weight.shape == (V + 4, 32) and model.config.vocab_size == V + 4
     assert model.action.ovr_thresholds.shape == (V + 4,)
     assert model.action.ovr_thresholds[3].item() == -1.0 and model.action.ovr_thresholds[-1].item() == 0.25
-    assert model(input_ids=batch()[0]).logits.shape == (2, 8, V + 4)
+    assert model(input_ids=batch()[0], numeric_values=batch()[1]).logits.shape == (2, 8, V + 4)
     with pytest.raises(ValueError, match="refusing to shrink the embedding from 100 to 50 rows"):
         model.resize_token_embeddings(50)
 
@@ -364,3 +403,18 @@ def test_abs_head_cache_matches_grad_path_and_follows_weight_updates():
     assert model._abs_head_weight() is not first
     torch.testing.assert_close(model._abs_head_weight(), model.lm_head.weight.detach().abs())
     assert not torch.allclose(after, cached)
+
+
+def test_numbers_never_go_silently_wrong():
+    model = tiny_model()
+    ids, values = batch()
+    # a <NUM> without a value is not encoded as a made-up 0
+    with pytest.raises(ValueError, match="input_ids contain <NUM> .* but numeric_values is None"):
+        model(input_ids=ids)
+    with pytest.raises(ValueError, match="the prompt contains <NUM> but numeric_values is None"):
+        model.generate(input_ids=ids, max_new_tokens=2, do_sample=False)
+    assert model(input_ids=torch.where(ids == NUM, 0, ids)).logits.shape == (2, 8, V)  # no <NUM>: fine
+    # a loss in deterministic mode (point mass) would be scored at the scale floor
+    with pytest.raises(ValueError, match="labels with inference_mode='deterministic'"):
+        model(input_ids=ids, numeric_values=values, labels=ids, inference_mode="deterministic")
+    assert torch.isfinite(model(input_ids=ids, numeric_values=values, labels=ids).loss)

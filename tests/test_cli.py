@@ -125,26 +125,86 @@ def test_config_file_and_console_entry(tmp_path, monkeypatch):
     assert args["batch_size"] == cli.QUICK["batch_size"]  # --quick wins over the file
 
 
+@pytest.fixture
+def mixed_csv(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("size,color,price\n1,red,2\n2,blue,3\n3,red,n/a\n")
+    return path
+
+
+def usage_error(capsys, argv):
+    """Run the CLI, expect exit status 2, return the single stderr line."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert err[0].startswith("causalqwen-train: error: ")
+    return err[0]
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["--lora", "--freeze-backbone"], "exclude each other"),
         (["--dataset", "csv:/nope.csv"], "--target"),
+        (
+            ["--dataset", "csv:/nope.csv", "--target", "y"],
+            "neither 'sklearn:<name>' nor an existing CSV file",
+        ),
         (["--dataset", "parquet:x"], "--dataset must be"),
+        (["--dataset", "synthetic:cubic"], "--dataset synthetic:cubic: "),
         (["--steps", "0"], "--steps must be >= 1"),
         (["--base", "/definitely/not/here"], "no config.json"),
     ],
 )
-def test_bad_flags_fail_with_a_clear_message(tmp_path, argv, message):
-    with pytest.raises(SystemExit, match=message):
-        cli.main([*argv, "--output-dir", str(tmp_path / "x")])
+def test_bad_flags_fail_with_one_line_and_status_2(tmp_path, capsys, argv, message):
+    assert message in usage_error(capsys, [*argv, "--output-dir", str(tmp_path / "x")])
 
 
-def test_unknown_config_key(tmp_path):
+def test_bad_csv_columns_name_the_problem(tmp_path, capsys, mixed_csv):
+    out = ["--output-dir", str(tmp_path / "x"), "--quick"]
+    line = usage_error(capsys, ["--dataset", f"csv:{mixed_csv}", "--target", "nope", *out])
+    assert "target column 'nope' not in the table; columns: size, color, price" in line
+    line = usage_error(capsys, ["--dataset", f"csv:{mixed_csv}", "--target", "color", *out])
+    assert "data row 1 (1-based, header excluded): target column 'color' holds 'red'" in line
+    line = usage_error(capsys, ["--dataset", f"csv:{mixed_csv}", "--target", "price", *out])
+    assert "data row 3 " in line and "'n/a'" in line
+
+
+def test_debug_shows_the_traceback(tmp_path, mixed_csv):
+    argv = ["--dataset", f"csv:{mixed_csv}", "--target", "nope", "--output-dir", str(tmp_path / "x")]
+    with pytest.raises(cli.UsageError) as info:
+        cli.main([*argv, "--debug"])
+    assert isinstance(info.value.__cause__, ValueError)  # the original error is chained
+
+
+def test_unknown_config_key(tmp_path, capsys):
     config = tmp_path / "bad.json"
     config.write_text(json.dumps({"batch_sise": 4}))
-    with pytest.raises(SystemExit, match="unknown key.*batch_sise"):
-        cli.main(["--config", str(config), "--output-dir", str(tmp_path / "x")])
+    line = usage_error(capsys, ["--config", str(config), "--output-dir", str(tmp_path / "x")])
+    assert "unknown key(s) batch_sise" in line
+
+
+def test_help_is_plain_text_with_defaults(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "``" not in text and ":class:" not in text
+    assert "(default: 600)" in text and "(default: synthetic:linear)" in text and "--debug" in text
+
+
+def test_a_run_that_learns_nothing_says_so(capsys):
+    assert cli.learning_warning({"mae": 0.5, "mean_predictor_mae": 2.0}) is None
+    warning = cli.learning_warning({"mae": 2.5, "mean_predictor_mae": 2.0})
+    assert warning.startswith("warning: test MAE 2.5 is not better than predicting the training mean (2)")
+
+
+def test_quick_run_reports_the_mean_predictor(quick_run):
+    _, metrics = quick_run
+    test = metrics["test"]
+    assert test["mean_predictor_mae"] > 0 and math.isfinite(test["mean_predictor_mae"])
 
 
 def test_value_normalization_choice():

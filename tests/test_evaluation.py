@@ -8,7 +8,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from causalqwen import CausalQwenConfig, CausalQwenForNumericCausalLM
-from causalqwen.tokenization.testing import build_tiny_tokenizer
+from causalqwen.tokenization.tiny_vocab import build_tiny_tokenizer
 from causalqwen.training.evaluation import (
     BackendDigitsView,
     cauchy_interval_coverage,

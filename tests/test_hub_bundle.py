@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import sys
 import textwrap
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 import causalqwen
-from causalqwen import CausalQwenConfig, CausalQwenForNumericCausalLM
+from causalqwen import CausalQwenConfig, CausalQwenForNumericCausalLM, CausalQwenTokenizer, ToolRouterModel
 from causalqwen.configuration import configuration_causal_qwen
 from causalqwen.hub import build_code_bundle, export_remote_code, remote_auto_map, write_code_bundle
 from causalqwen.modeling import cauchy
@@ -26,10 +27,10 @@ CAUSAL_QWEN_BUNDLE = [
     "_keys.py",
     "cauchy.py",
     "configuration_causal_qwen.py",
-    "hub.py",
     "loss.py",
     "modeling_causal_qwen.py",
     "numeric_embedding.py",
+    "remote_code.py",
 ]
 
 
@@ -317,6 +318,7 @@ TOY_TOKENIZER_PACKAGE = {
 
 TOY_TOKENIZER_LOAD = """
 import json
+import os
 from transformers import AutoTokenizer
 
 tokenizer = AutoTokenizer.from_pretrained("toy_tok", trust_remote_code=True)
@@ -355,22 +357,24 @@ def test_tokenizer_auto_map_loads_with_auto_tokenizer(tmp_path, monkeypatch):
     assert result["shout"] == "HI!"
 
 
-def test_hub_module_imports_only_the_standard_library_at_import_time():
-    """hub.py travels in every bundle: importing it must not pull the package or heavy libraries."""
+def test_the_save_hook_travels_without_the_hub_tooling():
+    """remote_code.py travels in every bundle: it imports only the standard library and never names
+    causalqwen.hub in an import statement (only as a string, at call time), so hub.py stays out."""
     import ast
 
-    import causalqwen.hub as hub_module
+    import causalqwen.remote_code as hook
 
-    tree = ast.parse(Path(hub_module.__file__).read_text())
-    top_level = set()
-    for node in tree.body:
+    tree = ast.parse(Path(hook.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            top_level |= {alias.name.split(".")[0] for alias in node.names}
+            imported |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "hub.py must not import package modules"
-            top_level.add(node.module.split(".")[0])
-    assert top_level - {"__future__"} <= set(sys.stdlib_module_names)
-    assert {"ast", "json", "re"} <= top_level
+            assert node.level == 0, "remote_code.py must not import package modules"
+            imported.add(node.module.split(".")[0])
+    assert imported - {"__future__"} <= set(sys.stdlib_module_names)
+    for cls in (CausalQwenForNumericCausalLM, ToolRouterModel, CausalQwenTokenizer):
+        assert "hub.py" not in build_code_bundle([cls]), cls.__name__
 
 
 # ------------------------------------------------------------------------- the real tokenizer and router
@@ -399,14 +403,9 @@ print(json.dumps({
 
 
 def _tiny_real_tokenizer():
-    pytest.importorskip(
-        "causalqwen.tokenization.tokenization_causal_qwen",
-        reason="CausalQwenTokenizer (issue #4) not in the tree",
-    )
-    testing = pytest.importorskip(
-        "causalqwen.tokenization.testing", reason="build_tiny_tokenizer not available"
-    )
-    return testing.build_tiny_tokenizer()
+    from causalqwen.tokenization.tiny_vocab import build_tiny_tokenizer  # a broken import fails, never skips
+
+    return build_tiny_tokenizer()
 
 
 def test_causal_qwen_tokenizer_loads_as_remote_code_without_the_package(tmp_path):
@@ -416,7 +415,7 @@ def test_causal_qwen_tokenizer_loads_as_remote_code_without_the_package(tmp_path
     saved = json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())
     assert saved["auto_map"] == {"AutoTokenizer": ["tokenization_causal_qwen.CausalQwenTokenizer", None]}
     bundle = sorted(p.name for p in (tmp_path / "tok").glob("*.py"))
-    assert "tokenization_causal_qwen.py" in bundle and "hub.py" in bundle
+    assert "tokenization_causal_qwen.py" in bundle and "remote_code.py" in bundle and "hub.py" not in bundle
     assert set(bundle) <= {p.name for p in PACKAGE_DIR.rglob("*.py")}
     assert not list((tmp_path / "tok").glob("README.md"))  # tokenizers get no model card
 
@@ -490,7 +489,13 @@ def test_tool_router_loads_as_remote_code_without_the_package(tmp_path, sizes):
     assert saved["auto_map"]["AutoModel"] == "modeling_tool_router.ToolRouterModel"
     assert saved["auto_map"]["AutoConfig"] == "configuration_tool_router.ToolRouterConfig"
     bundle = {p.name for p in (tmp_path / "router").glob("*.py")}
-    assert {"modeling_tool_router.py", "configuration_tool_router.py", "cauchy.py", "hub.py"} <= bundle
+    assert {
+        "modeling_tool_router.py",
+        "configuration_tool_router.py",
+        "cauchy.py",
+        "remote_code.py",
+    } <= bundle
+    assert "hub.py" not in bundle
     assert bundle <= {p.name for p in PACKAGE_DIR.rglob("*.py")}
 
     generator = torch.Generator().manual_seed(1)
@@ -514,3 +519,14 @@ def test_tool_router_loads_as_remote_code_without_the_package(tmp_path, sizes):
     assert result["class"] == "ToolRouterModel"
     assert result["module"].startswith("transformers_modules.router.")
     assert result["equal"] == dict.fromkeys(reference, True)
+
+
+def test_a_saved_folder_has_a_titled_card_and_shareable_weights(tmp_path):
+    folder = tmp_path / "price-model"
+    tiny_causal_qwen().save_pretrained(folder)
+    card = (folder / "README.md").read_text()
+    assert "<namespace>/<repo>" not in card
+    assert "# price-model" in card and 'from_pretrained("price-model"' in card
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (folder / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # not 0600

@@ -192,8 +192,9 @@ def test_push_and_pull_model_and_lora_adapter(hub, tmp_path):
         "model.safetensors",
         "modeling_causal_qwen.py",
         "configuration_causal_qwen.py",
-        "hub.py",
+        "remote_code.py",
     } <= set(files)
+    assert "hub.py" not in files
     assert json.loads(files["config.json"])["auto_map"]["AutoModelForCausalLM"] == (
         "modeling_causal_qwen.CausalQwenForNumericCausalLM"
     )
@@ -262,7 +263,7 @@ def _request_kind(path: str) -> str:
 TOKENIZER_PUSH = """
 import json
 import causalqwen
-from causalqwen.tokenization.testing import build_tiny_tokenizer
+from causalqwen.tokenization.tiny_vocab import build_tiny_tokenizer
 from transformers import AutoTokenizer
 
 TEXTS = ["The loan is 50000 yuan at 3.5% for 25 years", "x = -1.25e3, y = 7"]
@@ -293,18 +294,13 @@ print(json.dumps({
 
 
 def test_push_and_pull_tokenizer(hub, tmp_path):
-    pytest.importorskip(
-        "causalqwen.tokenization.tokenization_causal_qwen",
-        reason="CausalQwenTokenizer (issue #4) not in the tree",
-    )
-    pytest.importorskip("causalqwen.tokenization.testing", reason="build_tiny_tokenizer not available")
     result = last_json_line(run_isolated(TOKENIZER_PUSH, tmp_path, endpoint=hub.url, block_package=False))
     assert result["class"] == "CausalQwenTokenizer"
     assert result["equal"] == {"input_ids": True, "attention_mask": True, "numeric_values": True}
     files = hub.files("tester/tiny-tokenizer")
     config = json.loads(files["tokenizer_config.json"])
     assert config["auto_map"] == {"AutoTokenizer": ["tokenization_causal_qwen.CausalQwenTokenizer", None]}
-    assert {"tokenization_causal_qwen.py", "hub.py"} <= set(files)
+    assert {"tokenization_causal_qwen.py", "remote_code.py"} <= set(files) and "hub.py" not in files
 
     remote = last_json_line(run_isolated(TOKENIZER_PULL_WITHOUT_PACKAGE, tmp_path, endpoint=hub.url))
     assert remote["module"].endswith(".tokenization_causal_qwen")

@@ -1,5 +1,7 @@
 """LoRA for CausalQwen: exact trainable set, training through CausalQwenTrainer, adapter reload, merge."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -114,3 +116,13 @@ def test_lora_trains_saves_reloads_and_merges(tiny_tokenizer, tmp_path, tie):
         out = merged(**batch)
     torch.testing.assert_close(out.loc_S, want.loc_S, atol=1e-5, rtol=0)
     torch.testing.assert_close(out.value_loc, want.value_loc, atol=1e-5, rtol=1e-6)
+
+
+def test_applying_lora_raises_no_deprecation_warning(tiny_tokenizer):
+    # PEFT reads the deprecated `is_gradient_checkpointing`; the model answers it without transformers' warning.
+    model = tiny_model(tiny_tokenizer)
+    model.model.gradient_checkpointing = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        assert model.is_gradient_checkpointing is True
+        apply_lora(model)

@@ -179,9 +179,15 @@ def test_labels_without_values_say_how_to_pass_them(tiny_tokenizer):
     enc = tiny_tokenizer(["x is 3.5, y is 7"], return_tensors="pt")
     assert (enc["input_ids"] == tiny_tokenizer.num_token_id).sum() == 2
     with pytest.raises(
-        ValueError, match="pass the value of every <NUM> as numeric_values=.*or numeric_labels="
+        ValueError, match="pass the value of every <NUM> as numeric_values.*or pass numeric_labels"
     ):
         model(input_ids=enc["input_ids"], labels=enc["input_ids"])
+    # labels with <NUM> after text-only inputs: the loss names both ways to give the targets
+    text_only = torch.where(enc["input_ids"] == tiny_tokenizer.num_token_id, 0, enc["input_ids"])
+    with pytest.raises(
+        ValueError, match="pass the value of every <NUM> as numeric_values=.*or numeric_labels="
+    ):
+        model(input_ids=text_only, labels=enc["input_ids"])
     # The two calls docs/training.md shows.
     out = model(**enc, labels=enc["input_ids"])
     same = model(input_ids=enc["input_ids"], numeric_values=enc["numeric_values"], labels=enc["input_ids"])

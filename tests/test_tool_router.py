@@ -313,3 +313,38 @@ def test_remote_code_load_without_the_package(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "USE_HUB_KERNELS": "0", "PYTHONPATH": ""}
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, env=env, capture_output=True)
     assert torch.equal(torch.load(tmp_path / "scores.pt"), expected)
+
+
+MAMBA_ADVICE = """
+import logging, sys, torch
+sys.path.insert(0, {tests!r})
+from test_tool_router import tiny, batch
+if sys.argv[1] == "unfiltered":
+    logging.getLogger("transformers.integrations.hub_kernels").filters.clear()
+with torch.no_grad():
+    tiny()(**batch())
+print("ran")
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the advice is dropped only where CUDA is absent")
+def test_no_cuda_kernel_advice_on_a_machine_without_cuda(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "mamba_advice.py"
+    script.write_text(MAMBA_ADVICE.format(tests=str(Path(__file__).parent)))
+    runs = {
+        mode: subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, timeout=300)
+        for mode in ("filtered", "unfiltered")
+    }
+    for run in runs.values():
+        assert run.returncode == 0 and run.stdout.strip() == "ran", run.stderr
+    # transformers gives the advice (the filter is what removes it) ...
+    assert (
+        "install `mamba_ssm`" in runs["unfiltered"].stderr
+        and "install `causal_conv1d`" in runs["unfiltered"].stderr
+    )
+    # ... and the package drops it where mamba-ssm (CUDA only) cannot be installed
+    assert "reference PyTorch implementation" not in runs["filtered"].stderr

@@ -49,7 +49,7 @@ from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is
 from .configuration.configuration_causal_qwen import CausalQwenConfig
 from .modeling.loss import IGNORE_INDEX
 from .modeling.modeling_causal_qwen import CausalQwenForNumericCausalLM
-from .tokenization.testing import build_tiny_tokenizer
+from .tokenization.tiny_vocab import build_tiny_tokenizer
 from .training.collator import NumericDataCollator
 from .training.data import build_synthetic_dataset, build_table_dataset, tokenize_numeric_dataset
 from .training.evaluation import (

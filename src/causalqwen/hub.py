@@ -3,15 +3,16 @@
 Remote code. ``transformers`` loads a ``trust_remote_code`` checkpoint by copying the module named in
 ``auto_map`` and, recursively, the files it imports as siblings (``from .x import Y``) into one flat folder.
 The package's modules import each other across subpackages (``from ..modeling.cauchy import ...``), which a
-machine without the package cannot resolve, so :class:`RemoteCodeMixin` writes its own bundle: flat copies
+machine without the package cannot resolve, so saving writes its own bundle: flat copies
 of every module reachable through relative imports, with those imports rewritten to siblings. This relies on
 docs/CONVENTIONS.md: intra-package imports are relative and name a module, and basenames are unique.
 
 Model cards. :func:`render_model_card` renders ``hub_cards/<kind>.j2`` (one template per model kind) with
 ``huggingface_hub.ModelCard``; ``push_to_hub`` of a model uploads that card as README.md.
 
-This module is itself part of every bundle (the model classes inherit the mixin), so it imports only the
-standard library at module level and nothing of the package by absolute name.
+The save hook itself (:class:`~causalqwen.remote_code.RemoteCodeMixin`, a base of every saved class) lives in
+``remote_code.py`` and imports this module by name at call time, so bundles carry only what loading and running
+need, never this module.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from .remote_code import RemoteCodeMixin  # re-exported: the hook's home is remote_code.py
 
 __all__ = [
     "CARD_KINDS",
@@ -296,73 +299,80 @@ def export_remote_code(obj: Any, save_directory: str | os.PathLike) -> dict[str,
     return auto_map
 
 
-class RemoteCodeMixin:
-    """First base of the package's models and tokenizer: saving also writes the remote-code bundle.
+def save_with_bundle(obj: Any, save, save_directory, *args, **kwargs):
+    """``RemoteCodeMixin.save_pretrained``: ``save`` (the next class's ``save_pretrained``), then the bundle,
+    ``auto_map`` and (models) a README.md model card when the folder has none; ``push_to_hub=True`` pushes
+    through :func:`push_with_card`, so that the upload holds exactly what this call just wrote."""
+    push = kwargs.pop("push_to_hub", False)
+    hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private") if key in kwargs}
+    if push and "token" in kwargs:
+        hub_kwargs["token"] = kwargs["token"]
+    result = save(save_directory, *args, **kwargs)
+    if not kwargs.get("is_main_process", True):
+        return result  # in distributed saves only the main process writes the folder
+    export_remote_code(obj, save_directory)
+    _readable_weights(Path(save_directory))
+    readme = Path(save_directory) / "README.md"
+    if hasattr(obj, "config") and not readme.exists() and _has_card_template(obj):
+        render_model_card(obj, repo_id=Path(save_directory).name).save(readme)
+    if push:
+        repo_id = hub_kwargs.pop("repo_id", Path(save_directory).name)
+        obj.push_to_hub(repo_id, **hub_kwargs)
+    return result
 
-    ``save_pretrained`` writes what the next class in the MRO writes, then the flat code bundle and
-    ``auto_map``, and (models only) a README.md model card when the folder has none. ``push_to_hub``
-    therefore uploads the bundle too, and replaces transformers' generic card by the rendered one.
+
+def _readable_weights(directory: Path) -> None:
+    """Give weight files the permissions of any file the user creates (``0o666 & ~umask``).
+
+    transformers writes ``model.safetensors`` through a private temporary file (mode 0600) that it renames,
+    so a checkpoint saved to share (a group folder, a web server, a container volume) was unreadable to others.
     """
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = 0o666 & ~umask
+    for path in directory.glob("*.safetensors"):
+        if path.stat().st_mode & 0o777 != mode:
+            path.chmod(mode)
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        push = kwargs.pop("push_to_hub", False)
-        hub_kwargs = {
-            key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private") if key in kwargs
-        }
-        if push and "token" in kwargs:
-            hub_kwargs["token"] = kwargs["token"]
-        result = super().save_pretrained(save_directory, *args, **kwargs)
-        if not kwargs.get("is_main_process", True):
-            return result  # in distributed saves only the main process writes the folder
-        export_remote_code(self, save_directory)
-        readme = Path(save_directory) / "README.md"
-        if hasattr(self, "config") and not readme.exists() and _has_card_template(self):
-            render_model_card(self).save(readme)
-        if push:
-            # Pushed through push_to_hub so that the upload holds exactly what this call just wrote.
-            repo_id = hub_kwargs.pop("repo_id", Path(save_directory).name)
-            self.push_to_hub(repo_id, **hub_kwargs)
-        return result
 
-    def push_to_hub(
-        self, repo_id: str, *, metrics: Mapping[str, float] | None = None, model_card=None, **kwargs
-    ):
-        """``push_to_hub`` of transformers plus the rendered model card (models) as README.md.
+def push_with_card(
+    obj: Any, push, repo_id: str, *, metrics: Mapping[str, float] | None = None, model_card=None, **kwargs
+):
+    """``RemoteCodeMixin.push_to_hub``: ``push`` (transformers' ``push_to_hub``) plus the rendered model card
+    (models) as README.md. ``metrics`` (e.g. ``trainer.evaluate()``) go into the card's results table;
+    ``model_card`` (a ``huggingface_hub.ModelCard``) replaces the rendered card."""
+    renders = hasattr(obj, "config") and _has_card_template(obj)
+    if metrics is not None:
+        _clean_metrics(metrics)  # fail before anything is uploaded
+        if model_card is None and not renders:
+            raise ValueError(
+                f"metrics given but no model card template is available for {type(obj).__name__}"
+            )
+    pending = (model_card, metrics) if model_card is not None or renders else None
+    obj.__dict__["_pending_model_card"] = pending
+    try:
+        return push(repo_id, **kwargs)
+    finally:
+        obj.__dict__.pop("_pending_model_card", None)
 
-        ``metrics`` (e.g. ``trainer.evaluate()``) go into the card's results table; ``model_card`` (a
-        ``huggingface_hub.ModelCard``) replaces the rendered card.
-        """
-        renders = hasattr(self, "config") and _has_card_template(self)
-        if metrics is not None:
-            _clean_metrics(metrics)  # fail before anything is uploaded
-            if model_card is None and not renders:
-                raise ValueError(
-                    f"metrics given but no model card template is available for {type(self).__name__}"
-                )
-        pending = (model_card, metrics) if model_card is not None or renders else None
-        self.__dict__["_pending_model_card"] = pending
-        try:
-            return super().push_to_hub(repo_id, **kwargs)
-        finally:
-            self.__dict__.pop("_pending_model_card", None)
 
-    def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
-        # Rendered here, where repo_id is resolved ("name" -> "user/name") for the loading snippets.
-        # transformers' push_to_hub has just written its generic README.md (with the tags passed to it) into
-        # working_dir; the rendered card replaces it, keeping those tags.
-        pending = self.__dict__.get("_pending_model_card")
-        if pending is not None:
-            from huggingface_hub import ModelCard
+def write_pending_card(obj: Any, working_dir, repo_id: str) -> None:
+    """Called as ``_upload_modified_files`` starts, where ``repo_id`` is resolved ("name" -> "user/name") for
+    the loading snippets: transformers' push_to_hub has just written its generic README.md (with the tags
+    passed to it) into ``working_dir``; the rendered card replaces it, keeping those tags."""
+    pending = obj.__dict__.get("_pending_model_card")
+    if pending is None:
+        return
+    from huggingface_hub import ModelCard
 
-            card, metrics = pending
-            if card is None:
-                card = render_model_card(self, metrics=metrics, repo_id=repo_id)
-            readme = Path(working_dir) / "README.md"
-            if readme.is_file():
-                tags = ModelCard.load(readme).data.tags or []
-                card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *tags]))
-            card.save(readme)
-        return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
+    card, metrics = pending
+    if card is None:
+        card = render_model_card(obj, metrics=metrics, repo_id=repo_id)
+    readme = Path(working_dir) / "README.md"
+    if readme.is_file():
+        tags = ModelCard.load(readme).data.tags or []
+        card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *tags]))
+    card.save(readme)
 
 
 # -------------------------------------------------------------------------------------------- model cards

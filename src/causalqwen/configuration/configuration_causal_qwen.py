@@ -22,12 +22,15 @@ from ._keys import TRANSFORMERS_EXTRA_KEYS, KnownKeysMixin
 __all__ = [
     "CLS_REDUCTIONS",
     "INFERENCE_MODES",
+    "QWEN25_NUM_TOKEN_ID",
     "TRANSFORMERS_EXTRA_KEYS",
     "VALUE_ENCODINGS",
     "VALUE_NORMALIZATIONS",
     "CausalQwenConfig",
 ]
 
+# First unused reserved id of the Qwen2.5 vocabulary (151,643 BPE ranks + 22 special tokens): <NUM>'s id.
+QWEN25_NUM_TOKEN_ID = 151665
 CLS_REDUCTIONS = ("sum", "balanced")
 INFERENCE_MODES = ("standard", "deterministic", "exogenous", "endogenous", "sampling")
 VALUE_ENCODINGS = ("multiscale", "multiscale_linear", "xval", "log_additive")
@@ -75,7 +78,7 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
     model_type = "causal_qwen"
 
     causal_size: int | None = None
-    num_token_id: int = 151665
+    num_token_id: int = QWEN25_NUM_TOKEN_ID
     gamma_init: float | int = 1.0
     b_noise_init: float | int = 0.1
     ovr_threshold_init: float | int = 0.0

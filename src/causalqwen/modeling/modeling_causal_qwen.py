@@ -58,9 +58,9 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2PreTrainedModel
 from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
-from ..configuration.configuration_causal_qwen import INFERENCE_MODES, CausalQwenConfig
-from ..hub import RemoteCodeMixin
-from ._compat import CACHE_NAME, accepts_both_cache_names, cache_output_field
+from ..configuration.configuration_causal_qwen import INFERENCE_MODES, QWEN25_NUM_TOKEN_ID, CausalQwenConfig
+from ..remote_code import RemoteCodeMixin
+from ._compat import CACHE_NAME, LEGACY_CACHE_NAME, accepts_both_cache_names, cache_output_field
 from .cauchy import SCALE_EPS, cauchy_sample, linear_cauchy, softplus_inverse
 from .loss import CauchyHeads, gated_loss
 from .numeric_embedding import ValueNormalizer, build_value_encoding, check_numeric_values, embed_numbers
@@ -75,9 +75,6 @@ __all__ = [
     "CausalQwenOutput",
     "CausalQwenPreTrainedModel",
 ]
-
-# First unused reserved id of the Qwen2.5 vocabulary (151,643 BPE ranks + 22 special tokens).
-QWEN25_NUM_TOKEN_ID = 151665
 
 
 @torch.no_grad()
@@ -144,6 +141,7 @@ def _output_fields(out: ModelOutput) -> dict:
     return {f.name: getattr(out, f.name) for f in fields(out)}
 
 
+_CACHE_NAMES = frozenset({CACHE_NAME, LEGACY_CACHE_NAME, "cache"})
 _HUB_ONLY_MODES = frozenset(
     {
         GenerationMode.CONTRASTIVE_SEARCH,
@@ -189,11 +187,11 @@ class _NumericDrafts:
         if has_assistant_kwargs and not self.numeric_assistant:
             inner.assistant_kwargs.pop("numeric_values", None)
 
-    def get_candidates(self, input_ids: torch.LongTensor, **kwargs):
+    def get_candidates(self, input_ids: torch.LongTensor, *args, **kwargs):  # 5.0 passes is_first_iteration
         state = self.target._numeric_state
         if self.numeric_assistant and state is not None:
             self.inner.assistant_kwargs["numeric_values"] = state.track.to(self.inner.assistant_model.device)
-        candidate_ids, candidate_logits = self.inner.get_candidates(input_ids, **kwargs)
+        candidate_ids, candidate_logits = self.inner.get_candidates(input_ids, *args, **kwargs)
         drafted = candidate_ids[:, input_ids.shape[1] :] == self.target.config.num_token_id
         if drafted.any():
             first = torch.where(drafted.any(-1), drafted.float().argmax(-1), drafted.shape[1])
@@ -226,6 +224,8 @@ class CausalAbduction(nn.Module):
         init.constant_(self.scale_bias, softplus_inverse(float(config.gamma_init)))
 
     def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # In the module's own dtype (float32 under a bf16/fp16 backbone: see FP32_VALUE_PATH).
+        hidden = hidden.to(self.loc_weight.dtype)
         loc = F.linear(hidden, self.loc_weight, self.loc_bias)
         scale = F.softplus(F.linear(hidden, self.scale_weight, self.scale_bias))
         return loc, scale
@@ -266,9 +266,27 @@ class CausalAction(nn.Module):
         raise ValueError(f"unknown inference_mode {mode!r}; expected one of {', '.join(INFERENCE_MODES)}")
 
 
+# Modules kept in float32 when the backbone runs in bf16/fp16 (``from_pretrained(dtype=...)`` and ``from_qwen2``):
+# the whole value path (<NUM> fusion, abduction, action noise, value head). In bf16 a value has ~3 significant
+# digits (value_loc precise to ~0.4 %); these modules are a few H x H matrices, so float32 costs little memory.
+FP32_VALUE_PATH = ("value_encoding", "abduction", "action", "value_head")
+
+
+def _as_dtype(loc: torch.Tensor, scale: torch.Tensor | None, weight: torch.Tensor):
+    """``loc``/``scale`` in the dtype of the head they enter (float32 value path next to a bf16 token head)."""
+    return loc.to(weight.dtype), None if scale is None else scale.to(weight.dtype)
+
+
 class CausalQwenPreTrainedModel(Qwen2PreTrainedModel):
     config_class = CausalQwenConfig
     config: CausalQwenConfig
+    _keep_in_fp32_modules_strict = list(FP32_VALUE_PATH)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        # PEFT reads this deprecated alias on every get_peft_model; answering it here spares users transformers'
+        # FutureWarning about a call they did not write (same value as ``is_activation_checkpointing``).
+        return any(getattr(module, "gradient_checkpointing", False) for module in self.modules())
 
     def _init_weights(self, module: nn.Module) -> None:
         # Leaf modules holding their own parameters carry their special init (transformers initialises
@@ -387,8 +405,10 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         # The |W| cache keys on storage pointers and version counters, which torch.compile cannot trace.
         uncached = scale is None or torch.is_grad_enabled() or torch.compiler.is_compiling()
         abs_weight = None if uncached else self._abs_head_weight()
-        loc_S, scale_S = linear_cauchy(loc, scale, self.lm_head.weight, abs_weight=abs_weight)
-        loc_Y, scale_Y = linear_cauchy(loc, scale, self.value_head.weight, self.value_head.bias)
+        loc_S, scale_S = linear_cauchy(*_as_dtype(loc, scale, self.lm_head.weight), self.lm_head.weight,
+                                       abs_weight=abs_weight)  # fmt: skip
+        loc_Y, scale_Y = linear_cauchy(*_as_dtype(loc, scale, self.value_head.weight), self.value_head.weight,
+                                       self.value_head.bias)  # fmt: skip
         heads = CauchyHeads(
             loc_S, scale_S, loc_Y.squeeze(-1), None if scale_Y is None else scale_Y.squeeze(-1)
         )
@@ -438,6 +458,13 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         hidden = outputs.last_hidden_state
 
         loss = loss_cls = loss_reg = None
+        if labels is not None and mode == "deterministic":
+            raise ValueError(
+                "labels with inference_mode='deterministic': that mode is a point mass (scale 0), so the One-vs-Rest "
+                "and Cauchy losses would be scored at the scale floor and mean nothing. Compute losses in "
+                "'standard' (the default), 'exogenous', 'endogenous' or 'sampling'; decode in 'deterministic' "
+                "(inference_mode= per call)"
+            )
         if labels is not None:
             targets = numeric_labels if numeric_labels is not None else numeric_values
             if targets is not None:
@@ -477,7 +504,8 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
             logits = heads.loc_S
         else:
             scale_S, scale_Y = heads.scale_S, heads.scale_Y
-            logits = (heads.loc_S - self.action.ovr_thresholds) / scale_S.clamp_min(SCALE_EPS)
+            thresholds = self.action.ovr_thresholds.to(heads.loc_S.dtype)  # logits in the token head dtype
+            logits = (heads.loc_S - thresholds) / scale_S.clamp_min(SCALE_EPS)
         value_loc, value_scale = self.normalizer.inverse_cauchy(heads.loc_Y, scale_Y)
         return CausalQwenOutput(
             loss=loss,
@@ -602,6 +630,12 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
             state.track.copy_(state.track.index_select(0, source_rows))
         return running
 
+    def _validate_model_kwargs(self, model_kwargs: dict) -> None:
+        # forward takes the KV cache under both names (_compat.accepts_both_cache_names) but its signature shows
+        # one; an assistant's generate receives its cache under the installed version's name (transformers 5.23:
+        # past_key_values), which the signature check would reject.
+        super()._validate_model_kwargs({k: v for k, v in model_kwargs.items() if k not in _CACHE_NAMES})
+
     def _get_candidate_generator(self, *args, **kwargs):
         return _NumericDrafts(super()._get_candidate_generator(*args, **kwargs), self)
 
@@ -630,6 +664,11 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
             # With inputs_embeds, sequences hold only the generated tokens; the track starts empty.
             numeric_values = embeds.new_zeros((embeds.shape[0], 0), dtype=torch.float32)
         elif numeric_values is None:
+            if (prompt == self.config.num_token_id).any():
+                raise ValueError(
+                    "the prompt contains <NUM> but numeric_values is None: pass the value of every <NUM> as "
+                    "numeric_values [B, P] (the tokenizer returns it beside input_ids)"
+                )
             numeric_values = torch.zeros(prompt.shape, dtype=torch.float32, device=prompt.device)
         else:
             check_numeric_values(numeric_values, prompt)
@@ -755,4 +794,13 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
                 if new_head.shape[0] > base_rows:
                     new_head[base_rows:, :width] = head[:, :width].mean(0)
         model.generation_config = copy.deepcopy(base.generation_config)
-        return model.to(src_dtype)
+        return model.to_backbone_dtype(src_dtype)
+
+    def to_backbone_dtype(self, dtype: torch.dtype) -> CausalQwenForNumericCausalLM:
+        """Cast to ``dtype`` except the float32 value path (:data:`FP32_VALUE_PATH`); ``model.to(dtype)`` casts
+        everything, as for any ``nn.Module``."""
+        self.to(dtype)
+        for name, module in self.named_modules():
+            if name.rsplit(".", 1)[-1] in FP32_VALUE_PATH:
+                module.float()
+        return self

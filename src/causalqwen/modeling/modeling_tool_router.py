@@ -24,6 +24,7 @@ therefore the catalogue ranking restricted to them, in training, candidate scori
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -33,11 +34,30 @@ from transformers.utils import ModelOutput
 from transformers.utils import logging as hf_logging
 
 from ..configuration.configuration_tool_router import ToolRouterConfig
-from ..hub import RemoteCodeMixin
+from ..remote_code import RemoteCodeMixin
 from ._checks import check_finite
 from .cauchy import cauchy_nll, softplus_inverse
 from .kan import KANLayer
 from .tool_set import ResourceMLP, ToolSetEncoder
+
+
+class _CudaOnlyKernelAdvice(logging.Filter):
+    """Drops transformers' advice to install ``mamba_ssm`` / ``causal_conv1d`` on a machine without CUDA.
+
+    The Mamba encoder runs transformers' reference PyTorch path on CPU; both kernel packages are CUDA-only, so on
+    such a machine the advice ("falling back ... install mamba_ssm") cannot be acted on. Other kernels' advice and
+    every message on a CUDA machine pass through.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (
+            "reference PyTorch implementation" in message and ("mamba" in message or "conv1d" in message)
+        )
+
+
+if not torch.cuda.is_available():
+    logging.getLogger("transformers.integrations.hub_kernels").addFilter(_CudaOnlyKernelAdvice())
 
 
 @dataclass

@@ -247,11 +247,19 @@ def embed_numbers(
     """Replace the embeddings at ``<NUM>`` positions by ``encoding(embed(<NUM>), value)``.
 
     Only the ``<NUM>`` rows are encoded (no [B, S, H] work for ordinary tokens), except under torch.compile,
-    where every position is encoded and the ``<NUM>`` rows selected (no dynamic shapes). Without ``numeric_values``
-    the ``<NUM>`` positions are encoded with value 0.
+    where every position is encoded and the ``<NUM>`` rows selected (no dynamic shapes). ``numeric_values`` may
+    be ``None`` only when there is no ``<NUM>``.
     """
     mask = input_ids == num_token_id
     if numeric_values is None:
+        # A <NUM> stands for a number; encoding a made-up 0 would be silently wrong (the tokenizer returns the
+        # values). Not checkable under torch.compile (data-dependent), where generate has already checked.
+        if not torch.compiler.is_compiling() and mask.any():
+            raise ValueError(
+                f"input_ids contain <NUM> (id {num_token_id}) but numeric_values is None: pass the value of every "
+                "<NUM> as numeric_values [B, S] (the tokenizer returns it beside input_ids); to train, the same "
+                "values are the targets, or pass numeric_labels aligned with labels (docs/training.md)"
+            )
         numeric_values = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
     else:
         check_numeric_values(numeric_values, input_ids)

@@ -25,12 +25,12 @@ from tokenizers import AddedToken
 from transformers import Qwen2Tokenizer
 from transformers.tokenization_utils_base import BatchEncoding, PaddingStrategy
 
-from ..hub import RemoteCodeMixin
+from ..configuration.configuration_causal_qwen import QWEN25_NUM_TOKEN_ID
+from ..remote_code import RemoteCodeMixin
 from .numbers import NUM_TOKEN, format_number, split_numbers
 
 __all__ = ["NUM_TOKEN", "QWEN25_NUM_TOKEN_ID", "CausalQwenTokenizer", "add_num_token"]
 
-QWEN25_NUM_TOKEN_ID = 151665
 _QWEN25_LEN = 151665
 _SPACE_AFTER = set(",;!?)]}%")
 

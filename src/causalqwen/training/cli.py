@@ -53,6 +53,7 @@ from accelerate import PartialState
 
 from ..configuration.configuration_causal_qwen import VALUE_NORMALIZATIONS, CausalQwenConfig
 from ..modeling.modeling_causal_qwen import CausalQwenForNumericCausalLM
+from .cli_errors import UsageError, add_debug_flag, exit_on_usage_error
 from .collator import NumericDataCollator
 from .data import SYNTHETIC_KINDS, build_synthetic_dataset, build_table_dataset, tokenize_numeric_dataset
 from .evaluation import cauchy_interval_coverage, predict_values, regression_metrics
@@ -69,7 +70,12 @@ QUICK = dict(steps=4, rows=64, batch_size=4, logging_steps=1, eval_rows=8)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="causalqwen-train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="causalqwen-train",
+        description="Fine-tune CausalQwen on numeric sentences (synthetic sets, sklearn tables or a CSV) with the "
+        "Hugging Face Trainer; writes the model, tokenizer and metrics.json to --output-dir.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--config", type=Path, default=None, help="JSON file of flag values (flags win)")
     parser.add_argument("--base", default="tiny", help="'tiny', a Qwen2 checkpoint dir or a CausalQwen dir")
     parser.add_argument(
@@ -79,23 +85,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--target", default=None, help="target column of a table dataset")
     parser.add_argument("--rows", type=int, default=2000, help="rows of a synthetic dataset")
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=600, help="optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=16, help="rows per device and step")
     parser.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     parser.add_argument("--max-length", type=int, default=256, help="prompt is cut from the left beyond it")
-    parser.add_argument("--freeze-backbone", action="store_true")
+    parser.add_argument("--freeze-backbone", action="store_true", help="train only the CausalQwen modules")
     parser.add_argument("--lora", action="store_true", help="PEFT LoRA (see causalqwen.training.lora)")
-    parser.add_argument("--lora-r", type=int, default=8)
-    parser.add_argument("--lora-alpha", type=int, default=16)
-    parser.add_argument("--value-normalization", choices=("auto", *VALUE_NORMALIZATIONS), default="auto")
-    parser.add_argument("--output-dir", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tokenizer", choices=("auto", "tiny", "qwen"), default="auto")
-    parser.add_argument("--logging-steps", type=int, default=10)
+    parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
+    parser.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha")
+    parser.add_argument(
+        "--value-normalization",
+        choices=("auto", *VALUE_NORMALIZATIONS),
+        default="auto",
+        help="how targets are normalised for a fresh model (auto: affine, or symlog over > 4 decades)",
+    )
+    parser.add_argument("--output-dir", type=Path, required=True, help="where the model and metrics go")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data split, init and training")
+    parser.add_argument(
+        "--tokenizer",
+        choices=("auto", "tiny", "qwen"),
+        default="auto",
+        help="auto: the base's own, the tiny demo vocabulary for --base tiny, else the Qwen2.5 one",
+    )
+    parser.add_argument("--logging-steps", type=int, default=10, help="log every N steps")
     parser.add_argument("--eval-rows", type=int, default=200, help="test rows for the teacher-forced metrics")
     parser.add_argument("--report-to", default="none", help="'none', 'tensorboard', ...")
     parser.add_argument("--quick", action="store_true", help="a few steps on a small subset (tests)")
+    add_debug_flag(parser)
     return parser
 
 
@@ -106,14 +123,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         try:
             values = json.loads(Path(args.config).read_text())
         except (OSError, json.JSONDecodeError) as err:
-            raise SystemExit(f"--config {args.config}: cannot read a JSON object ({err})") from err
+            raise UsageError(f"--config {args.config}: cannot read a JSON object ({err})") from err
         if not isinstance(values, dict):
-            raise SystemExit(f"--config {args.config}: expected a JSON object of flag values")
+            raise UsageError(f"--config {args.config}: expected a JSON object of flag values")
         values = {key.replace("-", "_"): value for key, value in values.items()}
         known = {a.dest for a in parser._actions} - {"help", "config"}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise SystemExit(f"--config {args.config}: unknown key(s) {', '.join(unknown)}")
+            raise UsageError(f"--config {args.config}: unknown key(s) {', '.join(unknown)}")
         parser.set_defaults(**values)
         args = parser.parse_args(argv)
     if args.quick:
@@ -121,11 +138,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             setattr(args, key, value)
     for name in ("steps", "batch_size", "grad_accum", "rows", "logging_steps", "lora_r", "max_length"):
         if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not args.lr > 0:
-        raise SystemExit(f"--lr must be positive, got {args.lr}")
+        raise UsageError(f"--lr must be positive, got {args.lr}")
     if args.lora and args.freeze_backbone:
-        raise SystemExit(
+        raise UsageError(
             "--freeze-backbone and --lora exclude each other (LoRA already freezes the backbone)"
         )
     return args
@@ -135,7 +152,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def load_rows(args: argparse.Namespace):
-    """The DatasetDict (train/test rows of prompt/target/value) named by ``--dataset``."""
+    """The DatasetDict (train/test rows of prompt/target/value) named by ``--dataset``; a missing file or column
+    and a target that is not a number are usage errors."""
+    try:
+        return _load_rows(args)
+    except (OSError, KeyError, ValueError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        raise UsageError(f"--dataset {args.dataset}: {message}") from err
+
+
+def _load_rows(args: argparse.Namespace):
     kind, _, rest = args.dataset.partition(":")
     if kind == "synthetic":
         return build_synthetic_dataset(rest or "linear", n=args.rows, seed=args.seed)
@@ -143,9 +169,9 @@ def load_rows(args: argparse.Namespace):
         return build_table_dataset(args.dataset, args.target, seed=args.seed)
     if kind == "csv":
         if not rest or args.target is None:
-            raise SystemExit("--dataset csv:PATH needs a path and --target COLUMN")
+            raise UsageError("--dataset csv:PATH needs a path and --target COLUMN")
         return build_table_dataset(rest, args.target, seed=args.seed)
-    raise SystemExit(f"--dataset must be synthetic:<kind>, sklearn:<name> or csv:PATH, got {args.dataset!r}")
+    raise UsageError(f"--dataset must be synthetic:<kind>, sklearn:<name> or csv:PATH, got {args.dataset!r}")
 
 
 def _base_kind(base: str) -> str:
@@ -153,10 +179,10 @@ def _base_kind(base: str) -> str:
         return "tiny"
     config = Path(base) / "config.json"
     if not config.is_file():
-        raise SystemExit(f"--base {base!r}: not 'tiny' and no config.json there")
+        raise UsageError(f"--base {base!r}: not 'tiny' and no config.json there")
     model_type = json.loads(config.read_text()).get("model_type")
     if model_type not in ("qwen2", "causal_qwen"):
-        raise SystemExit(f"--base {base!r}: model_type {model_type!r}, expected 'qwen2' or 'causal_qwen'")
+        raise UsageError(f"--base {base!r}: model_type {model_type!r}, expected 'qwen2' or 'causal_qwen'")
     return model_type
 
 
@@ -172,7 +198,7 @@ def load_tokenizer(args: argparse.Namespace, base_kind: str):
             return CausalQwenTokenizer.from_pretrained(args.base)
         choice = "tiny" if base_kind == "tiny" else "qwen"
     if choice == "tiny":
-        from ..tokenization.testing import build_tiny_tokenizer
+        from ..tokenization.tiny_vocab import build_tiny_tokenizer
 
         return build_tiny_tokenizer()
     return CausalQwenTokenizer.from_qwen_vocab()
@@ -212,12 +238,12 @@ def build_model(
         )
         model = CausalQwenForNumericCausalLM(config)
     if model.config.num_token_id != tokenizer.num_token_id:
-        raise SystemExit(
+        raise UsageError(
             f"the model's num_token_id {model.config.num_token_id} is not the tokenizer's <NUM> id "
             f"{tokenizer.num_token_id}; pick the tokenizer that matches --base"
         )
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        raise SystemExit(f"the tokenizer has {len(tokenizer)} tokens, more than the model's embedding rows")
+        raise UsageError(f"the tokenizer has {len(tokenizer)} tokens, more than the model's embedding rows")
     return model
 
 
@@ -229,8 +255,11 @@ def freeze_backbone(model: CausalQwenForNumericCausalLM) -> None:
         module.requires_grad_(True)
 
 
-def teacher_forced_metrics(model, tokenizer, rows, limit: int) -> dict[str, Any]:
-    """Teacher-forced value metrics on up to ``limit`` test rows that have a numeric target."""
+def teacher_forced_metrics(
+    model, tokenizer, rows, limit: int, train_mean: float | None = None
+) -> dict[str, Any]:
+    """Teacher-forced value metrics on up to ``limit`` test rows that have a numeric target; with ``train_mean``
+    also the MAE of predicting it everywhere (``mean_predictor_mae``), the floor a model must beat."""
     rows = rows.filter(lambda r: r["value"] is not None and math.isfinite(r["value"]))
     rows = rows.select(range(min(limit, len(rows))))
     if len(rows) == 0:
@@ -241,7 +270,26 @@ def teacher_forced_metrics(model, tokenizer, rows, limit: int) -> dict[str, Any]
     out = {"rows": len(rows), "num_accuracy": float(pred["num_accuracy"])}
     out.update(regression_metrics(y, pred["value_loc"]))
     out.update(cauchy_interval_coverage(y, pred["value_loc"], pred["value_scale"]))
+    if train_mean is not None:
+        out["mean_predictor_mae"] = float(np.mean(np.abs(y - train_mean)))
     return out
+
+
+def _training_mean(rows) -> float | None:
+    values = np.asarray([v for v in rows["value"] if v is not None], dtype=np.float64)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else None
+
+
+def learning_warning(test: dict[str, Any]) -> str | None:
+    """A one-line warning when the test MAE is no better than predicting the training mean."""
+    mae, floor = test.get("mae"), test.get("mean_predictor_mae")
+    if mae is None or floor is None or mae < floor:
+        return None
+    return (
+        f"warning: test MAE {mae:.4g} is not better than predicting the training mean ({floor:.4g}): the model "
+        "has not learned the values; train longer (--steps), or check the learning rate and the data"
+    )
 
 
 def _finite(value):
@@ -320,7 +368,9 @@ def run(argv: list[str]) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "train": train_output.metrics,
         "eval": eval_metrics,
-        "test": teacher_forced_metrics(model, tokenizer, rows["test"], args.eval_rows),
+        "test": teacher_forced_metrics(
+            model, tokenizer, rows["test"], args.eval_rows, _training_mean(rows["train"])
+        ),
         "log_history": trainer.state.log_history,
         "parameters": {"trainable": trainable, "total": total},
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -345,16 +395,21 @@ def _point_adapter_at(adapter_dir: Path, base_path: str) -> None:
 
 
 def main(argv: list[str] | None = None):
-    """Run the CLI; with ``argv`` return the metrics dict, without (console script, ``-m``) return 0."""
+    """Run the CLI; with ``argv`` return the metrics dict, without (console script, ``-m``) return 0.
+
+    Usage errors exit with status 2 and one line on stderr (:mod:`.cli_errors`)."""
     if argv is not None:
-        return run(list(argv))
-    metrics = run(sys.argv[1:])
+        argv = list(argv)
+        return exit_on_usage_error("causalqwen-train", argv, lambda: run(argv))
+    metrics = exit_on_usage_error("causalqwen-train", sys.argv[1:], lambda: run(sys.argv[1:]))
     test = metrics.get("test") or {}
     print(
         f"train loss {metrics['train'].get('train_loss', float('nan')):.4g}, eval loss "
         f"{metrics['eval'].get('eval_loss', float('nan')):.4g}, test MAE {test.get('mae', float('nan')):.4g}, "
         f"<NUM> accuracy {test.get('num_accuracy', float('nan')):.3f}; saved to {metrics['args']['output_dir']}"
     )
+    if (warning := learning_warning(test)) is not None:
+        print(warning, file=sys.stderr)
     return 0
 
 

@@ -266,7 +266,8 @@ def build_table_dataset(
             continue
         if isinstance(target, str) or not math.isfinite(target):
             raise ValueError(
-                f"row {number}: target column {target_column!r} holds {target!r}, not a finite number"
+                f"data row {number + 1} (1-based, header excluded): target column {target_column!r} holds "
+                f"{target!r}, not a finite number"
             )
         raw = {column: _cell_value(row[index[column]]) for column in feature_columns}
         cells = {

@@ -21,6 +21,7 @@ import json
 import sys
 from pathlib import Path
 
+from .cli_errors import UsageError, add_debug_flag, exit_on_usage_error
 from .router_data import build_bfcl_dataset, build_synthetic_routing_dataset
 from .router_trainer import train_router
 from .router_v2 import train_router_v2
@@ -33,25 +34,32 @@ DISTIL_STEPS = 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="causalqwen-train-router", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", choices=("bfcl", "synthetic"), default="bfcl")
-    parser.add_argument("--output-dir", type=Path, required=True)
+    parser = argparse.ArgumentParser(
+        prog="causalqwen-train-router",
+        description="Train the ToolRouter on BFCL (router v2 recipe by default) or on the synthetic "
+        "resource-aware set; writes the model, tokenizer and train_summary.json to --output-dir.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--data", choices=("bfcl", "synthetic"), default="bfcl", help="training data")
+    parser.add_argument("--output-dir", type=Path, required=True, help="where the router and summary go")
     parser.add_argument(
         "--bfcl-wheel", type=Path, default=None, help="bfcl-eval wheel (default: cached download)"
     )
-    parser.add_argument("--epochs", type=float, default=8.0)
+    parser.add_argument("--epochs", type=float, default=8.0, help="training epochs (v1 recipe)")
     parser.add_argument("--max-steps", type=int, default=-1, help="overrides --epochs when > 0")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=16, help="queries per step")
+    parser.add_argument("--lr", type=float, default=2e-3, help="learning rate (v1 recipe)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split, init and training")
     parser.add_argument(
         "--time-budget", type=float, default=None, help="stop training after this many seconds"
     )
     parser.add_argument(
         "--no-warm-start", action="store_true", help="random token embeddings instead of MiniLM's"
     )
-    parser.add_argument("--matching", choices=("cosine", "kan"), default="cosine")
-    parser.add_argument("--logging-steps", type=int, default=10)
+    parser.add_argument(
+        "--matching", choices=("cosine", "kan"), default="cosine", help="matching head (v1 recipe)"
+    )
+    parser.add_argument("--logging-steps", type=int, default=10, help="log every N steps")
     parser.add_argument(
         "--tool-set",
         choices=("batch", "candidates"),
@@ -88,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--separate-encoders", action="store_true", help="v2: separate query and tool encoder weights"
     )
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_STEPS} steps on a small subset (tests)")
+    add_debug_flag(parser)
     return parser
 
 
@@ -104,9 +113,17 @@ def load_dataset_for(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Train as the flags say; usage errors exit with status 2 and one line on stderr (:mod:`.cli_errors`)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return exit_on_usage_error("causalqwen-train-router", argv, lambda: _run(argv))
+
+
+def _run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
-        raise SystemExit("--batch-size must be >= 1")
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.bfcl_wheel is not None and not args.bfcl_wheel.is_file():
+        raise UsageError(f"--bfcl-wheel {args.bfcl_wheel}: no such file")
     dataset = load_dataset_for(args)
     recipe = args.recipe or ("v2" if args.data == "bfcl" else "v1")
     if recipe == "v2":

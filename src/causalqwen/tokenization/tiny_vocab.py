@@ -1,4 +1,7 @@
-"""A tiny CausalQwenTokenizer for fast tests and demos (no files, no network).
+"""A tiny CausalQwenTokenizer: the demo's, the CLI's ``--base tiny`` and the tests' vocabulary (no files, no network).
+
+A supported part of the package, not a test fixture: ``make demo`` and ``causalqwen-train`` train CPU-sized
+models on it in minutes, where the real 151,666-token vocabulary would make the embedding most of the model.
 
 Byte-level BPE trained in memory on a small corpus with Qwen2's pre-tokenizer (same classes as
 ``Qwen2Tokenizer``), ~300 tokens, with ``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>`` and ``<NUM>``.
