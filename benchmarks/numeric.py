@@ -44,14 +44,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
 from causalqwen import CausalQwenConfig, CausalQwenForNumericCausalLM  # noqa: E402
-from causalqwen.training.evaluation import (  # noqa: E402
+from causalqwen.training.baselines import (  # noqa: E402
     BackendDigitsView,
     feature_matrix,
     parse_leading_number,  # noqa: F401 (re-exported for the benchmark tests)
     predict_digits,
-    regression_metrics,
     target_prefix,
 )
+from causalqwen.training.evaluation import regression_metrics  # noqa: E402
 from common import (  # noqa: E402
     RESULTS_DIR,
     apply_threads,

@@ -9,17 +9,19 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from causalqwen import CausalQwenConfig, CausalQwenForNumericCausalLM
 from causalqwen.tokenization.tiny_vocab import build_tiny_tokenizer
-from causalqwen.training.evaluation import (
+from causalqwen.training.baselines import (
     BackendDigitsView,
-    cauchy_interval_coverage,
-    coverage_key,
     feature_matrix,
-    generate_examples,
     parse_leading_number,
     predict_digits,
+    target_prefix,
+)
+from causalqwen.training.evaluation import (
+    cauchy_interval_coverage,
+    coverage_key,
+    generate_examples,
     predict_values,
     regression_metrics,
-    target_prefix,
 )
 
 TINY = dict(

@@ -50,18 +50,15 @@ from .configuration.configuration_causal_qwen import CausalQwenConfig
 from .modeling.loss import IGNORE_INDEX
 from .modeling.modeling_causal_qwen import CausalQwenForNumericCausalLM
 from .tokenization.tiny_vocab import build_tiny_tokenizer
+from .training.baselines import BackendDigitsView, feature_matrix, predict_digits, target_prefix
 from .training.collator import NumericDataCollator
 from .training.data import build_synthetic_dataset, build_table_dataset, tokenize_numeric_dataset
 from .training.evaluation import (
-    BackendDigitsView,
     cauchy_interval_coverage,
     coverage_key,
-    feature_matrix,
     generate_examples,
-    predict_digits,
     predict_values,
     regression_metrics,
-    target_prefix,
 )
 from .training.trainer import CausalQwenTrainer, numeric_training_arguments
 
