@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 from causalqwen import demo
@@ -80,3 +81,21 @@ def test_demo_is_deterministic_given_the_seed(run):
 def test_demo_rejects_bad_flags(argv, message):
     with pytest.raises(ValueError, match=message):
         demo.main(argv)
+
+
+def test_demo_metrics_are_those_of_its_predictions(run):
+    """Recomputed here from the per-row predictions with plain numpy, not the package's metric code."""
+    results = run[0]["tasks"]["diabetes"]
+    pred = {k: np.asarray(v) for k, v in results["predictions"].items()}
+    y = pred["y"]
+    assert len(y) == results["n_test"]
+    for name in ("causalqwen", "qwen2-digits"):
+        row, err = results["metrics"][name], pred[name] - y
+        assert row["mae"] == pytest.approx(np.abs(err).mean(), rel=1e-9)
+        assert row["rmse"] == pytest.approx(np.sqrt((err**2).mean()), rel=1e-9)
+        assert row["r2"] == pytest.approx(1 - (err**2).sum() / ((y - y.mean()) ** 2).sum(), rel=1e-9)
+    # the Cauchy 50% / 90% intervals: |y - loc| <= scale * tan(pi * level / 2)
+    z = np.abs(y - pred["causalqwen"]) / pred["causalqwen_scale"]
+    cq = results["metrics"]["causalqwen"]
+    assert cq["cover50"] == pytest.approx(np.mean(z <= 1.0))
+    assert cq["cover90"] == pytest.approx(np.mean(z <= np.tan(0.45 * np.pi)))

@@ -367,7 +367,14 @@ def _run_task(task: str, tok, args: argparse.Namespace) -> tuple[dict[str, Any],
     examples = generate_examples(causal, tok, prompts[: args.examples], max_new_tokens=24)
     for example, value in zip(examples, y_test):
         example["true_value"] = float(value)
-    results.update(metrics=metrics, examples=examples)
+    # Per-row predictions, so the metrics can be checked (tests/test_demo.py recomputes them independently).
+    predictions = {
+        "y": y_test.tolist(),
+        "causalqwen": np.asarray(cq["value_loc"], dtype=np.float64).tolist(),
+        "causalqwen_scale": np.asarray(cq["value_scale"], dtype=np.float64).tolist(),
+        "qwen2-digits": np.asarray(dg["pred"], dtype=np.float64).tolist(),
+    }
+    results.update(metrics=metrics, examples=examples, predictions=predictions)
 
     print()
     print(
