@@ -47,6 +47,8 @@ def test_int_values_are_accepted_for_float_fields():
         ({"causal_temperature": -1.0}, "causal_temperature must be finite and >= 0"),
         ({"reg_lambda": -2.0}, "reg_lambda must be finite and >= 0"),
         ({"value_norm_scale": 0.0}, "value_norm_scale must be a positive"),
+        ({"value_scale_factor": 0.0}, "value_scale_factor must be a positive"),
+        ({"value_scale_factor": float("inf")}, "value_scale_factor must be a positive"),
         ({"ovr_threshold_init": float("inf")}, "ovr_threshold_init must be finite"),
         ({"gate_alpha": 1.5}, r"gate_alpha must lie in \[0, 1\]"),
         ({"loss_chunk_size": 0}, "loss_chunk_size must be positive"),

@@ -17,6 +17,7 @@ from causalqwen.training.baselines import (
     target_prefix,
 )
 from causalqwen.training.evaluation import (
+    calibrate_value_scale,
     cauchy_interval_coverage,
     coverage_key,
     generate_examples,
@@ -205,3 +206,35 @@ def test_feature_matrix_reads_the_prompt_numbers(tok):
     X = feature_matrix(tok, PROMPTS + ["Patient: age 5."])
     np.testing.assert_array_equal(X, [[59, 32.1], [23, 21.6], [47, 30.5], [5, 0]])
     assert feature_matrix(tok, PROMPTS, width=1).shape == (3, 1)
+
+
+# ---------------------------------------------------------------------------------------- calibration
+
+
+def test_calibrate_value_scale_centres_the_median_interval(tok, tmp_path):
+    torch.manual_seed(0)
+    config = CausalQwenConfig(vocab_size=len(tok), num_token_id=tok.convert_tokens_to_ids("<NUM>"),
+                              pad_token_id=tok.pad_token_id, **TINY)  # fmt: skip
+    model = CausalQwenForNumericCausalLM(config).eval()
+    prompts = [f"x is {x}." for x in range(1, 22)]
+    targets = [f"y is {2 * x + 3}." for x in range(1, 22)]
+    y = np.array([2.0 * x + 3 for x in range(1, 22)])
+    before = predict_values(model, tok, prompts, targets)
+    ratio = np.abs(y - before["value_loc"]) / before["value_scale"]
+    factor = calibrate_value_scale(model, tok, prompts, targets, y)
+    assert factor == pytest.approx(np.median(ratio), rel=1e-6) and model.config.value_scale_factor == factor
+    after = predict_values(model, tok, prompts, targets)
+    np.testing.assert_allclose(
+        after["value_loc"], before["value_loc"], rtol=0, atol=0
+    )  # only the scale moves
+    np.testing.assert_allclose(after["value_scale"], before["value_scale"] * factor, rtol=1e-6)
+    assert cauchy_interval_coverage(y, after["value_loc"], after["value_scale"], (0.5,))["cover50"] == 11 / 21
+    # saved with the model; the loss ignores it (it calibrates outputs, not training)
+    model.save_pretrained(tmp_path)
+    assert CausalQwenForNumericCausalLM.from_pretrained(tmp_path).config.value_scale_factor == factor
+    enc = tok(prompts[0] + " " + targets[0], return_tensors="pt")
+    calibrated_loss = model(**enc, labels=enc["input_ids"]).loss
+    model.config.value_scale_factor = 1.0
+    assert torch.equal(model(**enc, labels=enc["input_ids"]).loss, calibrated_loss)
+    with pytest.raises(ValueError, match="needs >= 2 rows"):
+        calibrate_value_scale(model, tok, prompts[:1], targets[:1], y[:1])

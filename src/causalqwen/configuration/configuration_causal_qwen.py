@@ -73,6 +73,9 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
             the vocabulary) or ``"balanced"`` (the target's "yes" term plus the *mean* of the others' "no"
             terms, so the token loss and hence ``reg_lambda`` do not scale with V; measured: better values,
             worse ``<NUM>`` decisions, so not the default).
+        value_scale_factor: post-hoc calibration of the value's Cauchy scale (``value_scale`` in the outputs is
+            multiplied by it; the loss is not). Fitted by ``training.evaluation.calibrate_value_scale`` so that the
+            median interval covers half the calibration rows; 1.0 = as trained.
     """
 
     model_type = "causal_qwen"
@@ -93,6 +96,7 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
     reg_lambda: float | int = 5.0
     loss_chunk_size: int = 256
     cls_reduction: str = "sum"
+    value_scale_factor: float | int = 1.0
 
     def __post_init__(self, **kwargs: Any):
         self._reject_unknown_keys(kwargs)
@@ -109,7 +113,7 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
             0 <= self.num_token_id < self.vocab_size,
             f"num_token_id must lie in [0, vocab_size={self.vocab_size}), got {self.num_token_id}",
         )
-        for name in ("gamma_init", "value_norm_scale"):
+        for name in ("gamma_init", "value_norm_scale", "value_scale_factor"):
             value = getattr(self, name)
             _check(
                 math.isfinite(value) and value > 0, f"{name} must be a positive finite number, got {value}"

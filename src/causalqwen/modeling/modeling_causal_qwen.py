@@ -507,6 +507,10 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
             thresholds = self.action.ovr_thresholds.to(heads.loc_S.dtype)  # logits in the token head dtype
             logits = (heads.loc_S - thresholds) / scale_S.clamp_min(SCALE_EPS)
         value_loc, value_scale = self.normalizer.inverse_cauchy(heads.loc_Y, scale_Y)
+        if (
+            self.config.value_scale_factor != 1.0
+        ):  # post-hoc calibration (calibrate_value_scale); not in the loss
+            value_scale = value_scale * self.config.value_scale_factor
         return CausalQwenOutput(
             loss=loss,
             loss_cls=loss_cls,
