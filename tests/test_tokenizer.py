@@ -129,3 +129,30 @@ def test_pad_to_max_length_right(tiny_tokenizer):
     assert [len(row) for row in enc["numeric_values"]] == [9, 9]
     assert enc["numeric_values"][0][-1] == 0.0 and enc["attention_mask"][0][-1] == 0
     assert enc["input_ids"][0][-1] == tiny_tokenizer.pad_token_id
+
+
+@pytest.mark.parametrize(
+    ("dtype", "want"),
+    [
+        (torch.float32, "x is -7.4 or 1234.5 or 0.001. Give y."),
+        (torch.float16, "x is -7.4 or 1234 or 0.001. Give y."),  # float16 holds 1234, not 1234.5
+        (
+            torch.bfloat16,
+            "x is -7.4 or 1230 or 0.001. Give y.",
+        ),  # bfloat16 holds 1232: "1230" converts back to it
+        (
+            torch.float64,
+            "x is -7.400000095367432 or 1234.5 or 0.0010000000474974513. Give y.",
+        ),  # claims precision
+    ],
+)
+def test_decoded_values_are_the_shortest_decimals_of_their_dtype(tiny_tokenizer, dtype, want):
+    enc = tiny_tokenizer(["x is -7.4 or 1234.5 or 0.001. Give y."], return_tensors="pt")
+    assert enc["numeric_values"].dtype == torch.float32
+    values = enc["numeric_values"].to(dtype)
+    assert tiny_tokenizer.decode(enc["input_ids"][0], numeric_values=values[0]) == want
+    assert tiny_tokenizer.batch_decode(enc["input_ids"], numeric_values=values) == [want]
+    if dtype == torch.float32:  # numpy float32 arrays too; plain lists keep every digit they hold
+        assert tiny_tokenizer.decode(enc["input_ids"][0], numeric_values=values[0].numpy()) == want
+        noisy = tiny_tokenizer.decode(enc["input_ids"][0].tolist(), numeric_values=values[0].tolist())
+        assert "-7.400000095367432" in noisy

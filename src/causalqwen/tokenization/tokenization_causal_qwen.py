@@ -21,6 +21,7 @@ import itertools
 import tempfile
 import unicodedata
 
+import numpy as np
 from tokenizers import AddedToken
 from transformers import Qwen2Tokenizer
 from transformers.tokenization_utils_base import BatchEncoding, PaddingStrategy
@@ -198,7 +199,7 @@ class CausalQwenTokenizer(RemoteCodeMixin, Qwen2Tokenizer):
         if numeric_values is None:
             return super().decode(token_ids, skip_special_tokens=skip_special_tokens, **kwargs)
         ids = _to_list(token_ids)
-        values = _to_list(numeric_values)
+        values = _decimal_values(numeric_values)
         if len(ids) != len(values):
             raise ValueError(f"numeric_values has {len(values)} entries but token_ids has {len(ids)}")
         text, segment = "", []
@@ -216,7 +217,9 @@ class CausalQwenTokenizer(RemoteCodeMixin, Qwen2Tokenizer):
     ) -> list[str]:
         if numeric_values is None:
             return super().batch_decode(sequences, skip_special_tokens=skip_special_tokens, **kwargs)
-        sequences, numeric_values = _to_list(sequences), _to_list(numeric_values)
+        sequences = _to_list(sequences)
+        # Rows stay tensors/arrays (not lists) so that decode sees their dtype (see _decimal_values).
+        numeric_values = [numeric_values[i] for i in range(len(numeric_values))]
         if len(sequences) != len(numeric_values):
             raise ValueError(f"{len(sequences)} sequences but {len(numeric_values)} rows of numeric_values")
         return [
@@ -237,3 +240,33 @@ def _placeholder_ends(template: str | None) -> list[int]:
 
 def _to_list(values) -> list:
     return values.tolist() if hasattr(values, "tolist") else list(values)
+
+
+# Numpy scalar types whose str() is the shortest decimal that round-trips the value in that type.
+_SHORTEST = {"float32": np.float32, "float16": np.float16}
+
+
+def _decimal_values(values) -> list[float]:
+    """``values`` as Python floats, each the shortest decimal that round-trips the dtype it came in.
+
+    A value that went through a float32 tensor (every model output) is not the decimal it stands for:
+    -7.4 is stored as -7.400000095367432. Writing the float64 expansion would print that noise; the shortest
+    float32 decimal ("-7.4") is what the value means. float64 values and lists are kept as they are.
+    """
+    dtype = str(getattr(values, "dtype", "")).removeprefix("torch.")
+    if dtype == "bfloat16":  # no numpy type: the shortest %g that converts back to the same bfloat16
+        flat = values.reshape(-1)
+        return [_shortest_round_trip(float(v), lambda x: flat.new_tensor(x).item()) for v in flat]
+    as_floats = _to_list(values)
+    scalar = _SHORTEST.get(dtype)
+    if scalar is None:
+        return as_floats
+    return [float(str(scalar(v))) for v in as_floats]
+
+
+def _shortest_round_trip(value: float, to_dtype) -> float:
+    for digits in range(1, 18):
+        candidate = float(f"{value:.{digits}g}")
+        if to_dtype(candidate) == value:
+            return candidate
+    return value
