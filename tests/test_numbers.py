@@ -20,7 +20,13 @@ from causalqwen.tokenization.numbers import (
         ("The loan is 50000 yuan at 3.5% for 25 years", ["50000", "3.5", "25"], [50000, 3.5, 25]),
         ("2024-12-23", ["2024", "12", "23"], [2024, 12, 23]),
         ("version 1.2.3 and 10.0.0.1", [], []),
-        ("v2 H2O x1y2 5kg 0x1F 2e", [], []),
+        ("v2 H2O A4 Q3 x1y2 0x1F 0b101 1_000 s1", [], []),  # glued on the left, literals, digit runs
+        (
+            "10GB 5km 3x 12.5k $1.2M the 1990s 1st",
+            ["10", "5", "3", "12.5", "1.2", "1990", "1"],
+            [10, 5, 3, 12.5, 1.2, 1990, 1],
+        ),  # letters after a number stay text; the suffix is not applied
+        ("2e 2e5x 10x5", ["2", "2e5", "10"], [2, 200000.0, 10]),  # 'x5' is glued on its left
         ("1,234 and 1,2,3", ["1,234", "1", "2", "3"], [1234, 1, 2, 3]),
         ("12,345,67", ["12,345", "67"], [12345, 67]),
         ("1,234.5e2", ["1,234.5e2"], [123450.0]),

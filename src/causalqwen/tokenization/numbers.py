@@ -11,9 +11,13 @@ docs/tokenization.md for the full table):
 * A sign (``+``, ``-`` or the Unicode minus U+2212) belongs to the number only when nothing alphanumeric
   or ``)``/``]`` stands right before it, so ``3-5`` and ``2024-12-23`` keep ``-`` as text (ranges and
   dates become separate integers) while ``x = -5`` and ``(-5)`` are negative.
-* Numbers glued to Latin letters, digits of another token, ``_`` or ``.`` are not numbers: ``v2``,
-  ``H2O``, ``x1y2``, ``5kg``, ``0x1F``, ``2e`` stay text. CJK text is not a letter for this rule, so the
-  ``25`` of ``25岁`` is a number.
+* A number directly followed by letters is a number and the letters stay text: units and magnitude
+  suffixes (``10GB``, ``5km``, ``12.5k``, ``$1.2M``, ``3x``), decades (``1990s``) and ordinals (``1st``) keep
+  their written value (``12.5k`` is 12.5 followed by ``k``; the suffix is not applied). A number glued on its
+  *left* to a Latin letter, a digit of another token, ``_`` or ``.`` is not a number: identifiers and codes
+  (``v2``, ``H2O``, ``A4``, ``Q3``, ``x1y2``) stay text, as do hex/binary/octal literals (``0x1F``) and digit
+  runs followed by ``_`` or another digit script. CJK text is not a letter for these rules, so the ``25`` of
+  ``25岁`` is a number.
 * Dotted sequences of three or more digit groups (versions, IPs: ``1.2.3``, ``10.0.0.1``) stay text.
 * ``1,2,3`` is a list (three numbers); ``1,234`` is one thousand two hundred thirty-four; ``12,345,67``
   is 12345, ``,`` and 67.
@@ -48,9 +52,13 @@ _DIGIT = "[0-9\uff10-\uff19]"
 _MINUS = "\u2212"
 # Characters that glue a digit run into an identifier: ASCII/full-width Latin letters, digits, '_'.
 _GLUE = "A-Za-z0-9_\uff10-\uff19\uff21-\uff3a\uff41-\uff5a"
+# What may not follow a number: a digit or '_' (it would be one identifier or digit run).
+_TAIL_GLUE = "0-9_\uff10-\uff19"
 _NUMBER = re.compile(
     rf"""
     (?P<version>(?<![{_GLUE}.]){_DIGIT}+(?:\.{_DIGIT}+){{2,}}(?![{_GLUE}]))
+    |
+    (?P<code>(?<![{_GLUE}.])0[xXbBoO][0-9A-Fa-f_]+)
     |
     (?<![{_GLUE}.])
     (?P<number>
@@ -62,7 +70,7 @@ _NUMBER = re.compile(
         )
         (?:[eE][+\-]?{_DIGIT}+)?
     )
-    (?![{_GLUE}])(?!\.{_DIGIT})
+    (?![{_TAIL_GLUE}])(?!\.{_DIGIT})
     """,
     re.VERBOSE,
 )
