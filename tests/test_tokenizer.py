@@ -156,3 +156,13 @@ def test_decoded_values_are_the_shortest_decimals_of_their_dtype(tiny_tokenizer,
         assert tiny_tokenizer.decode(enc["input_ids"][0], numeric_values=values[0].numpy()) == want
         noisy = tiny_tokenizer.decode(enc["input_ids"][0].tolist(), numeric_values=values[0].tolist())
         assert "-7.400000095367432" in noisy
+
+
+def test_numbers_beyond_float32_stay_text_so_no_inf_reaches_the_model(tiny_tokenizer):
+    enc = tiny_tokenizer(["x is 1e39 or 3e38"], return_tensors="pt")
+    assert torch.isfinite(enc["numeric_values"]).all()
+    assert (enc["input_ids"] == tiny_tokenizer.num_token_id).sum() == 1  # only 3e38 is a number
+    assert (
+        tiny_tokenizer.decode(enc["input_ids"][0], numeric_values=enc["numeric_values"][0])
+        == "x is 1e39 or 3e+38"
+    )

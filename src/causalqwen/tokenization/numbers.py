@@ -22,7 +22,8 @@ docs/tokenization.md for the full table):
 * ``1,2,3`` is a list (three numbers); ``1,234`` is one thousand two hundred thirty-four; ``12,345,67``
   is 12345, ``,`` and 67.
 * Leading zeros (``007``) are numbers (value 7); full-width digits (``１２３``) are numbers (value 123);
-  ``%`` and currency signs stay text; values that overflow a float (``1e999``) stay text.
+  ``%`` and currency signs stay text; values that overflow a float32 (``1e39``, ``1e999``) stay text, so no
+  inf ever reaches the model's float32 value path.
 
 Every :class:`NumberSpan` keeps its surface string, so :func:`restore_numbers` rebuilds the text exactly;
 :func:`format_number` is the canonical text of a *generated* value.
@@ -74,6 +75,8 @@ _NUMBER = re.compile(
     """,
     re.VERBOSE,
 )
+# The value path of the model is float32: a larger magnitude would become inf in a tensor, so it stays text.
+FLOAT32_MAX = 3.4028234663852886e38
 _FULLWIDTH_TO_ASCII = str.maketrans({chr(0xFF10 + i): str(i) for i in range(10)} | {_MINUS: "-", ",": ""})
 
 
@@ -95,9 +98,13 @@ def parse_number(surface: str) -> float:
     if match is None or match.group("number") is None:
         raise ValueError(f"not a number in the causalqwen grammar: {surface!r}")
     value = float(surface.translate(_FULLWIDTH_TO_ASCII))
-    if not math.isfinite(value):
-        raise ValueError(f"number {surface!r} overflows a float")
+    if not _representable(value):
+        raise ValueError(f"number {surface!r} overflows a float32 (|value| > {FLOAT32_MAX:.4g})")
     return value
+
+
+def _representable(value: float) -> bool:
+    return math.isfinite(value) and abs(value) <= FLOAT32_MAX
 
 
 def extract_numbers(text: str) -> list[NumberSpan]:
@@ -110,7 +117,7 @@ def extract_numbers(text: str) -> list[NumberSpan]:
         if surface is None:
             continue  # a version string: text
         value = float(surface.translate(_FULLWIDTH_TO_ASCII))
-        if math.isfinite(value):
+        if _representable(value):
             spans.append(NumberSpan(match.start(), match.end(), surface, value))
     return spans
 
