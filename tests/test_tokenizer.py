@@ -166,3 +166,13 @@ def test_numbers_beyond_float32_stay_text_so_no_inf_reaches_the_model(tiny_token
         tiny_tokenizer.decode(enc["input_ids"][0], numeric_values=enc["numeric_values"][0])
         == "x is 1e39 or 3e+38"
     )
+
+
+def test_offsets_span_each_number_with_separators_and_units(tiny_tokenizer):
+    text = "Pay 1,234.5 dollars for 10GB, or -7 now (H2O)"
+    enc = tiny_tokenizer(text, return_offsets_mapping=True)
+    at = [i for i, t in enumerate(enc["input_ids"]) if t == tiny_tokenizer.num_token_id]
+    assert [text[slice(*enc["offset_mapping"][i])] for i in at] == ["1,234.5", "10", "-7"]
+    assert tiny_tokenizer.decode(enc["input_ids"], numeric_values=enc["numeric_values"]) == text.replace(
+        "1,234.5", "1234.5"
+    )
