@@ -47,6 +47,13 @@ def left_pad(items):
     return ids, values, mask
 
 
+def teacher_forced(model, seq, vals, prompt_mask):
+    """Forward over whole sequences (left-padded prompts), feeding the given values back in."""
+    full_mask = torch.cat([prompt_mask, torch.ones_like(seq[:, prompt_mask.shape[1] :])], dim=1)
+    position_ids = (full_mask.cumsum(-1) - 1).clamp_min(0)
+    return model(input_ids=seq, numeric_values=vals, attention_mask=full_mask, position_ids=position_ids)
+
+
 def test_contract_sequences_and_numeric_values():
     model = tiny_model(num_bias=0.2)
     ids, values, mask = left_pad(prompts())
@@ -71,9 +78,7 @@ def test_generated_values_are_the_predicted_value_loc_and_are_fed_back():
     )
     seq, vals = out.sequences, out.numeric_values
     # Teacher-forced recomputation over the whole sequence, feeding the returned values back in.
-    full_mask = torch.cat([mask, torch.ones_like(seq[:, ids.shape[1] :])], dim=1)
-    position_ids = (full_mask.cumsum(-1) - 1).clamp_min(0)
-    ref = model(input_ids=seq, numeric_values=vals, attention_mask=full_mask, position_ids=position_ids)
+    ref = teacher_forced(model, seq, vals, mask)
     p = ids.shape[1]
     num_at = seq[:, p:] == NUM
     predicted = ref.value_loc[:, p - 1 : -1]
@@ -200,13 +205,6 @@ def test_num_return_sequences_expands_the_values():
 
 
 # ------------------------------------------------------------------------------------------- beam search
-
-
-def teacher_forced(model, seq, vals, prompt_mask):
-    """Forward over whole sequences (left-padded prompts), feeding the given values back in."""
-    full_mask = torch.cat([prompt_mask, torch.ones_like(seq[:, prompt_mask.shape[1] :])], dim=1)
-    position_ids = (full_mask.cumsum(-1) - 1).clamp_min(0)
-    return model(input_ids=seq, numeric_values=vals, attention_mask=full_mask, position_ids=position_ids)
 
 
 def beam_search(model, ids, values, mask, num_beams, **extra):

@@ -30,6 +30,16 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
+def tiny_router(encoder: str, **overrides) -> ToolRouterModel:
+    """The tiny router with the seed-000 Mamba encoder or a one-layer BERT ("pretrained" encoder type)."""
+    if encoder == "pretrained":
+        bert = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                          intermediate_size=64)  # fmt: skip
+        overrides.update(encoder_type="pretrained", text_encoder_config=bert.to_dict())
+    torch.manual_seed(0)
+    return ToolRouterModel(ToolRouterConfig(**{**TINY_ROUTER, **overrides})).eval()
+
+
 # ------------------------------------------------------------------------------------ torch.compile
 
 
@@ -78,13 +88,7 @@ def test_eager_forward_still_rejects_non_finite_values():
     ("encoder", "matching"), [("mamba", "cosine"), ("mamba", "kan"), ("pretrained", "fusion")]
 )
 def test_router_scoring_compiles_fullgraph_and_equals_eager(matching, encoder):
-    extra = {}
-    if encoder == "pretrained":
-        bert = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                          intermediate_size=64)  # fmt: skip
-        extra = dict(encoder_type="pretrained", text_encoder_config=bert.to_dict())
-    torch.manual_seed(0)
-    model = ToolRouterModel(ToolRouterConfig(**{**TINY_ROUTER, "matching": matching, **extra})).eval()
+    model = tiny_router(encoder, matching=matching)
     inputs = router_batch()
     lexical = torch.rand(3, 5, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -133,13 +137,7 @@ def test_thresholds_round_trip_and_a_checkpoint_without_them_loads_the_init_valu
 
 @pytest.mark.parametrize("encoder", ["mamba", "pretrained"])
 def test_router_buffers_survive_save_and_meta_device_loading(tmp_path, encoder):
-    extra = {}
-    if encoder == "pretrained":
-        bert = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                          intermediate_size=64)  # fmt: skip
-        extra = dict(encoder_type="pretrained", text_encoder_config=bert.to_dict())
-    torch.manual_seed(0)
-    model = ToolRouterModel(ToolRouterConfig(**{**TINY_ROUTER, **extra})).eval()
+    model = tiny_router(encoder)
     model.save_pretrained(tmp_path)
     loaded = ToolRouterModel.from_pretrained(tmp_path).eval()
     buffers = dict(model.named_buffers())

@@ -141,7 +141,8 @@ def _output_fields(out: ModelOutput) -> dict:
     return {f.name: getattr(out, f.name) for f in fields(out)}
 
 
-_CACHE_NAMES = frozenset({CACHE_NAME, LEGACY_CACHE_NAME, "cache"})
+# Both names of the KV cache keyword (CACHE_NAME is one of them, whichever the installed version uses).
+_CACHE_NAMES = frozenset({"cache", LEGACY_CACHE_NAME})
 _HUB_ONLY_MODES = frozenset(
     {
         GenerationMode.CONTRASTIVE_SEARCH,
@@ -507,9 +508,8 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
             thresholds = self.action.ovr_thresholds.to(heads.loc_S.dtype)  # logits in the token head dtype
             logits = (heads.loc_S - thresholds) / scale_S.clamp_min(SCALE_EPS)
         value_loc, value_scale = self.normalizer.inverse_cauchy(heads.loc_Y, scale_Y)
-        if (
-            self.config.value_scale_factor != 1.0
-        ):  # post-hoc calibration (calibrate_value_scale); not in the loss
+        # Post-hoc calibration (calibrate_value_scale); outputs only, never the loss.
+        if self.config.value_scale_factor != 1.0:
             value_scale = value_scale * self.config.value_scale_factor
         return CausalQwenOutput(
             loss=loss,
@@ -626,9 +626,8 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         running = super()._get_running_beams_for_next_iteration(*args, **kwargs)
         state = self._numeric_state
         if state is not None and state.track is not None:
-            beam_indices = running[
-                2
-            ]  # [batch, beams, generated] flat source rows, -1 beyond the current step
+            # [batch, beams, generated]: flat source rows, -1 beyond the current step
+            beam_indices = running[2]
             step = int((beam_indices[0, 0] >= 0).sum()) - 1
             source_rows = beam_indices[..., step].reshape(-1).to(state.track.device, torch.long)
             state.track.copy_(state.track.index_select(0, source_rows))
