@@ -9,7 +9,7 @@ Measured in one process, on the same inputs, median of ``--repeats`` (>= 5) runs
   the plain Qwen2 tokenizer of the same vocabulary.
 
 Targets (ratios CausalQwen / base): train step <= 1.15, peak memory <= 1.0, generate >= 0.85, tokenizer
->= 0.5. Sizes: ``tiny`` (H=64, 2 layers) and ``0.5b`` (the Qwen2.5-0.5B shape, random weights). Both
+>= 0.6. Sizes: ``tiny`` (H=64, 2 layers) and ``0.5b`` (the Qwen2.5-0.5B shape, random weights). Both
 models get identical backbones (same seed), so the ratios isolate what CausalQwen adds: the ``<NUM>``
 fusion, abduction, the Cauchy heads (``loc_S`` and ``scale_S = |W| scale_U'``: two vocabulary matmuls) and
 the chunked gated loss.
@@ -49,7 +49,7 @@ from common import (  # noqa: E402
     write_results,
 )
 
-TARGETS = {"train_step": 1.15, "peak_memory": 1.0, "generate": 0.85, "tokenizer": 0.5}
+TARGETS = {"train_step": 1.15, "peak_memory": 1.0, "generate": 0.85, "tokenizer": 0.6}
 
 # Backbone shapes. ``0.5b`` is Qwen2.5-0.5B's config (tied embeddings, 151,936 rows).
 SHAPES: dict[str, dict[str, Any]] = {

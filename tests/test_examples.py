@@ -72,4 +72,4 @@ def test_readme_tokenizer_round_trip_block_prints_what_its_comments_say(capsys):
             said.append(line[2:])
         elif line.startswith("print(") and "  # " in line:
             said.append(line.split("  # ", 1)[1])
-    assert len(said) == 3 and printed == said
+    assert len(said) == 4 and printed == said

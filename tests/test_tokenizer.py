@@ -26,7 +26,9 @@ def test_single_text_values_and_offsets(tiny_tokenizer):
 def test_batch_left_padding_tensors(tiny_tokenizer):
     enc = tiny_tokenizer(["a 1 b", "x is 2.5 and 3"], padding=True, padding_side="left", return_tensors="pt")
     assert enc["input_ids"].shape == enc["numeric_values"].shape == enc["attention_mask"].shape
-    assert enc["numeric_values"].dtype == torch.float32
+    assert enc["numeric_formats"].shape == enc["input_ids"].shape
+    # exact values (float64) for decode; the model casts them to its float32 value path
+    assert enc["numeric_values"].dtype == torch.float64 and enc["numeric_formats"].dtype == torch.long
     assert enc["attention_mask"][0, 0].item() == 0 and enc["numeric_values"][0, 0].item() == 0.0
     mask = enc["input_ids"] == tiny_tokenizer.num_token_id
     assert enc["numeric_values"][mask].tolist() == [1.0, 2.5, 3.0]
@@ -108,7 +110,7 @@ def test_data_collator_with_padding(tiny_tokenizer):
 
 def test_single_text_tensors_have_batch_axis(tiny_tokenizer):
     enc = tiny_tokenizer("a 1 b", return_tensors="pt", return_attention_mask=False)
-    assert set(enc) == {"input_ids", "numeric_values"}
+    assert set(enc) == {"input_ids", "numeric_values", "numeric_formats"}
     assert enc["input_ids"].shape == enc["numeric_values"].shape == (1, 4)
 
 
@@ -148,8 +150,7 @@ def test_pad_to_max_length_right(tiny_tokenizer):
 )
 def test_decoded_values_are_the_shortest_decimals_of_their_dtype(tiny_tokenizer, dtype, want):
     enc = tiny_tokenizer(["x is -7.4 or 1234.5 or 0.001. Give y."], return_tensors="pt")
-    assert enc["numeric_values"].dtype == torch.float32
-    values = enc["numeric_values"].to(dtype)
+    values = enc["numeric_values"].float().to(dtype)  # as values come out of the model
     assert tiny_tokenizer.decode(enc["input_ids"][0], numeric_values=values[0]) == want
     assert tiny_tokenizer.batch_decode(enc["input_ids"], numeric_values=values) == [want]
     if dtype == torch.float32:  # numpy float32 arrays too; plain lists keep every digit they hold

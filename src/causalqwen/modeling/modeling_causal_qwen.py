@@ -125,16 +125,27 @@ class CausalQwenOutput(ModelOutput):
 
 @dataclass
 class CausalQwenGenerateOutput(GenerateDecoderOnlyOutput):
-    """``GenerateDecoderOnlyOutput`` plus ``numeric_values`` [B, L] aligned with ``sequences``."""
+    """``GenerateDecoderOnlyOutput`` plus ``numeric_values`` and ``numeric_formats`` [B, L] aligned with
+    ``sequences`` (pass both to the tokenizer's ``decode``)."""
 
     numeric_values: torch.FloatTensor | None = None
+    numeric_formats: torch.LongTensor | None = None
 
 
 @dataclass
 class CausalQwenGenerateBeamOutput(GenerateBeamDecoderOnlyOutput):
-    """``GenerateBeamDecoderOnlyOutput`` plus ``numeric_values`` [B * num_return_sequences, L] of the beams."""
+    """``GenerateBeamDecoderOnlyOutput`` plus ``numeric_values`` and ``numeric_formats``
+    [B * num_return_sequences, L] of the beams."""
 
     numeric_values: torch.FloatTensor | None = None
+    numeric_formats: torch.LongTensor | None = None
+
+
+def _shortest_decimals(values: torch.Tensor) -> torch.Tensor:
+    """float32 ``values`` as float64 holding the shortest decimal that round-trips each (what it stands for)."""
+    flat = values.detach().cpu().numpy().reshape(-1)
+    decimals = [float(str(v)) if v != 0 else 0.0 for v in flat]
+    return torch.tensor(decimals, dtype=torch.float64).reshape(values.shape).to(values.device)
 
 
 def _output_fields(out: ModelOutput) -> dict:
@@ -320,8 +331,14 @@ class CausalQwenModel(RemoteCodeMixin, CausalQwenPreTrainedModel, Qwen2Model):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         numeric_values: torch.Tensor | None = None,
+        numeric_formats: torch.LongTensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        r"""
+        numeric_values (`torch.FloatTensor` [B, S], *optional*): value of each `<NUM>` input token (0 elsewhere).
+        numeric_formats (`torch.LongTensor` [B, S], *optional*): how each number was written (the tokenizer
+            returns it for its decode); accepted so that `model(**tokenizer(...))` works, not used.
+        """
         if input_ids is not None and inputs_embeds is None:
             inputs_embeds = embed_numbers(
                 self.embed_tokens(input_ids),
@@ -425,6 +442,7 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         numeric_values: torch.Tensor | None = None,
+        numeric_formats: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         numeric_labels: torch.Tensor | None = None,
         use_cache: bool | None = None,
@@ -437,7 +455,10 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         r"""
         cache (`Cache`, *optional*): the KV cache; also accepted as `past_key_values` (its name before transformers
             5.24, see `_compat.py`).
-        numeric_values (`torch.FloatTensor` [B, S], *optional*): value of each `<NUM>` input token (0 elsewhere).
+        numeric_values (`torch.FloatTensor` [B, S], *optional*): value of each `<NUM>` input token (0 elsewhere);
+            any float dtype (the tokenizer returns exact float64), cast to the float32 value path.
+        numeric_formats (`torch.LongTensor` [B, S], *optional*): how each number was written (for the tokenizer's
+            decode); accepted so that `model(**tokenizer(...))` works, not used.
         labels (`torch.LongTensor` [B, S], *optional*): unshifted target ids, -100 ignored (the model shifts).
         numeric_labels (`torch.FloatTensor` [B, S], *optional*): target values aligned with `labels`; defaults to
             `numeric_values` (in causal-LM training the input numbers are the targets).
@@ -650,11 +671,24 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         works: greedy, sampling, beam search and beam sampling (the value track is reordered with the beams),
         assisted and prompt-lookup decoding (drafts stop before their first ``<NUM>``, whose value is only
         known once the model has verified the token before it). With ``return_dict_in_generate=True`` the
-        output carries ``numeric_values`` aligned with ``sequences``.
+        output carries ``numeric_values`` and ``numeric_formats`` aligned with ``sequences``: the prompt's own
+        values (in their dtype: the tokenizer's float64 stay exact) and formats (``numeric_formats=`` from the
+        tokenizer, else 0), then the generated values (format 0); in a float64 track a generated float32 value
+        is stored as the shortest decimal that round-trips it (``-7.4``, not ``-7.400000095367432``).
         """
         self._refuse_hub_strategies(generation_config, kwargs)
         prompt = inputs if inputs is not None else kwargs.get("input_ids")
         numeric_values = kwargs.pop("numeric_values", None)
+        numeric_formats = kwargs.pop("numeric_formats", None)
+        if numeric_formats is not None and (
+            prompt is None
+            or not isinstance(numeric_formats, torch.Tensor)
+            or numeric_formats.shape != prompt.shape
+            or numeric_formats.is_floating_point()
+        ):
+            raise ValueError(
+                "numeric_formats must be an integer tensor with the shape of input_ids (the tokenizer returns it)"
+            )
         if prompt is None:
             if numeric_values is not None:
                 raise ValueError("numeric_values needs input_ids in generate")
@@ -675,7 +709,7 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
             numeric_values = torch.zeros(prompt.shape, dtype=torch.float32, device=prompt.device)
         else:
             check_numeric_values(numeric_values, prompt)
-            numeric_values = numeric_values.float()
+        prompt_values, numeric_values = numeric_values, numeric_values.float()
         # Saved and restored: an assistant model may be this very model, generating inside this call.
         outer_state, self._numeric_state = self._numeric_state, _NumericTrackState(track=numeric_values)
         try:
@@ -685,12 +719,40 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
             self._numeric_state = outer_state
         if isinstance(out, GenerateBeamDecoderOnlyOutput):
             values = self._beam_values(out, numeric_values, state.step_values)
-            return CausalQwenGenerateBeamOutput(**_output_fields(out), numeric_values=values)
-        if not isinstance(out, GenerateDecoderOnlyOutput):
+            output_class = CausalQwenGenerateBeamOutput
+        elif isinstance(out, GenerateDecoderOnlyOutput):
+            values = state.track[:, : out.sequences.shape[1]].to(out.sequences.device)
+            output_class = CausalQwenGenerateOutput
+        else:
             return out
-        track = state.track[:, : out.sequences.shape[1]].to(out.sequences.device)
-        values = torch.where(out.sequences == self.config.num_token_id, track, torch.zeros_like(track))
-        return CausalQwenGenerateOutput(**_output_fields(out), numeric_values=values)
+        values, formats = self._prompt_exact(out.sequences, values, prompt_values, numeric_formats)
+        return output_class(**_output_fields(out), numeric_values=values, numeric_formats=formats)
+
+    def _prompt_exact(
+        self,
+        sequences: torch.LongTensor,
+        values: torch.Tensor,
+        prompt_values: torch.Tensor,
+        prompt_formats: torch.LongTensor | None,
+    ) -> tuple[torch.Tensor, torch.LongTensor]:
+        """The value track of ``sequences`` with the prompt's own values (dtype and all) and formats put back.
+
+        The loop ran on a float32 copy of the prompt values; the caller's (the tokenizer's exact float64) are what
+        its decode needs to write the prompt back as written. Generated values are float32 predictions: in a
+        float64 track each is stored as the shortest decimal that round-trips it, the decimal it stands for.
+        """
+        rows, prompt_len = sequences.shape[0], prompt_values.shape[1]
+        per_prompt = rows // max(prompt_values.shape[0], 1)
+        dtype = torch.float64 if prompt_values.dtype == torch.float64 else torch.float32
+        exact = values.to(dtype)
+        if dtype == torch.float64 and exact.shape[1] > prompt_len:
+            exact[:, prompt_len:] = _shortest_decimals(values[:, prompt_len:].float())
+        exact[:, :prompt_len] = prompt_values.repeat_interleave(per_prompt, dim=0).to(exact.device, dtype)
+        is_num = sequences == self.config.num_token_id
+        formats = torch.zeros(sequences.shape, dtype=torch.long, device=sequences.device)
+        if prompt_formats is not None:
+            formats[:, :prompt_len] = prompt_formats.repeat_interleave(per_prompt, dim=0).to(formats.device)
+        return torch.where(is_num, exact, torch.zeros_like(exact)), torch.where(is_num, formats, 0)
 
     def _refuse_hub_strategies(self, generation_config: GenerationConfig | None, kwargs: dict) -> None:
         """Contrastive search, group and constrained beam search and DoLa moved to Hub repos (``custom_generate``)

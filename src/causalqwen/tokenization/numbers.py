@@ -25,24 +25,34 @@ docs/tokenization.md for the full table):
   ``%`` and currency signs stay text; values that overflow a float32 (``1e39``, ``1e999``) stay text, so no
   inf ever reaches the model's float32 value path.
 
-Every :class:`NumberSpan` keeps its surface string, so :func:`restore_numbers` rebuilds the text exactly;
-:func:`format_number` is the canonical text of a *generated* value.
+* A number is a number only if its written form can be rebuilt from its float64 value and a
+  :class:`NumberFormat` (sign, digit script, thousands separators, leading zeros, decimals written, exponent):
+  digit strings a float64 cannot hold (a 22-digit ID, ``0.10000000000000000001``), more than 15 leading
+  zeros or 31 decimals stay text. This is what makes the tokenizer's round trip lossless.
+
+Every :class:`NumberSpan` keeps its surface string and its format, so :func:`restore_numbers` rebuilds the
+text exactly and :func:`render_value` writes an unchanged value back as it was written (and a changed one in
+the same style); :func:`format_number` is the canonical text of a *generated* value.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
-from decimal import Decimal
+from dataclasses import dataclass, fields
+from decimal import Context, Decimal
+from functools import cache, cached_property
 
 __all__ = [
     "NUM_TOKEN",
+    "SPACE_BEFORE_BIT",
+    "NumberFormat",
     "NumberSpan",
     "extract_numbers",
     "format_number",
     "parse_number",
     "render_numbers",
+    "render_value",
     "restore_numbers",
     "split_numbers",
 ]
@@ -57,21 +67,23 @@ _GLUE = "A-Za-z0-9_\uff10-\uff19\uff21-\uff3a\uff41-\uff5a"
 _TAIL_GLUE = "0-9_\uff10-\uff19"
 _NUMBER = re.compile(
     rf"""
+    (?=[0-9\uff10-\uff19+\-{_MINUS}.])  # every alternative starts so: other positions fail at once
+    (?:
     (?P<version>(?<![{_GLUE}.]){_DIGIT}+(?:\.{_DIGIT}+){{2,}}(?![{_GLUE}]))
     |
     (?P<code>(?<![{_GLUE}.])0[xXbBoO][0-9A-Fa-f_]+)
     |
     (?<![{_GLUE}.])
     (?P<number>
-        (?:(?<![{_GLUE})\]])[+\-{_MINUS}])?
+        (?P<sign>(?<![{_GLUE})\]])[+\-{_MINUS}])?
         (?:
-            {_DIGIT}{{1,3}}(?:,{_DIGIT}{{3}})+(?!{_DIGIT})(?:\.{_DIGIT}+)?
-            | {_DIGIT}+(?:\.{_DIGIT}+)?
-            | \.{_DIGIT}+
+            (?P<int>{_DIGIT}{{1,3}}(?:,{_DIGIT}{{3}})+(?!{_DIGIT}) | {_DIGIT}+)(?:\.(?P<frac>{_DIGIT}+))?
+            | \.(?P<dotfrac>{_DIGIT}+)
         )
-        (?:[eE][+\-]?{_DIGIT}+)?
+        (?:(?P<e>[eE])(?P<esign>[+\-]?)(?P<exp>{_DIGIT}+))?
     )
     (?![{_TAIL_GLUE}])(?!\.{_DIGIT})
+    )
     """,
     re.VERBOSE,
 )
@@ -81,13 +93,213 @@ _FULLWIDTH_TO_ASCII = str.maketrans({chr(0xFF10 + i): str(i) for i in range(10)}
 
 
 @dataclass(frozen=True)
+class NumberFormat:
+    """How a number was written, apart from its value: enough to write the same value back byte for byte.
+
+    Packed into one non-negative integer (:attr:`code`, 31 bits) that travels beside ``numeric_values`` as
+    ``numeric_formats``; code 0 means "no written form" (a generated value: canonical text).
+
+    * ``space_before``: one ASCII space stood right before the number (the tokenizer absorbs it into
+      ``<NUM>`` instead of spending a lone space token);
+    * ``sign``: ``""``, ``"+"``, ``"-"`` or ``"\u2212"`` as written (a negative value always gets a minus,
+      in the written minus character when there was one);
+    * ``fullwidth``: digits were full-width (``１２３``);
+    * ``grouping``: thousands separators (``1,234``);
+    * ``zero_pad``: width of an integer part written with leading zeros (``007`` -> 3), 0 otherwise;
+    * ``leading_dot``: ``.5`` rather than ``0.5``;
+    * ``decimals``: digits written after the point (``3.50`` -> 2), trailing zeros included;
+    * ``exp_char``, ``exp_plus``, ``exp_width``, ``exponent``: an exponent (``e``/``E``), written with an
+      explicit ``+``, zero-padded to ``exp_width`` digits (``1e-05``), and its value.
+    """
+
+    space_before: bool = False
+    sign: str = ""
+    fullwidth: bool = False
+    grouping: bool = False
+    zero_pad: int = 0
+    leading_dot: bool = False
+    decimals: int = 0
+    exp_char: str = ""
+    exp_plus: bool = False
+    exp_width: int = 0
+    exponent: int = 0
+
+    @cached_property
+    def code(self) -> int:
+        """The packed integer (always odd: bit 0 marks a written form, so 0 can mean none)."""
+        if not _fits(self):
+            raise ValueError(f"{self} does not fit a format code (e.g. more than {_MAX_DECIMALS} decimals)")
+        code, shift = 1, 1
+        for name, bits, encode, _ in _PACKING:
+            code |= encode(getattr(self, name)) << shift
+            shift += bits
+        return code
+
+    @classmethod
+    def from_code(cls, code: int) -> NumberFormat | None:
+        """The format of a packed code; ``None`` for 0 (no written form)."""
+        code = int(code)
+        if code == 0:
+            return None
+        if code < 0 or not code & 1 or code >> _CODE_BITS:
+            raise ValueError(f"{code} is not a number format code (odd, below 2**{_CODE_BITS})")
+        values, shift = {}, 1
+        for name, bits, _, decode in _PACKING:
+            values[name] = decode((code >> shift) & ((1 << bits) - 1))
+            shift += bits
+        return cls(**values)
+
+
+_SIGNS = ("", "+", "-", _MINUS)
+_EXP_CHARS = ("", "e", "E")
+# (field, bits, encode, decode): the layout of NumberFormat.code after the presence bit.
+_PACKING = (
+    ("space_before", 1, int, bool),
+    ("sign", 2, _SIGNS.index, _SIGNS.__getitem__),
+    ("fullwidth", 1, int, bool),
+    ("grouping", 1, int, bool),
+    ("zero_pad", 4, int, int),
+    ("leading_dot", 1, int, bool),
+    ("decimals", 5, int, int),
+    ("exp_char", 2, _EXP_CHARS.index, _EXP_CHARS.__getitem__),
+    ("exp_plus", 1, int, bool),
+    ("exp_width", 2, int, int),
+    ("exponent", 10, lambda e: e + 512, lambda e: e - 512),
+)
+_CODE_BITS = 1 + sum(bits for _, bits, _, _ in _PACKING)
+SPACE_BEFORE_BIT = 1 << 1  # space_before is the first field after the presence bit
+_MAX_DECIMALS = 31
+assert [f.name for f in fields(NumberFormat)] == [name for name, *_ in _PACKING]
+
+_FULLWIDTH_DIGITS = str.maketrans({str(i): chr(0xFF10 + i) for i in range(10)})
+_WIDE = Context(prec=2000)
+
+
+def describe_number(surface: str, value: float) -> NumberFormat | None:
+    """The format of a number's surface, or ``None`` when ``value`` and a format cannot rebuild it exactly."""
+    match = _NUMBER.fullmatch(surface)
+    if match is None or match.group("number") is None:
+        return None
+    return _describe(match, value)
+
+
+def _describe(match: re.Match, value: float) -> NumberFormat | None:
+    """:func:`describe_number` from a match of ``_NUMBER`` (its named parts)."""
+    parts = match.groupdict("")
+    parts["frac"] = parts["frac"] or parts["dotfrac"]
+    if _is_plain(parts):
+        return _plain_format(len(parts["frac"]))
+    surface = match.group("number")
+    digits = parts["int"].replace(",", "") + parts["frac"] + parts["exp"]
+    wide = not digits.isascii()
+    if wide and not all(c > "9" for c in digits):
+        return None  # one number in two digit scripts: not rebuildable, so not a number
+    integer = parts["int"].replace(",", "").translate(_FULLWIDTH_TO_ASCII)
+    exponent = parts["exp"].translate(_FULLWIDTH_TO_ASCII)
+    zero_pad = len(integer) if len(integer) > 1 and integer.startswith("0") else 0
+    exp_width = len(exponent) if len(exponent) > 1 and exponent.startswith("0") else 0
+    exp_value = int(parts["esign"] + exponent) if exponent else 0
+    decimals = len(parts["frac"])
+    if zero_pad > 15 or decimals > _MAX_DECIMALS or exp_width > 3 or not -512 <= exp_value < 512:
+        return None  # beyond what the packed code holds (see _PACKING)
+    key = (parts["sign"], wide, "," in parts["int"], zero_pad, not integer, decimals)
+    key += (parts["e"], parts["esign"] == "+", exp_width, exp_value)
+    fmt = _INTERNED.get(key)
+    if fmt is None:
+        if len(_INTERNED) > 4096:
+            _INTERNED.clear()
+        fmt = _INTERNED[key] = NumberFormat(*((False,) + key))
+    significant = (integer + parts["frac"].translate(_FULLWIDTH_TO_ASCII)).lstrip("0")
+    # <= 15 significant digits round-trip a float64 (DBL_DIG), so the rebuild is exact, except for subnormal
+    # values and an exponent written "-0" (the one written form the format cannot say).
+    exact = len(significant) <= 15 and (value == 0 or abs(value) >= _SMALLEST_NORMAL)
+    if exact and not (exponent and exp_value == 0 and parts["esign"] == "-"):
+        return fmt
+    return fmt if render_value(value, fmt) == surface else None
+
+
+def _is_plain(parts: dict[str, str]) -> bool:
+    """An unsigned ASCII integer or decimal, no separators, leading zeros or exponent, at most 15 digits
+    (DBL_DIG: it round-trips a float64): the common case, which skips the rebuild check."""
+    integer = parts["int"]
+    return (
+        not (parts["sign"] or parts["e"])
+        and integer.isascii()
+        and parts["frac"].isascii()
+        and "," not in integer
+        and (integer[:1] not in ("0", "") or integer == "0")
+        and len(integer) + len(parts["frac"]) <= 15
+    )
+
+
+# One shared NumberFormat per distinct written form (keyed by its fields), so each packs its code once.
+_INTERNED: dict[tuple, NumberFormat] = {}
+_SMALLEST_NORMAL = 2.2250738585072014e-308
+
+
+@cache
+def _plain_format(decimals: int) -> NumberFormat:
+    return NumberFormat(decimals=decimals)
+
+
+def _fits(fmt: NumberFormat) -> bool:
+    """Every field of ``fmt`` fits its bits in the packed code (e.g. at most 31 decimals)."""
+    return all(0 <= encode(getattr(fmt, name)) < 1 << bits for name, bits, encode, _ in _PACKING)
+
+
+def render_value(value: float, fmt: NumberFormat | None = None) -> str:
+    """``value`` written in ``fmt`` (canonical :func:`format_number` when ``fmt`` is ``None``).
+
+    The value is taken as the shortest decimal that round-trips it (``repr``), so pass floats that mean the
+    decimal they print as. At least ``fmt.decimals`` decimals are written, more when the value needs them (a
+    changed value never loses digits); leading zeros, separators, sign style, exponent and digit script follow
+    ``fmt``. A value the style cannot hold positionally (more than 31 decimals) falls back to canonical text.
+    ``space_before`` is not written here (the tokenizer's decode does it).
+    """
+    if fmt is None:
+        return format_number(value)
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"cannot write a non-finite value: {value}")
+    negative = math.copysign(1.0, value) < 0
+    magnitude = Decimal(repr(abs(value)))
+    if fmt.exp_char:
+        magnitude = magnitude.scaleb(-fmt.exponent, _WIDE)
+    decimals = max(fmt.decimals, -min(0, magnitude.normalize(_WIDE).as_tuple().exponent))
+    if decimals > _MAX_DECIMALS:
+        return format_number(value)
+    integer, _, fraction = format(
+        magnitude.quantize(Decimal(1).scaleb(-decimals), context=_WIDE), "f"
+    ).partition(".")
+    integer = integer.zfill(fmt.zero_pad)
+    if fmt.leading_dot and integer == "0":
+        integer = ""
+    if fmt.grouping:
+        head = len(integer) % 3 or 3
+        integer = ",".join([integer[:head]] + [integer[i : i + 3] for i in range(head, len(integer), 3)])
+    body = integer + ("." + fraction if fraction else "")
+    if fmt.exp_char:
+        exp_sign = "-" if fmt.exponent < 0 else "+" if fmt.exp_plus else ""
+        body += fmt.exp_char + exp_sign + str(abs(fmt.exponent)).zfill(fmt.exp_width)
+    if fmt.fullwidth:
+        body = body.translate(_FULLWIDTH_DIGITS)
+    if negative:
+        sign = fmt.sign if fmt.sign in ("-", _MINUS) else "-"
+    else:
+        sign = "+" if fmt.sign == "+" else ""
+    return sign + body
+
+
+@dataclass(frozen=True)
 class NumberSpan:
-    """One number found in a text: ``text[start:end] == surface`` and ``value`` is what it means."""
+    """One number found in a text: ``text[start:end] == surface``, ``value`` is what it means and ``format``
+    how it was written (``render_value(value, format) == surface``)."""
 
     start: int
     end: int
     surface: str
     value: float
+    format: NumberFormat = NumberFormat()
 
 
 def parse_number(surface: str) -> float:
@@ -117,8 +329,11 @@ def extract_numbers(text: str) -> list[NumberSpan]:
         if surface is None:
             continue  # a version string: text
         value = float(surface.translate(_FULLWIDTH_TO_ASCII))
-        if _representable(value):
-            spans.append(NumberSpan(match.start(), match.end(), surface, value))
+        if not _representable(value):
+            continue
+        fmt = _describe(match, value)
+        if fmt is not None:
+            spans.append(NumberSpan(match.start(), match.end(), surface, value, fmt))
     return spans
 
 

@@ -4,19 +4,23 @@ It subclasses transformers' tokenizers-backed ``Qwen2Tokenizer`` so that ``save_
 chat templates, collators and the Trainer keep working; only text in and text out change:
 
 * ``__call__`` splits numbers out of each text (grammar in ``numbers.py``), tokenizes the templates, and
-  returns ``numeric_values`` (float, 0 where the token is not ``<NUM>``) aligned with ``input_ids``. Each
-  number is one ``<NUM>`` token, so truncation keeps or drops a number together with its value.
-* ``decode``/``batch_decode`` take ``numeric_values=`` and write those values (canonical formatting) in
-  place of ``<NUM>``.
+  returns ``numeric_values`` (the exact float64 value, 0 where the token is not ``<NUM>``) and
+  ``numeric_formats`` (how the number was written, :class:`~.numbers.NumberFormat` packed in an int, 0
+  elsewhere) aligned with ``input_ids``. Each number is one ``<NUM>`` token, so truncation keeps or drops a
+  number together with its value and format.
+* ``decode``/``batch_decode`` take ``numeric_values=`` (and ``numeric_formats=``) and write those values in
+  place of ``<NUM>``: with the formats, an unchanged value comes back byte for byte as it was written and a
+  changed one in the same style; without (generated numbers), as the shortest decimal of its dtype.
 
-``<NUM>`` is a special added token with ``lstrip=True``: the space before a number is absorbed instead of
-becoming a lone space token. Decoding therefore re-inserts one space before a number when the text before
-it ends in a non-CJK letter or digit or in ``, ; ! ? ) ] } %`` (see docs/tokenization.md).
+One ASCII space right before a number is absorbed into its ``<NUM>`` (recorded in the format) instead of
+becoming a lone space token; any other whitespace stays ordinary text. ``<NUM>`` itself is added without
+``lstrip`` so that it never swallows whitespace the format did not record (see docs/tokenization.md).
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import tempfile
 import unicodedata
@@ -28,7 +32,7 @@ from transformers.tokenization_utils_base import BatchEncoding, PaddingStrategy
 
 from ..configuration.configuration_causal_qwen import QWEN25_NUM_TOKEN_ID
 from ..remote_code import RemoteCodeMixin
-from .numbers import NUM_TOKEN, format_number, split_numbers
+from .numbers import NUM_TOKEN, SPACE_BEFORE_BIT, NumberFormat, NumberSpan, extract_numbers, render_value
 
 __all__ = ["NUM_TOKEN", "QWEN25_NUM_TOKEN_ID", "CausalQwenTokenizer", "add_num_token"]
 
@@ -45,13 +49,17 @@ def add_num_token(tokenizer) -> int:
     if NUM_TOKEN in tokenizer.get_vocab():
         return tokenizer.convert_tokens_to_ids(NUM_TOKEN)
     before = len(tokenizer)
-    tokenizer.add_tokens(
-        [AddedToken(NUM_TOKEN, special=True, lstrip=True, normalized=False)], special_tokens=True
-    )
+    tokenizer.add_tokens([_num_added_token()], special_tokens=True)
     num_id = tokenizer.convert_tokens_to_ids(NUM_TOKEN)
     if before == _QWEN25_LEN and num_id != QWEN25_NUM_TOKEN_ID:
         raise ValueError(f"<NUM> got id {num_id} in a Qwen2.5 vocabulary, expected {QWEN25_NUM_TOKEN_ID}")
     return num_id
+
+
+def _num_added_token() -> AddedToken:
+    # No lstrip: the tokenizer absorbs exactly one ASCII space itself and records it in the number's format, so
+    # decode restores it; lstrip would swallow any whitespace run (a newline, two spaces) unrecorded.
+    return AddedToken(NUM_TOKEN, special=True, lstrip=False, normalized=False)
 
 
 def _wants_space(previous: str) -> bool:
@@ -66,11 +74,14 @@ def _wants_space(previous: str) -> bool:
 
 
 class CausalQwenTokenizer(RemoteCodeMixin, Qwen2Tokenizer):
-    model_input_names = ["input_ids", "attention_mask", "numeric_values"]
+    model_input_names = ["input_ids", "attention_mask", "numeric_values", "numeric_formats"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.num_token_id = add_num_token(self)
+        if self.added_tokens_decoder[self.num_token_id].lstrip:
+            # Saved by causalqwen < 0.3 (<NUM> with lstrip): re-register without it, same id.
+            self._tokenizer.add_special_tokens([_num_added_token()])
 
     @classmethod
     def from_qwen2(cls, qwen2_tokenizer) -> CausalQwenTokenizer:
@@ -110,8 +121,8 @@ class CausalQwenTokenizer(RemoteCodeMixin, Qwen2Tokenizer):
         for item in texts + (pairs or []):
             if not isinstance(item, str):
                 raise TypeError(f"texts must be str, got {type(item).__name__}")
-        split_a = [split_numbers(t) for t in texts]
-        split_b = [split_numbers(t) for t in pairs] if pairs else None
+        split_a = [_split(t) for t in texts]  # (template, spans, spaces) per text
+        split_b = [_split(t) for t in pairs] if pairs else None
 
         pad_kwargs = {
             key: kwargs.pop(key)
@@ -128,58 +139,73 @@ class CausalQwenTokenizer(RemoteCodeMixin, Qwen2Tokenizer):
             pad_kwargs["max_length"] = kwargs["max_length"]
         want_offsets = kwargs.pop("return_offsets_mapping", False)
         encoded = super().__call__(
-            [t for t, _ in split_a],
-            [t for t, _ in split_b] if split_b else None,
-            return_offsets_mapping=True,
+            [t for t, _, _ in split_a],
+            [t for t, _, _ in split_b] if split_b else None,
+            return_offsets_mapping=want_offsets,  # the encodings hold the template offsets either way
             return_attention_mask=True,
             **kwargs,
         )
         rows = {key: list(value) for key, value in encoded.items()}
-        rows["numeric_values"] = []
+        rows["numeric_values"], rows["numeric_formats"] = [], []
         for i, encoding in enumerate(encoded.encodings):
-            spans = (split_a[i][1], split_b[i][1] if split_b else [])
-            values, offsets = self._align(
-                encoding, rows["input_ids"][i], spans, (split_a[i][0], split_b and split_b[i][0])
-            )
+            sides = (split_a[i], split_b[i] if split_b else ("", [], []))
+            values, formats, offsets = self._align(encoding, rows["input_ids"][i], sides, want_offsets)
             rows["numeric_values"].append(values)
-            rows["offset_mapping"][i] = offsets
-        if not want_offsets:
-            rows.pop("offset_mapping")
+            rows["numeric_formats"].append(formats)
+            if want_offsets:
+                rows["offset_mapping"][i] = offsets
         if pad_kwargs.get("return_attention_mask") is False:
             rows.pop("attention_mask")
         if not batched and pad_kwargs.get("return_tensors") is None:
             # Like transformers: a single text gives flat lists, but tensors always have a batch axis.
             rows = {key: value[0] for key, value in rows.items()}
+        if pad_kwargs.get("padding", False) in _NO_PADDING and pad_kwargs.get("return_tensors") is None:
+            return BatchEncoding(rows)  # nothing to pad or convert: skip pad's per-row pass
         return self.pad(rows, **{"padding": False, **pad_kwargs})
 
-    def _align(self, encoding, ids, spans, templates):
-        """Values and original-text offsets of one encoded sequence (from the template offsets)."""
-        ends = [_placeholder_ends(template) for template in templates]
-        # shifts[seq][k]: how much longer the original text is than the template after k numbers.
+    def _align(self, encoding, ids, sides, want_offsets):
+        """Values, format codes and (when wanted) original-text offsets of one encoded sequence, from the
+        template offsets; ``sides`` holds the (template, spans, spaces) of the text and of its pair."""
+        ends = [_placeholder_ends(template) for template, _, _ in sides]
+        values, formats = [0.0] * len(ids), [0] * len(ids)
+        sequence_ids, token_offsets = encoding.sequence_ids, encoding.offsets
+        num_positions = [i for i, token_id in enumerate(ids) if token_id == self.num_token_id]
+        for position in num_positions:
+            seq = sequence_ids[position]
+            if seq is None:
+                continue
+            # The placeholder's end finds the number (truncation may have dropped some before it).
+            k = bisect.bisect_left(ends[seq], token_offsets[position][1])
+            values[position] = sides[seq][1][k].value
+            formats[position] = sides[seq][1][k].format.code | (SPACE_BEFORE_BIT if sides[seq][2][k] else 0)
+        return values, formats, self._offsets(encoding, ids, sides, ends) if want_offsets else None
+
+    def _offsets(self, encoding, ids, sides, ends):
+        """Offsets into the original texts: a ``<NUM>`` spans its number's surface, other tokens shift by how much
+        longer the text is than the template before them."""
+        # shifts[seq][k]: the length difference after k numbers (each number replaced its surface, and the space
+        # it absorbed, by the placeholder).
         shifts = [
-            list(itertools.accumulate((len(s.surface) - len(NUM_TOKEN) for s in sp), initial=0))
-            for sp in spans
+            list(
+                itertools.accumulate(
+                    (len(s.surface) + space - len(NUM_TOKEN) for s, space in zip(sp, spaces)), initial=0
+                )
+            )
+            for _, sp, spaces in sides
         ]
-        values = [0.0] * len(ids)
         offsets = []
-        for position, (token_id, seq, (start, end)) in enumerate(
-            zip(ids, encoding.sequence_ids, encoding.offsets)
-        ):
+        for token_id, seq, (start, end) in zip(ids, encoding.sequence_ids, encoding.offsets):
             if seq is None:
                 offsets.append((0, 0))
             elif token_id == self.num_token_id:
-                # lstrip may widen the token's start over a space; its end is the placeholder's end.
-                span = spans[seq][bisect.bisect_left(ends[seq], end)]
-                values[position] = span.value
+                span = sides[seq][1][bisect.bisect_left(ends[seq], end)]
                 offsets.append((span.start, span.end))
             else:
                 shift = shifts[seq][bisect.bisect_right(ends[seq], start)]
                 offsets.append((start + shift, end + shift))
-        return values, offsets
+        return offsets
 
     def _pad(self, encoded_inputs, max_length=None, padding_strategy=PaddingStrategy.DO_NOT_PAD, **kwargs):
-        values = encoded_inputs.get("numeric_values")
-        offsets = encoded_inputs.get("offset_mapping")
         before = len(encoded_inputs[self.model_input_names[0]])
         padded = super()._pad(
             encoded_inputs, max_length=max_length, padding_strategy=padding_strategy, **kwargs
@@ -187,45 +213,117 @@ class CausalQwenTokenizer(RemoteCodeMixin, Qwen2Tokenizer):
         extra = len(padded[self.model_input_names[0]]) - before
         if extra:
             left = (kwargs.get("padding_side") or self.padding_side) == "left"
-            for key, fill in (("numeric_values", 0.0), ("offset_mapping", (0, 0))):
-                row = values if key == "numeric_values" else offsets
+            for key, fill in _PAD_FILL.items():
+                row = encoded_inputs.get(key)
                 if row is not None:
                     padded[key] = [fill] * extra + list(row) if left else list(row) + [fill] * extra
         return padded
 
+    def pad(self, encoded_inputs, *args, return_tensors=None, **kwargs) -> BatchEncoding:
+        """``PreTrainedTokenizerBase.pad`` that keeps ``numeric_values`` float64 in tensors (exact values: the
+        decoded text is the written number); the model casts them to its float32 value path."""
+        if len(args) > 5:  # positional return_tensors (padding, max_length, multiple, side, mask, tensors)
+            args, return_tensors = args[:5] + args[6:], args[5]
+        padded = super().pad(encoded_inputs, *args, return_tensors=None, **kwargs)
+        if return_tensors is None:
+            return padded
+        values = padded.get("numeric_values")
+        if values is not None and not hasattr(values, "dtype"):
+            # ragged rows stay lists: the conversion below raises transformers' own padding advice
+            with contextlib.suppress(ValueError):
+                padded["numeric_values"] = np.asarray(values, dtype=np.float64)
+        return BatchEncoding(padded.data, tensor_type=return_tensors)
+
     # ----------------------------------------------------------------------------------------- decoding
-    def decode(self, token_ids, skip_special_tokens: bool = False, numeric_values=None, **kwargs) -> str:
-        """Text of ``token_ids``; with ``numeric_values`` (aligned with the ids) numbers replace ``<NUM>``."""
+    def decode(
+        self,
+        token_ids,
+        skip_special_tokens: bool = False,
+        numeric_values=None,
+        numeric_formats=None,
+        **kwargs,
+    ) -> str:
+        """Text of ``token_ids``; with ``numeric_values`` (aligned with the ids) numbers replace ``<NUM>``.
+
+        With ``numeric_formats`` (what ``__call__`` and ``generate`` return) each number is written as it was:
+        ``decode(**tok(text)) == text`` byte for byte. Without, or where the code is 0 (a generated number),
+        the value is written as the shortest decimal of its dtype, with one space before it after a letter,
+        digit or ``, ; ! ? ) ] } %``.
+        """
         if numeric_values is None:
+            if numeric_formats is not None:
+                raise ValueError("numeric_formats needs numeric_values (the formats say how to write them)")
             return super().decode(token_ids, skip_special_tokens=skip_special_tokens, **kwargs)
         ids = _to_list(token_ids)
         values = _decimal_values(numeric_values)
-        if len(ids) != len(values):
-            raise ValueError(f"numeric_values has {len(values)} entries but token_ids has {len(ids)}")
+        codes = [0] * len(ids) if numeric_formats is None else _to_list(numeric_formats)
+        for name, column in (("numeric_values", values), ("numeric_formats", codes)):
+            if len(column) != len(ids):
+                raise ValueError(f"{name} has {len(column)} entries but token_ids has {len(ids)}")
         text, segment = "", []
-        for token_id, value in zip(ids, values):
+        for token_id, value, code in zip(ids, values, codes):
             if token_id != self.num_token_id:
                 segment.append(token_id)
                 continue
             text += super().decode(segment, skip_special_tokens=skip_special_tokens, **kwargs)
             segment = []
-            text += (" " if _wants_space(text) else "") + format_number(value)
+            fmt = NumberFormat.from_code(code)
+            space = _wants_space(text) if fmt is None else fmt.space_before
+            text += (" " if space else "") + render_value(value, fmt)
         return text + super().decode(segment, skip_special_tokens=skip_special_tokens, **kwargs)
 
     def batch_decode(
-        self, sequences, skip_special_tokens: bool = False, numeric_values=None, **kwargs
+        self,
+        sequences,
+        skip_special_tokens: bool = False,
+        numeric_values=None,
+        numeric_formats=None,
+        **kwargs,
     ) -> list[str]:
         if numeric_values is None:
+            if numeric_formats is not None:
+                raise ValueError("numeric_formats needs numeric_values (the formats say how to write them)")
             return super().batch_decode(sequences, skip_special_tokens=skip_special_tokens, **kwargs)
         sequences = _to_list(sequences)
         # Rows stay tensors/arrays (not lists) so that decode sees their dtype (see _decimal_values).
-        numeric_values = [numeric_values[i] for i in range(len(numeric_values))]
-        if len(sequences) != len(numeric_values):
-            raise ValueError(f"{len(sequences)} sequences but {len(numeric_values)} rows of numeric_values")
+        rows = {"numeric_values": numeric_values, "numeric_formats": numeric_formats}
+        rows = {k: None if v is None else [v[i] for i in range(len(v))] for k, v in rows.items()}
+        for name, column in rows.items():
+            if column is not None and len(column) != len(sequences):
+                raise ValueError(f"{len(sequences)} sequences but {len(column)} rows of {name}")
+        formats = rows["numeric_formats"] or [None] * len(sequences)
         return [
-            self.decode(ids, skip_special_tokens=skip_special_tokens, numeric_values=vals, **kwargs)
-            for ids, vals in zip(sequences, numeric_values)
+            self.decode(
+                ids,
+                skip_special_tokens=skip_special_tokens,
+                numeric_values=vals,
+                numeric_formats=fmts,
+                **kwargs,
+            )
+            for ids, vals, fmts in zip(sequences, rows["numeric_values"], formats)
         ]
+
+
+_NO_PADDING = (False, None, "do_not_pad", PaddingStrategy.DO_NOT_PAD)
+_PAD_FILL = {"numeric_values": 0.0, "numeric_formats": 0, "offset_mapping": (0, 0)}
+
+
+def _split(text: str) -> tuple[str, list[NumberSpan], list[bool]]:
+    """``text`` with each number (and one ASCII space right before it) replaced by ``<NUM>``, the numbers, and
+    whether each absorbed a space (recorded in its format code, so decode puts it back)."""
+    if NUM_TOKEN in text:
+        raise ValueError(
+            f"the text contains the literal {NUM_TOKEN}, the placeholder the tokenizer puts where numbers were; "
+            "it cannot be told apart from a number: remove or rewrite it"
+        )
+    pieces, spans, spaces, cursor = [], extract_numbers(text), [], 0
+    for span in spans:
+        space = span.start > cursor and text[span.start - 1] == " "
+        pieces += [text[cursor : span.start - space], NUM_TOKEN]
+        spaces.append(space)
+        cursor = span.end
+    pieces.append(text[cursor:])
+    return "".join(pieces), spans, spaces
 
 
 def _placeholder_ends(template: str | None) -> list[int]:

@@ -7,9 +7,12 @@ pad id, because Qwen's pad token is also its EOS token, which a target ends with
 
 Decisions: ``input_ids`` is the only required column (a missing ``attention_mask`` means all ones, missing
 ``numeric_values`` all zeros); ``labels``/``numeric_labels`` are batched when every row has them and an error
-when only some do. Other keys (``prompt``, ``value``...) are left out: the output holds forward arguments
-only. Values become float32 (the model's value path runs in float32); any NaN/inf raises here, naming the
-row, instead of failing later inside the loss.
+when only some do; so are ``numeric_formats`` (the tokenizer's format codes, padded with 0, for decoding a
+batch back to its exact text). Other keys (``prompt``, ``value``...) are left out: the output holds forward
+arguments only. Values become float32 (the model's value path runs in float32, and every device has it,
+MPS included); any NaN/inf raises here, naming the row, instead of failing later inside the loss. To decode
+a batch back to the exact text of numbers beyond float32's 7 digits, pad with the tokenizer instead
+(``tokenizer.pad`` keeps the exact float64 values).
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ _COLUMNS = {
     "numeric_values": (0.0, torch.float32),
     "labels": (IGNORE_INDEX, torch.long),
     "numeric_labels": (0.0, torch.float32),
+    "numeric_formats": (0, torch.long),
 }
-_OPTIONAL = ("labels", "numeric_labels")
+_OPTIONAL = ("labels", "numeric_labels", "numeric_formats")
 
 
 class NumericDataCollator:
