@@ -278,3 +278,20 @@ def test_tokenizer_saved_with_lstrip_num_loads_without_it(tiny_tokenizer, tmp_pa
     assert loaded.num_token_id == tiny_tokenizer.num_token_id
     assert not loaded.added_tokens_decoder[loaded.num_token_id].lstrip
     assert round_trip(loaded, "a\n5 and  6") == "a\n5 and  6"
+
+
+def test_training_rows_decode_back_to_prompt_and_target(tiny_tokenizer):
+    from datasets import Dataset
+
+    from causalqwen.training.data import tokenize_numeric_dataset
+
+    rows = Dataset.from_dict(
+        {"prompt": ["Price 1,250.00 at 07:30."], "target": [" Total is 2,500.00."], "value": [2500.0]}
+    )
+    row = tokenize_numeric_dataset(rows, tiny_tokenizer)[0]
+    assert (
+        tiny_tokenizer.decode(
+            row["input_ids"], numeric_values=row["numeric_values"], numeric_formats=row["numeric_formats"]
+        )
+        == "Price 1,250.00 at 07:30. Total is 2,500.00." + tiny_tokenizer.eos_token
+    )

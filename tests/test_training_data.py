@@ -194,7 +194,14 @@ def test_tokenize_labels_and_values(tiny_tokenizer):
     assert out["numeric_labels"][label_at] == 12.0
     unmasked = tokenize_numeric_dataset(rows, tiny_tokenizer, mask_prompt=False, add_eos=False)[0]
     assert unmasked["labels"] == unmasked["input_ids"] == prompt["input_ids"] + target["input_ids"]
-    assert sorted(unmasked) == ["attention_mask", "input_ids", "labels", "numeric_labels", "numeric_values"]
+    assert sorted(unmasked) == [
+        "attention_mask",
+        "input_ids",
+        "labels",
+        "numeric_formats",
+        "numeric_labels",
+        "numeric_values",
+    ]
 
 
 def test_tokenize_dataset_dict_keeps_splits(tiny_tokenizer):

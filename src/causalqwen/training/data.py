@@ -325,7 +325,8 @@ def tokenize_numeric_dataset(
     add_eos: bool = True,
 ) -> Dataset | DatasetDict:
     """Rows (``prompt``, ``target``[, ``value``]) -> ``input_ids``, ``attention_mask``, ``numeric_values``,
-    ``labels``, ``numeric_labels`` (unpadded; the model shifts labels itself).
+    ``numeric_formats``, ``labels``, ``numeric_labels`` (unpadded; the model shifts labels itself).
+    ``numeric_formats`` (how each number was written) lets the tokenizer decode a row back to its exact text.
 
     Prompt and target are tokenized separately and concatenated, so the boundary never merges tokens and
     the target's tokens are the same whatever the prompt. ``labels`` are the ids, ``-100`` on the prompt when
@@ -368,25 +369,34 @@ def tokenize_numeric_dataset(
         prompts = tokenizer(batch["prompt"], add_special_tokens=False)
         targets = tokenizer(batch["target"], add_special_tokens=False)
         values = batch["value"] if "value" in batch else [None] * len(indices)
-        out = {
-            key: [] for key in ("input_ids", "attention_mask", "numeric_values", "labels", "numeric_labels")
-        }
+        columns = (
+            "input_ids",
+            "attention_mask",
+            "numeric_values",
+            "numeric_formats",
+            "labels",
+            "numeric_labels",
+        )
+        out = {key: [] for key in columns}
         for i, row in enumerate(indices):
             t_ids = list(targets["input_ids"][i]) + ([eos] if eos is not None else [])
             t_vals = list(targets["numeric_values"][i]) + ([0.0] if eos is not None else [])
+            t_fmts = _formats(targets, i) + ([0] if eos is not None else [])
             _check_value(row, values[i], t_ids, t_vals, num_id)
             p_ids, p_vals = list(prompts["input_ids"][i]), list(prompts["numeric_values"][i])
+            p_fmts = _formats(prompts, i)
             if max_length is not None:
                 if len(t_ids) > max_length:
                     raise ValueError(
                         f"row {row}: the target alone is {len(t_ids)} tokens, more than max_length={max_length}"
                     )
                 cut = max(len(p_ids) + len(t_ids) - max_length, 0)
-                p_ids, p_vals = p_ids[cut:], p_vals[cut:]
+                p_ids, p_vals, p_fmts = p_ids[cut:], p_vals[cut:], p_fmts[cut:]
             ids, vals = p_ids + t_ids, p_vals + t_vals
             out["input_ids"].append(ids)
             out["attention_mask"].append([1] * len(ids))
             out["numeric_values"].append(vals)
+            out["numeric_formats"].append(p_fmts + t_fmts)
             out["labels"].append(([IGNORE_INDEX] * len(p_ids) if mask_prompt else p_ids) + t_ids)
             out["numeric_labels"].append(vals)
         return out
@@ -398,6 +408,13 @@ def tokenize_numeric_dataset(
         remove_columns=dataset.column_names,
         desc="Tokenizing numeric rows",
     )
+
+
+def _formats(encoded: Mapping[str, list], row: int) -> list[int]:
+    """Row ``row``'s format codes; zeros (canonical writing) from a tokenizer that returns none."""
+    if "numeric_formats" in encoded:
+        return list(encoded["numeric_formats"][row])
+    return [0] * len(encoded["input_ids"][row])
 
 
 def _check_value(row: int, value: float | None, ids: list[int], values: list[float], num_id: int) -> None:
