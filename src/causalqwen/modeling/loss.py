@@ -165,7 +165,10 @@ def gated_loss(
     use_checkpoint = torch.is_grad_enabled() and hidden.requires_grad and flat_labels.shape[0] > chunk_size
     cls_sum = hidden_states.new_zeros((), dtype=torch.float32)
     reg_sum = hidden_states.new_zeros((), dtype=torch.float32)
-    for start in range(0, flat_labels.shape[0], chunk_size):
+    # A batch with no labelled position still runs one (empty) chunk: its zero loss then depends on every
+    # head parameter, so backward works and, under DDP, every process contributes a gradient to every
+    # parameter (a process whose rows are all ignored would otherwise leave the others waiting or raise).
+    for start in range(0, max(flat_labels.shape[0], 1), chunk_size):
         args = (
             head,
             thresholds,

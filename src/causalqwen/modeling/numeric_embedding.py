@@ -268,6 +268,12 @@ def embed_numbers(
         fused = encoding(inputs_embeds, numeric_values.to(inputs_embeds.device))
         return torch.where(mask.unsqueeze(-1), fused.to(inputs_embeds.dtype), inputs_embeds)
     if not mask.any():
+        if torch.is_grad_enabled() and any(p.requires_grad for p in encoding.parameters()):
+            # No <NUM> here, but a training step must still give every encoding parameter a (zero) gradient: under
+            # DDP/FSDP a process whose batch has no number would otherwise skip them and the gradient reduction
+            # would wait or fail (find_unused_parameters=False). Encoding no rows costs nothing.
+            empty = encoding(inputs_embeds[:0, 0], numeric_values[:0, 0])
+            return inputs_embeds + empty.sum().to(inputs_embeds.dtype)
         return inputs_embeds
     fused = encoding(inputs_embeds[mask], numeric_values[mask])
     out = inputs_embeds.clone()

@@ -18,7 +18,8 @@ What it adds to ``Trainer``:
   (its forward never sees ``num_items_in_batch``); the rescaling lives here, and ``loss_is_scaled_for_ga`` tells
   ``Trainer`` not to divide again. Under multi-process data parallelism the counts are summed over processes
   (``average_tokens_across_devices``, the ``TrainingArguments`` default) and the loss multiplied by the number of
-  processes, because DDP averages gradients; that path mirrors ``Trainer``'s own and was not run here (CPU).
+  processes, because DDP averages gradients: 2 gloo processes give the one-process update on the combined batch,
+  ragged, ``<NUM>``-only and fully ignored process batches included (``tests/test_distributed.py``).
 * **Numeric metrics in the log.** At each logging step the log (progress bar, TensorBoard, ``log_history``) gets
   ``loss_cls`` (averaged over labelled positions since the last log), ``loss_reg`` (over ``<NUM>`` targets),
   ``num_accuracy`` (share of ``<NUM>`` targets where ``<NUM>`` is the model's argmax token under the active
