@@ -313,6 +313,12 @@ def main() -> None:
         save_file(result.pop("params"), str(args.out / "params.safetensors"))
         result["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
         (args.out / "log.json").write_text(json.dumps(result))
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        # A clean teardown: gloo's threads left running at interpreter exit can abort the process.
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

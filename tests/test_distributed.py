@@ -36,13 +36,18 @@ def run(tmp_path_factory, nproc: int, *args: str) -> dict:
             "TOKENIZERS_PARALLELISM": "false",
             "USE_HUB_KERNELS": "0",
         }
-        done = subprocess.run(
-            [*launcher, str(WORKER), *args, "--out", str(out)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        for _attempt in range(2):
+            done = subprocess.run(
+                [*launcher, str(WORKER), *args, "--out", str(out)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            # Once, under a loaded machine, a gloo worker aborted ("terminate called without an active
+            # exception", SIGABRT) in an otherwise passing configuration; that abort alone is retried once.
+            if done.returncode == 0 or "terminate called without an active exception" not in done.stderr:
+                break
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         log = json.loads((out / "log.json").read_text())
         assert log["world_size"] == nproc

@@ -313,3 +313,21 @@ def test_unknown_cls_reduction_raises():
             reg_lambda=1.0,
             cls_reduction="mean",
         )
+
+
+def test_batch_without_labels_still_backpropagates_to_every_parameter():
+    """A fully ignored batch (a DDP process can get one) has loss 0 and a graph reaching every parameter."""
+    from causalqwen import CausalQwenConfig, CausalQwenForNumericCausalLM
+
+    torch.manual_seed(0)
+    config = CausalQwenConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, num_token_id=63, pad_token_id=0,
+    )  # fmt: skip
+    model = CausalQwenForNumericCausalLM(config)
+    ids = torch.randint(1, 60, (2, 6))
+    out = model(input_ids=ids, labels=torch.full_like(ids, -100))
+    assert out.loss.item() == 0.0 and out.loss.requires_grad
+    out.loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []

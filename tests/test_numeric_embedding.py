@@ -115,7 +115,15 @@ def test_embed_numbers_without_num_is_identity():
     model = model_for("multiscale")
     ids = torch.tensor([[1, 2, 3]])
     base = model.embed_tokens(ids)
-    assert embed_numbers(base, ids, torch.zeros(1, 3), NUM, model.value_encoding) is base
+    with torch.no_grad():
+        assert embed_numbers(base, ids, torch.zeros(1, 3), NUM, model.value_encoding) is base
+    # With gradients the embeddings are unchanged but every encoding parameter gets a (zero) gradient, so a DDP
+    # process whose batch has no number still reduces every parameter (find_unused_parameters=False works).
+    fused = embed_numbers(base, ids, torch.zeros(1, 3), NUM, model.value_encoding)
+    assert torch.equal(fused, base)
+    fused.sum().backward()
+    grads = [p.grad for p in model.value_encoding.parameters()]
+    assert grads and all(g is not None and not g.any() for g in grads)
 
 
 @pytest.mark.parametrize(
