@@ -331,3 +331,84 @@ def test_batch_without_labels_still_backpropagates_to_every_parameter():
     out.loss.backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []
+
+
+def _reference_bce_sum(loc, scale, threshold, labels, negative_weight):
+    """The token term as autograd composes it from ovr_log_probs (the code before the fused node)."""
+    from causalqwen.modeling.cauchy import ovr_log_probs
+
+    log_p, log_q = ovr_log_probs(loc, scale, threshold)
+    idx = labels.unsqueeze(-1)
+    negatives = -log_q.sum(-1) + log_q.gather(-1, idx).squeeze(-1)
+    return (negative_weight * negatives - log_p.gather(-1, idx).squeeze(-1)).sum()
+
+
+@pytest.mark.parametrize("negative_weight", [1.0, 1.0 / 49])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_ovr_bce_equals_the_reference_and_its_gradients(negative_weight, dtype):
+    from causalqwen.modeling.cauchy import SCALE_EPS, ovr_bce_sum
+
+    g = torch.Generator().manual_seed(0)
+    n, V = 37, 50
+    loc = (torch.randn(n, V, generator=g, dtype=dtype) * 5).requires_grad_()
+    scale = torch.rand(n, V, generator=g, dtype=dtype) * 3
+    scale[0, :5] = SCALE_EPS / 10  # clamped entries: no scale gradient
+    scale[1, 0] = 1e-9
+    scale = scale.requires_grad_()
+    loc.data[2, :] = 1e4  # far tails in both directions
+    loc.data[3, :] = -1e4
+    threshold = (torch.randn(V, generator=g, dtype=dtype)).requires_grad_()
+    labels = torch.randint(0, V, (n,), generator=g)
+    labels[:4] = 0
+    fused = ovr_bce_sum(loc, scale, threshold, labels, negative_weight)
+    grads = torch.autograd.grad(fused, (loc, scale, threshold))
+    ref = _reference_bce_sum(loc, scale, threshold, labels, negative_weight)
+    ref_grads = torch.autograd.grad(ref, (loc, scale, threshold))
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(fused, ref, **tol)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, **tol)
+    assert grads[1][0, :5].eq(0).all()
+
+
+@pytest.mark.parametrize("case", ["mixed", "num_only", "no_num", "ignored"])
+def test_gated_loss_with_fused_token_term_equals_reference_loss_and_gradients(case):
+    """The whole gated loss (token + value terms, chunked) against a reference built from ovr_log_probs."""
+    from causalqwen import CausalQwenConfig, CausalQwenForNumericCausalLM
+    from causalqwen.modeling import loss as loss_module
+
+    torch.manual_seed(0)
+    config = CausalQwenConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, num_token_id=63, pad_token_id=0, loss_chunk_size=5,
+    )  # fmt: skip
+    model = CausalQwenForNumericCausalLM(config)
+    ids = torch.randint(1, 60, (3, 8))
+    labels = ids.clone()
+    if case in ("mixed", "num_only"):
+        labels[:, slice(1, None, 2 if case == "mixed" else 1)] = 63
+    if case == "ignored":
+        labels[:] = -100
+    labels[0, :3] = -100
+    values = torch.where(labels == 63, torch.randn(3, 8) * 10, torch.zeros(3, 8))
+    ids = torch.where(labels == 63, 63, ids)
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        out = model(input_ids=ids, numeric_values=values, labels=labels)
+        out.loss.backward()
+        return out.loss.detach(), {
+            n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
+        }
+
+    fused_loss, fused_grads = loss_and_grads()
+    original = loss_module.ovr_bce_sum
+    loss_module.ovr_bce_sum = _reference_bce_sum
+    try:
+        ref_loss, ref_grads = loss_and_grads()
+    finally:
+        loss_module.ovr_bce_sum = original
+    torch.testing.assert_close(fused_loss, ref_loss, rtol=1e-5, atol=1e-5)
+    assert fused_grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        torch.testing.assert_close(fused_grads[name], ref_grads[name], rtol=1e-4, atol=1e-5, msg=name)

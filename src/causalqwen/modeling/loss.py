@@ -39,7 +39,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..configuration.configuration_causal_qwen import CLS_REDUCTIONS
-from .cauchy import cauchy_nll, ovr_log_probs
+from .cauchy import cauchy_nll, ovr_bce_sum, ovr_log_probs
 
 __all__ = ["IGNORE_INDEX", "CauchyHeads", "GatedLoss", "gated_loss"]
 
@@ -80,15 +80,17 @@ def _chunk_sums(
     out = head(hidden)
     loc_S = out.loc_S.float()
     scale_S = torch.zeros_like(loc_S) if out.scale_S is None else out.scale_S.float()
-    log_p, log_q = ovr_log_probs(loc_S, scale_S, thresholds.float())
+    thresholds = thresholds.float()
     # -sum_k [y_k log P_k + (1 - y_k) log(1 - P_k)] with one-hot y: every token's "no" term, with the
-    # target's swapped for its "yes" term. No one-hot [n x V] tensor is built.
-    idx = labels.unsqueeze(-1)
-    negatives = -log_q.sum(-1) + log_q.gather(-1, idx).squeeze(-1)
-    bce = negative_weight * negatives - log_p.gather(-1, idx).squeeze(-1)
+    # target's swapped for its "yes" term; one fused node with a closed-form backward (cauchy.ovr_bce_sum).
+    bce_sum = ovr_bce_sum(loc_S, scale_S, thresholds, labels, negative_weight)
 
     is_num = labels == num_token_id
-    p_num = log_p[:, num_token_id].exp().detach()
+    with torch.no_grad():
+        log_p_num, _ = ovr_log_probs(
+            loc_S[:, num_token_id], scale_S[:, num_token_id], thresholds[num_token_id]
+        )
+    p_num = log_p_num.exp()
     gate = gate_alpha + (1.0 - gate_alpha) * p_num
     loc_Y = out.loc_Y.float()
     scale_Y = torch.zeros_like(loc_Y) if out.scale_Y is None else out.scale_Y.float()
@@ -97,7 +99,7 @@ def _chunk_sums(
     y = torch.where(is_num, targets.float(), loc_Y.detach())
     nll = cauchy_nll(y, loc_Y, scale_Y)
     reg = torch.where(is_num, gate * nll, torch.zeros_like(nll))
-    return bce.sum(), reg.sum()
+    return bce_sum, reg.sum()
 
 
 def gated_loss(
