@@ -158,17 +158,15 @@ def ovr_log_probs(
 
 class _OvRBCESum(torch.autograd.Function):
     """Sum over rows of the One-vs-Rest binary cross-entropy against one target per row, with a closed-form
-    backward (see :func:`ovr_bce_sum`)."""
+    backward (see :func:`ovr_bce_sum`). Temporaries are released as soon as used: a [n, V] chunk never has more
+    than three of them alive in forward and four in backward."""
 
     @staticmethod
     def forward(ctx, loc, scale, threshold, labels, negative_weight):
-        safe = scale.clamp_min(SCALE_EPS)
-        diff = threshold - loc
-        tiny = torch.finfo(loc.dtype).tiny
-        # atan2(s, -d) (the "no" angle) from one atan2 of |d|: the small angle is exact in both tails.
-        angle = torch.atan2(safe, diff.abs())
-        no_angle = torch.where(diff < 0, angle, math.pi - angle)
-        sum_log_q = no_angle.clamp_min_(tiny).log_().sum(-1) - loc.shape[-1] * LOG_PI
+        # The "no" angle atan2(s, loc - c) is exact in both tails (ovr_log_probs).
+        no_angle = torch.atan2(scale.clamp_min(SCALE_EPS), loc - threshold)
+        sum_log_q = no_angle.clamp_min_(torch.finfo(loc.dtype).tiny).log_().sum(-1) - loc.shape[-1] * LOG_PI
+        del no_angle
         idx = labels.unsqueeze(-1)
         log_p_y, log_q_y = ovr_log_probs(
             loc.gather(-1, idx), scale.gather(-1, idx), threshold[labels].unsqueeze(-1)
@@ -181,22 +179,23 @@ class _OvRBCESum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         loc, scale, threshold, labels = ctx.saved_tensors
-        w = ctx.negative_weight
-        safe = scale.clamp_min(SCALE_EPS)
-        diff = threshold - loc
-        angle = torch.atan2(safe, diff.abs())
-        no_angle = torch.where(diff < 0, angle, math.pi - angle)
-        # d log(atan2(s, -d)) / d loc = -s / (r^2 a_q), / d s = -d / (r^2 a_q); every non-target token enters
-        # with weight -w: gradient w s / (r^2 a_q) for loc and w d / (r^2 a_q) for the scale.
-        base = (safe * safe).addcmul_(diff, diff).mul_(no_angle).reciprocal_().mul_(w * grad_out)
-        grad_loc = base * safe
-        grad_scale = base.mul_(diff).masked_fill_(scale < SCALE_EPS, 0.0)
-        # The target's column: log q cancels, -log p remains: d/dloc = -s / (r^2 a_p), d/ds = -d / (r^2 a_p).
         idx = labels.unsqueeze(-1)
-        s_y, d_y = safe.gather(-1, idx), diff.gather(-1, idx)
-        coef = grad_out / ((s_y * s_y + d_y * d_y) * torch.atan2(s_y, d_y))
+        safe = scale.clamp_min(SCALE_EPS)
+        excess = loc - threshold  # e = loc - c = -d
+        # With r^2 = s^2 + e^2 and a_q = atan2(s, e): d log a_q / d loc = -s / (r^2 a_q), d log a_q / d s =
+        # e / (r^2 a_q). Every non-target token enters with weight -w: w s / (r^2 a_q) and -w e / (r^2 a_q).
+        base = (safe * safe).addcmul_(excess, excess)
+        base.mul_(torch.atan2(safe, excess)).reciprocal_().mul_(ctx.negative_weight * grad_out)
+        # The target's column: log q cancels, -log p remains (a_p = atan2(s, -e)): -s / (r^2 a_p), e / (r^2 a_p).
+        s_y, e_y = safe.gather(-1, idx), excess.gather(-1, idx)
+        coef = grad_out / ((s_y * s_y + e_y * e_y) * torch.atan2(s_y, -e_y))
+        grad_loc = base * safe
+        del safe
         grad_loc.scatter_(-1, idx, -coef * s_y)
-        grad_scale.scatter_(-1, idx, (-coef * d_y).masked_fill_(scale.gather(-1, idx) < SCALE_EPS, 0.0))
+        grad_scale = base.mul_(excess).neg_()
+        del excess
+        grad_scale.scatter_(-1, idx, coef * e_y)
+        grad_scale.masked_fill_(scale < SCALE_EPS, 0.0)
         grad_threshold = -grad_loc.sum(0) if ctx.needs_input_grad[2] else None
         return grad_loc, grad_scale, grad_threshold, None, None
 

@@ -26,6 +26,12 @@ more than one chunk, each chunk runs under ``torch.utils.checkpoint`` so backwar
 [chunk x V] activations instead of keeping all of them alive (RNG state is preserved, so the ``sampling`` mode's noise is identical
 in the recomputation).
 
+The token term of a chunk is one autograd node (:func:`~.cauchy.ovr_bce_sum`): forward runs one ``atan2`` and
+one ``log`` over [chunk x V] and keeps only ``loc_S``/``scale_S``; backward recomputes one ``atan2`` and writes
+the gradient in closed form. Composed from elementwise ops, autograd kept about six [chunk x V] intermediates
+and replayed each op: at V = 151,936 and 256 rows (H = 896) the chunk's forward + backward took 8.8 s on the
+2 shared CPU cores, 4.6 s fused, where its two matmuls alone take 4.4 s.
+
 All terms stay finite for huge values and tiny scales: ``cauchy.ovr_log_probs`` and ``cauchy.cauchy_nll``
 never divide by the scale and clamp it at ``SCALE_EPS``.
 """
