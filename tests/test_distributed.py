@@ -205,3 +205,21 @@ def test_memory_estimate_counts_the_real_shapes():
     ddp = estimate.per_device_gib(full, "DDP", 2, 151_936)
     assert estimate.per_device_gib(full, "FSDP / ZeRO-3", 2, 151_936) < ddp / 1.5
     assert ddp == pytest.approx((16 * full["trainable"] + 12 * 256 * 151_936) / 1024**3)
+
+
+@pytest.mark.skipif(
+    torch.cuda.device_count() < 2,
+    reason="accelerate runs FSDP only on accelerators (on CPU it falls back to DDP); needs 2 CUDA devices",
+)
+def test_accelerate_fsdp_config_trains_with_and_without_lora_on_cuda(tmp_path):
+    config = WORKER.parent.parent / "examples" / "accelerate" / "fsdp.yaml"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    launch += ["--num_processes", "2", "--main_process_port", "0", "-m", "causalqwen.training.cli", "--quick"]
+    for extra in ([], ["--lora"]):
+        out = tmp_path / ("lora" if extra else "full")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        done = subprocess.run(
+            [*launch, *extra, "--output-dir", str(out)], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert json.loads((out / "metrics.json").read_text())
