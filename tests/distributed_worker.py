@@ -54,21 +54,9 @@ def causal_rows(tokenizer, data: str = "mixed") -> list[dict]:
 
 
 def tiny_causal_model(tokenizer, lora: bool, tied: bool = False):
-    from causalqwen import CausalQwenConfig, CausalQwenForNumericCausalLM
+    from model_helpers import tiny_causal_lm  # this script's folder is on sys.path
 
-    torch.manual_seed(0)
-    config = CausalQwenConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_token_id=tokenizer.num_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=tied,
-    )
-    model = CausalQwenForNumericCausalLM(config)
+    model = tiny_causal_lm(tokenizer, tie_word_embeddings=tied)
     if lora:
         from causalqwen.training.lora import apply_lora
 
@@ -104,11 +92,12 @@ def fsdp_run(args, tokenizer) -> dict[str, torch.Tensor]:
     CPU check drives torch's FSDP2 directly: the model, its chunked loss and the |W| cache run on parameters
     all-gathered from shards, and the gradients come back reduce-scattered (averaged over processes). The loss
     of each process is weighted by the global counts of labelled positions and <NUM> targets and multiplied by
-    the number of processes, as ``CausalQwenTrainer`` does under DDP.
+    the number of processes, with ``CausalQwenTrainer``'s own ``item_counts`` and ``window_loss``.
     """
     import torch.distributed as dist
 
     from causalqwen.training.collator import NumericDataCollator
+    from causalqwen.training.trainer import NumericItemCounts, item_counts, window_loss
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -143,19 +132,16 @@ def fsdp_run(args, tokenizer) -> dict[str, torch.Tensor]:
         start = (step * world + rank) * args.batch  # the global batch is the processes' batches in rank order
         batch = collate(rows[start : start + args.batch])
         out = model(**batch)
-        shifted = batch["labels"][:, 1:]
-        counts = torch.stack([shifted.ne(-100).sum(), shifted.eq(inner.config.num_token_id).sum()]).double()
-        local = counts.clone()
+        local = item_counts(batch["labels"], inner.config.num_token_id)
+        counts = local.clone()
         if world > 1:
             dist.all_reduce(counts)
-        lam = float(inner.config.reg_lambda)
-        loss = out.loss_cls * local[0] / counts[0].clamp_min(1) + lam * out.loss_reg * local[1] / counts[
-            1
-        ].clamp_min(1)
-        (loss * world).backward()
+        window = NumericItemCounts(counts[0], counts[1], world)
+        loss = window_loss(out, local[0], local[1], window, float(inner.config.reg_lambda))
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        logged = loss.detach().clone()
+        logged = loss.detach() / world
         if world > 1:
             dist.all_reduce(logged)
         losses.append(float(logged))

@@ -315,16 +315,21 @@ def test_unknown_cls_reduction_raises():
         )
 
 
-def test_batch_without_labels_still_backpropagates_to_every_parameter():
-    """A fully ignored batch (a DDP process can get one) has loss 0 and a graph reaching every parameter."""
+def _one_layer_model(**overrides):
+    """A seeded one-layer CausalQwen over 64 ids, <NUM> = 63."""
     from causalqwen import CausalQwenConfig, CausalQwenForNumericCausalLM
 
     torch.manual_seed(0)
     config = CausalQwenConfig(
         vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=2, num_token_id=63, pad_token_id=0,
+        num_key_value_heads=2, num_token_id=63, pad_token_id=0, **overrides,
     )  # fmt: skip
-    model = CausalQwenForNumericCausalLM(config)
+    return CausalQwenForNumericCausalLM(config)
+
+
+def test_batch_without_labels_still_backpropagates_to_every_parameter():
+    """A fully ignored batch (a DDP process can get one) has loss 0 and a graph reaching every parameter."""
+    model = _one_layer_model()
     ids = torch.randint(1, 60, (2, 6))
     out = model(input_ids=ids, labels=torch.full_like(ids, -100))
     assert out.loss.item() == 0.0 and out.loss.requires_grad
@@ -374,15 +379,9 @@ def test_fused_ovr_bce_equals_the_reference_and_its_gradients(negative_weight, d
 @pytest.mark.parametrize("case", ["mixed", "num_only", "no_num", "ignored"])
 def test_gated_loss_with_fused_token_term_equals_reference_loss_and_gradients(case):
     """The whole gated loss (token + value terms, chunked) against a reference built from ovr_log_probs."""
-    from causalqwen import CausalQwenConfig, CausalQwenForNumericCausalLM
     from causalqwen.modeling import loss as loss_module
 
-    torch.manual_seed(0)
-    config = CausalQwenConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=2, num_token_id=63, pad_token_id=0, loss_chunk_size=5,
-    )  # fmt: skip
-    model = CausalQwenForNumericCausalLM(config)
+    model = _one_layer_model(loss_chunk_size=5)
     ids = torch.randint(1, 60, (3, 8))
     labels = ids.clone()
     if case in ("mixed", "num_only"):

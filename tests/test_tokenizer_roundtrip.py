@@ -8,10 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from causalqwen import CausalQwenConfig, CausalQwenForNumericCausalLM
 from causalqwen.tokenization.numbers import NumberFormat, extract_numbers, render_value
 from causalqwen.tokenization.tiny_vocab import build_tiny_tokenizer
 from causalqwen.tokenization.tokenization_causal_qwen import CausalQwenTokenizer
+from model_helpers import tiny_causal_lm
 
 
 def round_trip(tok, text, **kwargs):
@@ -212,18 +212,7 @@ def test_carriers_data_collator_with_padding_numeric_collator_and_datasets(tiny_
 
 
 def tiny_model(tiny_tokenizer):
-    torch.manual_seed(0)
-    config = CausalQwenConfig(
-        vocab_size=len(tiny_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_token_id=tiny_tokenizer.num_token_id,
-        pad_token_id=tiny_tokenizer.pad_token_id,
-    )
-    return CausalQwenForNumericCausalLM(config).eval()
+    return tiny_causal_lm(tiny_tokenizer, num_hidden_layers=1).eval()
 
 
 def test_model_takes_tokenizer_output_as_is(tiny_tokenizer):

@@ -7,12 +7,12 @@ import torch
 
 datasets = pytest.importorskip("datasets")
 
-from causalqwen import CausalQwenConfig, CausalQwenForNumericCausalLM  # noqa: E402
 from causalqwen.training.trainer import (  # noqa: E402
     CausalQwenTrainer,
     NumericItemCounts,
     numeric_training_arguments,
 )
+from model_helpers import tiny_causal_lm as tiny_model  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -22,22 +22,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def tiny_model(tokenizer, seed: int = 0, **overrides) -> CausalQwenForNumericCausalLM:
-    torch.manual_seed(seed)
-    config = CausalQwenConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_token_id=tokenizer.num_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **overrides,
-    )
-    return CausalQwenForNumericCausalLM(config)
 
 
 def encode(tokenizer, prompt: str, target: str) -> dict:

@@ -144,7 +144,7 @@ class CausalQwenGenerateBeamOutput(GenerateBeamDecoderOnlyOutput):
 def _shortest_decimals(values: torch.Tensor) -> torch.Tensor:
     """float32 ``values`` as float64 holding the shortest decimal that round-trips each (what it stands for)."""
     flat = values.detach().cpu().numpy().reshape(-1)
-    decimals = [float(str(v)) if v != 0 else 0.0 for v in flat]
+    decimals = [float(str(v)) for v in flat]
     return torch.tensor(decimals, dtype=torch.float64).reshape(values.shape).to(values.device)
 
 
@@ -718,7 +718,7 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         finally:
             self._numeric_state = outer_state
         if isinstance(out, GenerateBeamDecoderOnlyOutput):
-            values = self._beam_values(out, numeric_values, state.step_values)
+            values = self._beam_values(out, state.step_values)
             output_class = CausalQwenGenerateBeamOutput
         elif isinstance(out, GenerateDecoderOnlyOutput):
             values = state.track[:, : out.sequences.shape[1]].to(out.sequences.device)
@@ -744,15 +744,18 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         rows, prompt_len = sequences.shape[0], prompt_values.shape[1]
         per_prompt = rows // max(prompt_values.shape[0], 1)
         dtype = torch.float64 if prompt_values.dtype == torch.float64 else torch.float32
-        exact = values.to(dtype)
-        if dtype == torch.float64 and exact.shape[1] > prompt_len:
-            exact[:, prompt_len:] = _shortest_decimals(values[:, prompt_len:].float())
-        exact[:, :prompt_len] = prompt_values.repeat_interleave(per_prompt, dim=0).to(exact.device, dtype)
         is_num = sequences == self.config.num_token_id
+        exact = values.to(dtype)
+        exact[:, :prompt_len] = prompt_values.repeat_interleave(per_prompt, dim=0).to(exact.device, dtype)
+        exact = torch.where(is_num, exact, 0.0)
+        if dtype == torch.float64:
+            generated = is_num.clone()
+            generated[:, :prompt_len] = False
+            exact[generated] = _shortest_decimals(values[generated].float())
         formats = torch.zeros(sequences.shape, dtype=torch.long, device=sequences.device)
         if prompt_formats is not None:
             formats[:, :prompt_len] = prompt_formats.repeat_interleave(per_prompt, dim=0).to(formats.device)
-        return torch.where(is_num, exact, torch.zeros_like(exact)), torch.where(is_num, formats, 0)
+        return exact, torch.where(is_num, formats, 0)
 
     def _refuse_hub_strategies(self, generation_config: GenerationConfig | None, kwargs: dict) -> None:
         """Contrastive search, group and constrained beam search and DoLa moved to Hub repos (``custom_generate``)
@@ -773,20 +776,19 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
             )
 
     def _beam_values(
-        self, out: GenerateBeamDecoderOnlyOutput, prompt_values: torch.Tensor, step_values: list[torch.Tensor]
+        self, out: GenerateBeamDecoderOnlyOutput, step_values: list[torch.Tensor]
     ) -> torch.Tensor:
-        """Values aligned with the returned beams: the value of the token chosen at step s of a beam is the
-        ``value_loc`` that its source row (``beam_indices[:, s]``) predicted at that step."""
+        """Generated values aligned with the returned beams: the value of the token chosen at step s of a beam is
+        the ``value_loc`` that its source row (``beam_indices[:, s]``) predicted at that step. The prompt part and
+        the masking to ``<NUM>`` positions are :meth:`_prompt_exact`'s."""
         sequences, beam_indices = out.sequences, out.beam_indices
-        rows, prompt_len = sequences.shape[0], sequences.shape[1] - beam_indices.shape[1]
+        prompt_len = sequences.shape[1] - beam_indices.shape[1]
         values = torch.zeros(sequences.shape, dtype=torch.float32, device=sequences.device)
-        per_prompt = rows // prompt_values.shape[0]
-        values[:, :prompt_len] = prompt_values.repeat_interleave(per_prompt, dim=0).to(values.device)
         for step in range(beam_indices.shape[1]):
             source = beam_indices[:, step]
             chosen = step_values[step].to(values.device)[source.clamp_min(0).long()]
             values[:, prompt_len + step] = torch.where(source >= 0, chosen, torch.zeros_like(chosen))
-        return torch.where(sequences == self.config.num_token_id, values, torch.zeros_like(values))
+        return values
 
     # ------------------------------------------------------------------------------- knowledge inheritance
 

@@ -168,7 +168,7 @@ _PACKING = (
 )
 _CODE_BITS = 1 + sum(bits for _, bits, _, _ in _PACKING)
 SPACE_BEFORE_BIT = 1 << 1  # space_before is the first field after the presence bit
-_MAX_DECIMALS = 31
+_MAX_DECIMALS = (1 << next(bits for name, bits, _, _ in _PACKING if name == "decimals")) - 1
 assert [f.name for f in fields(NumberFormat)] == [name for name, *_ in _PACKING]
 
 _FULLWIDTH_DIGITS = str.maketrans({str(i): chr(0xFF10 + i) for i in range(10)})
@@ -199,16 +199,16 @@ def _describe(match: re.Match, value: float) -> NumberFormat | None:
     zero_pad = len(integer) if len(integer) > 1 and integer.startswith("0") else 0
     exp_width = len(exponent) if len(exponent) > 1 and exponent.startswith("0") else 0
     exp_value = int(parts["esign"] + exponent) if exponent else 0
-    decimals = len(parts["frac"])
-    if zero_pad > 15 or decimals > _MAX_DECIMALS or exp_width > 3 or not -512 <= exp_value < 512:
-        return None  # beyond what the packed code holds (see _PACKING)
-    key = (parts["sign"], wide, "," in parts["int"], zero_pad, not integer, decimals)
+    key = (parts["sign"], wide, "," in parts["int"], zero_pad, not integer, len(parts["frac"]))
     key += (parts["e"], parts["esign"] == "+", exp_width, exp_value)
-    fmt = _INTERNED.get(key)
-    if fmt is None:
+    if key not in _INTERNED:
         if len(_INTERNED) > 4096:
             _INTERNED.clear()
-        fmt = _INTERNED[key] = NumberFormat(*((False,) + key))
+        fmt = NumberFormat(*((False,) + key))
+        _INTERNED[key] = fmt if _fits(fmt) else None
+    fmt = _INTERNED[key]
+    if fmt is None:
+        return None  # beyond what the packed code holds (e.g. more than 31 decimals): not rebuildable
     significant = (integer + parts["frac"].translate(_FULLWIDTH_TO_ASCII)).lstrip("0")
     # <= 15 significant digits round-trip a float64 (DBL_DIG), so the rebuild is exact, except for subnormal
     # values and an exponent written "-0" (the one written form the format cannot say).
@@ -232,8 +232,9 @@ def _is_plain(parts: dict[str, str]) -> bool:
     )
 
 
-# One shared NumberFormat per distinct written form (keyed by its fields), so each packs its code once.
-_INTERNED: dict[tuple, NumberFormat] = {}
+# One shared NumberFormat per distinct written form (keyed by its fields), so each is checked against the code's
+# bit widths and packs its code once; None for a form the code cannot hold.
+_INTERNED: dict[tuple, NumberFormat | None] = {}
 _SMALLEST_NORMAL = 2.2250738585072014e-308
 
 

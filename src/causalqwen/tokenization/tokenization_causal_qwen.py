@@ -219,12 +219,28 @@ class CausalQwenTokenizer(RemoteCodeMixin, Qwen2Tokenizer):
                     padded[key] = [fill] * extra + list(row) if left else list(row) + [fill] * extra
         return padded
 
-    def pad(self, encoded_inputs, *args, return_tensors=None, **kwargs) -> BatchEncoding:
+    def pad(
+        self,
+        encoded_inputs,
+        padding=True,
+        max_length=None,
+        pad_to_multiple_of=None,
+        padding_side=None,
+        return_attention_mask=None,
+        return_tensors=None,
+        verbose=True,
+    ) -> BatchEncoding:
         """``PreTrainedTokenizerBase.pad`` that keeps ``numeric_values`` float64 in tensors (exact values: the
         decoded text is the written number); the model casts them to its float32 value path."""
-        if len(args) > 5:  # positional return_tensors (padding, max_length, multiple, side, mask, tensors)
-            args, return_tensors = args[:5] + args[6:], args[5]
-        padded = super().pad(encoded_inputs, *args, return_tensors=None, **kwargs)
+        padded = super().pad(
+            encoded_inputs,
+            padding=padding,
+            max_length=max_length,
+            pad_to_multiple_of=pad_to_multiple_of,
+            padding_side=padding_side,
+            return_attention_mask=return_attention_mask,
+            verbose=verbose,
+        )
         if return_tensors is None:
             return padded
         values = padded.get("numeric_values")
@@ -250,9 +266,7 @@ class CausalQwenTokenizer(RemoteCodeMixin, Qwen2Tokenizer):
         the value is written as the shortest decimal of its dtype, with one space before it after a letter,
         digit or ``, ; ! ? ) ] } %``.
         """
-        if numeric_values is None:
-            if numeric_formats is not None:
-                raise ValueError("numeric_formats needs numeric_values (the formats say how to write them)")
+        if _no_values(numeric_values, numeric_formats):
             return super().decode(token_ids, skip_special_tokens=skip_special_tokens, **kwargs)
         ids = _to_list(token_ids)
         values = _decimal_values(numeric_values)
@@ -280,9 +294,7 @@ class CausalQwenTokenizer(RemoteCodeMixin, Qwen2Tokenizer):
         numeric_formats=None,
         **kwargs,
     ) -> list[str]:
-        if numeric_values is None:
-            if numeric_formats is not None:
-                raise ValueError("numeric_formats needs numeric_values (the formats say how to write them)")
+        if _no_values(numeric_values, numeric_formats):
             return super().batch_decode(sequences, skip_special_tokens=skip_special_tokens, **kwargs)
         sequences = _to_list(sequences)
         # Rows stay tensors/arrays (not lists) so that decode sees their dtype (see _decimal_values).
@@ -302,6 +314,13 @@ class CausalQwenTokenizer(RemoteCodeMixin, Qwen2Tokenizer):
             )
             for ids, vals, fmts in zip(sequences, rows["numeric_values"], formats)
         ]
+
+
+def _no_values(numeric_values, numeric_formats) -> bool:
+    """True when decoding is plain (no values); formats without values are an error."""
+    if numeric_values is None and numeric_formats is not None:
+        raise ValueError("numeric_formats needs numeric_values (the formats say how to write them)")
+    return numeric_values is None
 
 
 _NO_PADDING = (False, None, "do_not_pad", PaddingStrategy.DO_NOT_PAD)

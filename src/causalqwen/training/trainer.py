@@ -50,7 +50,13 @@ from ..modeling.cauchy import SCALE_EPS
 from ..modeling.loss import IGNORE_INDEX
 from ..modeling.modeling_causal_qwen import CausalQwenForNumericCausalLM
 
-__all__ = ["CausalQwenTrainer", "NumericItemCounts", "numeric_training_arguments"]
+__all__ = [
+    "CausalQwenTrainer",
+    "NumericItemCounts",
+    "item_counts",
+    "numeric_training_arguments",
+    "window_loss",
+]
 
 _METRICS = ("loss_cls", "loss_reg", "num_accuracy", "value_mae")
 
@@ -104,6 +110,22 @@ def _shifted(labels: torch.Tensor) -> torch.Tensor:
     return labels[..., 1:]
 
 
+def item_counts(labels: torch.Tensor, num_token_id: int) -> torch.Tensor:
+    """[labelled positions, ``<NUM>`` targets] of unshifted ``labels``, counted after the causal shift."""
+    shifted = _shifted(labels)
+    return torch.stack([shifted.ne(IGNORE_INDEX).sum(), shifted.eq(num_token_id).sum()])
+
+
+def window_loss(
+    outputs, n_tok: torch.Tensor, n_num: torch.Tensor, window: NumericItemCounts, reg_lambda: float
+) -> torch.Tensor:
+    """One micro-batch's share of the window's loss: its means turned back into sums over the window's counts
+    (``loss_cls * n_tok / N_tok + lambda * loss_reg * n_num / N_num``), times ``window.loss_scale``."""
+    tokens, numbers = window.tokens.clamp_min(1), window.numbers.clamp_min(1)
+    loss = outputs.loss_cls * (n_tok / tokens) + reg_lambda * outputs.loss_reg * (n_num / numbers)
+    return loss * window.loss_scale
+
+
 def unwrap_causal_qwen(model: torch.nn.Module) -> CausalQwenForNumericCausalLM:
     """The :class:`CausalQwenForNumericCausalLM` inside DDP/accelerate and PEFT wrappers."""
     inner = getattr(model, "module", model)
@@ -138,10 +160,7 @@ class CausalQwenTrainer(Trainer):
         if not batch_samples or "labels" not in batch_samples[0]:
             return batch_samples, None
         num_id = unwrap_causal_qwen(self.model).config.num_token_id
-        labels = [_shifted(batch["labels"]) for batch in batch_samples]
-        counts = torch.stack(
-            [sum(x.ne(IGNORE_INDEX).sum() for x in labels), sum(x.eq(num_id).sum() for x in labels)]
-        ).to(device)
+        counts = sum(item_counts(batch["labels"], num_id) for batch in batch_samples).to(device)
         scale = 1
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             counts = self.accelerator.gather(counts).view(-1, 2).sum(0)
@@ -166,16 +185,10 @@ class CausalQwenTrainer(Trainer):
         finally:
             handle.remove()
 
-        labels = _shifted(inputs["labels"])
-        n_tok = labels.ne(IGNORE_INDEX).sum()
-        n_num = labels.eq(causal_lm.config.num_token_id).sum()
+        n_tok, n_num = item_counts(inputs["labels"], causal_lm.config.num_token_id)
         loss = outputs.loss
         if model.training and isinstance(num_items_in_batch, NumericItemCounts):
-            reg_lambda = float(causal_lm.config.reg_lambda)
-            tokens = num_items_in_batch.tokens.clamp_min(1)
-            numbers = num_items_in_batch.numbers.clamp_min(1)
-            loss = outputs.loss_cls * (n_tok / tokens) + reg_lambda * outputs.loss_reg * (n_num / numbers)
-            loss = loss * num_items_in_batch.loss_scale
+            loss = window_loss(outputs, n_tok, n_num, num_items_in_batch, float(causal_lm.config.reg_lambda))
         elif model.training:
             # training_step called without get_batch_samples (no counts): equal-weight micro-batches.
             loss = loss / getattr(self, "current_gradient_accumulation_steps", 1)
