@@ -14,14 +14,19 @@ gradient averaging, which the tests must detect.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 FAMILIES = ("causal", "lora", "router")
+# A stalled gloo collective fails after this many seconds (naming gloo) instead of the default 30 minutes, so
+# the test harness can tell a stall from a slow run and retry it.
+GLOO_TIMEOUT = 120
 
 
 def causal_rows(tokenizer, data: str = "mixed") -> list[dict]:
@@ -107,7 +112,7 @@ def fsdp_run(args, tokenizer) -> dict[str, torch.Tensor]:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=GLOO_TIMEOUT))
         mesh = init_device_mesh("cpu", (world,))
         for layer in inner.model.layers:
             fully_shard(layer, mesh=mesh)
@@ -152,8 +157,6 @@ def fsdp_run(args, tokenizer) -> dict[str, torch.Tensor]:
             full = p.full_tensor() if hasattr(p, "full_tensor") else p
             params[name] = full.detach().contiguous()
     wrapper = type(model).__name__
-    if world > 1:
-        dist.destroy_process_group()
     return {
         "params": params,
         "losses": losses,
@@ -262,6 +265,7 @@ def _common(args) -> dict:
         # does not. The router keeps the Trainer's default (True): with False, a 2-process gloo run stalled in its
         # first backward (its text encoder is shared by queries and tools, so parameters are used twice per step).
         ddp_find_unused_parameters=args.family == "router",
+        ddp_timeout=GLOO_TIMEOUT,
     )
 
 
@@ -302,9 +306,13 @@ def main() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        # A clean teardown: gloo's threads left running at interpreter exit can abort the process.
-        dist.barrier()
-        dist.destroy_process_group()
+        dist.barrier()  # every process is done (and the main one has written the results)
+        # Then leave without tearing gloo down: at interpreter exit its threads aborted a process ("terminate
+        # called without an active exception"), and destroy_process_group() left a process hanging after its
+        # peer had exited (seen in CI and here). Nothing is left to write.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
