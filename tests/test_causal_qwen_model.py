@@ -383,26 +383,100 @@ def test_backbone_gradient_checkpointing_trains():
     assert model.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
 
 
-def test_abs_head_cache_matches_grad_path_and_follows_weight_updates():
-    model = tiny_model(ovr_threshold_init=0.3)
+@pytest.mark.parametrize("isotropic", [False, True])
+def test_head_scale_cache_matches_grad_path_and_follows_weight_updates(isotropic):
+    model = tiny_model(ovr_threshold_init=0.3, isotropic_scale=isotropic)
     ids, values = batch()
     with torch.no_grad():
         cached = model(input_ids=ids, numeric_values=values).scale_S
-    fresh = model(input_ids=ids, numeric_values=values).scale_S  # grad enabled: blocked |W| path, no cache
+        first = model._token_scale_weight()
+        assert model._token_scale_weight() is first  # reused while the weight is unchanged
+    fresh = model(input_ids=ids, numeric_values=values).scale_S  # grad enabled: formed per forward, no cache
     torch.testing.assert_close(cached, fresh.detach(), rtol=1e-6, atol=1e-6)
-    first = model._abs_head_weight()
-    assert model._abs_head_weight() is first  # reused while the weight is unchanged
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     model.train()
-    labels = ids.clone()
-    model(input_ids=ids, numeric_values=values, labels=labels).loss.backward()
+    model(input_ids=ids, numeric_values=values, labels=ids.clone()).loss.backward()
     optimizer.step()  # in-place update bumps the version counter: the cache must be rebuilt
     model.eval()
     with torch.no_grad():
         after = model(input_ids=ids, numeric_values=values).scale_S
-    assert model._abs_head_weight() is not first
-    torch.testing.assert_close(model._abs_head_weight(), model.lm_head.weight.detach().abs())
+        rebuilt = model._token_scale_weight()
+    assert rebuilt is not first
+    expected = model.lm_head.weight.detach().abs()
+    torch.testing.assert_close(rebuilt, expected.sum(-1) if isotropic else expected)
     assert not torch.allclose(after, cached)
+
+
+def test_head_scale_weight_is_formed_once_per_forward_for_every_chunk(monkeypatch):
+    """abs of the token head runs once per training forward, however many chunks (and recomputes) the loss
+    has; gradients equal the one-chunk loss's."""
+    import causalqwen.modeling.modeling_causal_qwen as modeling
+    from causalqwen.modeling import loss as loss_module
+
+    monkeypatch.setattr(loss_module, "MIN_CHUNK_ELEMENTS", 0)  # several chunks even at this tiny V
+    calls = []
+    original = modeling._scale_weight
+    monkeypatch.setattr(modeling, "_scale_weight", lambda *a: calls.append(1) or original(*a))
+    grads = {}
+    for chunk in (3, 1024):  # 3: five chunks of labelled positions, each checkpointed and recomputed
+        model = tiny_model(loss_chunk_size=chunk).train()
+        ids, values = batch()
+        calls.clear()
+        model(input_ids=ids, numeric_values=values, labels=ids).loss.backward()
+        assert len(calls) == 1
+        grads[chunk] = model.lm_head.weight.grad.clone()
+    torch.testing.assert_close(grads[3], grads[1024], rtol=1e-5, atol=1e-6)
+
+
+def _uneven_scales(model):
+    """Latent scales that differ per dimension (at init they are all gamma_init, so isotropic changes nothing)."""
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        model.abduction.scale_weight.copy_(torch.randn(model.abduction.scale_weight.shape, generator=generator))
+        model.action.b_noise.copy_(torch.rand(model.action.b_noise.shape, generator=generator))
+    return model
+
+
+def test_isotropic_scale_is_the_closed_form_and_round_trips(tmp_path):
+    model = _uneven_scales(tiny_model(isotropic_scale=True))
+    ids, values = batch()
+    with torch.no_grad():
+        out = model(input_ids=ids, numeric_values=values)
+        # One scale per position: the action's scale_U' (standard mode: scale_U + |b_noise|) averaged over C.
+        s = (out.scale_U + model.action.b_noise.abs()).mean(-1, keepdim=True)
+        torch.testing.assert_close(out.scale_S, s * model.lm_head.weight.abs().sum(-1))
+        value_scale = s.squeeze(-1) * model.value_head.weight.abs().sum()
+        torch.testing.assert_close(out.value_scale, value_scale)
+        # The same latent pushed through |W| with an isotropic scale vector gives the same numbers.
+        torch.testing.assert_close(out.scale_S, s.expand_as(out.scale_U) @ model.lm_head.weight.abs().T)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.config.isotropic_scale is True
+    with torch.no_grad():
+        again = loaded(input_ids=ids, numeric_values=values)
+    assert torch.equal(again.scale_S, out.scale_S) and torch.equal(again.value_scale, out.value_scale)
+    default = _uneven_scales(tiny_model())
+    with torch.no_grad():
+        assert not torch.allclose(default(input_ids=ids, numeric_values=values).scale_S, out.scale_S)
+
+
+def test_isotropic_scale_trains_the_token_head_through_its_scale():
+    model = tiny_model(isotropic_scale=True).train()
+    ids, values = batch()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        optimizer.zero_grad()
+        loss = model(input_ids=ids, numeric_values=values, labels=ids).loss
+        loss.backward()
+        losses.append(loss.item())
+        optimizer.step()
+    assert losses[-1] < 0.5 * losses[0]
+    # The row-norm path carries gradient to W: zero the location path's contribution and some remains.
+    model.zero_grad()
+    out = model(input_ids=ids, numeric_values=values)
+    out.scale_S.sum().backward()
+    assert model.lm_head.weight.grad.abs().sum() > 0 and model.abduction.scale_bias.grad.abs().sum() > 0
 
 
 def test_numbers_never_go_silently_wrong():

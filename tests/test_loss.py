@@ -377,10 +377,11 @@ def test_fused_ovr_bce_equals_the_reference_and_its_gradients(negative_weight, d
 
 
 @pytest.mark.parametrize("case", ["mixed", "num_only", "no_num", "ignored"])
-def test_gated_loss_with_fused_token_term_equals_reference_loss_and_gradients(case):
+def test_gated_loss_with_fused_token_term_equals_reference_loss_and_gradients(case, monkeypatch):
     """The whole gated loss (token + value terms, chunked) against a reference built from ovr_log_probs."""
     from causalqwen.modeling import loss as loss_module
 
+    monkeypatch.setattr(loss_module, "MIN_CHUNK_ELEMENTS", 0)  # chunks of 5 positions even at this tiny V
     model = _one_layer_model(loss_chunk_size=5)
     ids = torch.randint(1, 60, (3, 8))
     labels = ids.clone()
@@ -411,3 +412,23 @@ def test_gated_loss_with_fused_token_term_equals_reference_loss_and_gradients(ca
     assert fused_grads.keys() == ref_grads.keys()
     for name in ref_grads:
         torch.testing.assert_close(fused_grads[name], ref_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_small_vocabularies_take_more_positions_per_chunk():
+    from causalqwen.modeling.loss import MIN_CHUNK_ELEMENTS, chunk_rows
+
+    assert chunk_rows(256, 151_936) == 256  # Qwen's vocabulary keeps the configured chunk
+    assert chunk_rows(256, 512) == MIN_CHUNK_ELEMENTS // 512 == 8192
+    assert chunk_rows(10_000, 512) == 10_000
+
+
+def test_a_tiny_model_runs_its_batch_as_one_chunk(monkeypatch):
+    from causalqwen.modeling import loss as loss_module
+
+    sizes = []
+    original = loss_module._chunk_sums
+    monkeypatch.setattr(loss_module, "_chunk_sums", lambda *a: sizes.append(a[5].shape[0]) or original(*a))
+    model = _one_layer_model(loss_chunk_size=5)
+    ids = torch.randint(1, 60, (3, 8))
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert sizes == [21]  # 3 x 7 shifted positions, one chunk, not recomputed in backward

@@ -68,11 +68,19 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
         reg_lambda: weight of the regression term (>= 0). The default 5 was chosen by the 5-seed ablation of
             ``benchmarks/numeric.py`` (docs/causal_qwen.md): 1 left the value head at a constant prediction
             on some seeds, 20 learned values best but cost the ``<NUM>`` decision on wide-range data.
-        loss_chunk_size: positions per chunk in the chunked loss (bounds the [positions x V] working set).
+        loss_chunk_size: positions per chunk in the chunked loss (bounds the [positions x V] working set);
+            with a small vocabulary a chunk takes more positions, up to 4M elements per [chunk x V] tensor
+            (``modeling.loss.chunk_rows``).
         cls_reduction: ``"sum"`` (the exact OvR negative log-likelihood: every token's "no" term summed over
             the vocabulary) or ``"balanced"`` (the target's "yes" term plus the *mean* of the others' "no"
             terms, so the token loss and hence ``reg_lambda`` do not scale with V; measured: better values,
             worse ``<NUM>`` decisions, so not the default).
+        isotropic_scale: one scale per position instead of one per latent dimension: the action's scale
+            ``scale_U'`` [C] is replaced by its mean ``s`` over C, so the token scale is the closed form
+            ``scale_S[k] = s * ||W_k||_1`` (row L1 norms of the token head) and the second vocabulary-sized
+            matmul ``|W| scale_U'`` disappears. Off by default: it saves about a fifth of a 0.5B train step but
+            the token head can no longer say which latent directions it is unsure about (measured cost in
+            docs/causal_qwen.md). The value head uses the same ``s``.
         value_scale_factor: post-hoc calibration of the value's Cauchy scale (``value_scale`` in the outputs is
             multiplied by it; the loss is not). Fitted by ``training.evaluation.calibrate_value_scale`` so that the
             median interval covers half the calibration rows; 1.0 = as trained.
@@ -96,6 +104,7 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
     reg_lambda: float | int = 5.0
     loss_chunk_size: int = 256
     cls_reduction: str = "sum"
+    isotropic_scale: bool = False
     value_scale_factor: float | int = 1.0
 
     def __post_init__(self, **kwargs: Any):

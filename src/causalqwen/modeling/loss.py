@@ -47,9 +47,21 @@ from torch.utils.checkpoint import checkpoint
 from ..configuration.configuration_causal_qwen import CLS_REDUCTIONS
 from .cauchy import cauchy_nll, ovr_bce_sum, ovr_log_probs
 
-__all__ = ["IGNORE_INDEX", "CauchyHeads", "GatedLoss", "gated_loss"]
+__all__ = ["IGNORE_INDEX", "MIN_CHUNK_ELEMENTS", "CauchyHeads", "GatedLoss", "chunk_rows", "gated_loss"]
 
 IGNORE_INDEX = -100
+
+# A [chunk x V] float32 tensor of this many elements (16 MB) is cheap to keep alive: with a small vocabulary a
+# chunk takes more positions than ``loss_chunk_size`` asks, up to this size, so a tiny model's batch is one
+# chunk (no per-chunk overhead, no checkpoint recompute in backward: 1.89x -> see docs/benchmarks.md at the
+# tiny shape, V = 512). A Qwen-sized vocabulary (151,936) keeps ``loss_chunk_size``.
+MIN_CHUNK_ELEMENTS = 1 << 22
+
+
+def chunk_rows(chunk_size: int, vocab_size: int) -> int:
+    """Positions per loss chunk: ``chunk_size``, or more while a [chunk x V] tensor stays within
+    :data:`MIN_CHUNK_ELEMENTS`."""
+    return max(chunk_size, MIN_CHUNK_ELEMENTS // max(vocab_size, 1))
 
 
 @dataclass

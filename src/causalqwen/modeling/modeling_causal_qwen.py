@@ -62,7 +62,7 @@ from ..configuration.configuration_causal_qwen import INFERENCE_MODES, QWEN25_NU
 from ..remote_code import RemoteCodeMixin
 from ._compat import CACHE_NAME, LEGACY_CACHE_NAME, accepts_both_cache_names, cache_output_field
 from .cauchy import SCALE_EPS, cauchy_sample, linear_cauchy, softplus_inverse
-from .loss import CauchyHeads, gated_loss
+from .loss import CauchyHeads, chunk_rows, gated_loss
 from .numeric_embedding import ValueNormalizer, build_value_encoding, check_numeric_values, embed_numbers
 
 __all__ = [
@@ -284,6 +284,12 @@ class CausalAction(nn.Module):
 FP32_VALUE_PATH = ("value_encoding", "abduction", "action", "value_head")
 
 
+def _scale_weight(weight: torch.Tensor, isotropic: bool) -> torch.Tensor:
+    """``|W|``, or its row sums (the row L1 norms) for the isotropic scale."""
+    absolute = weight.abs()
+    return absolute.sum(-1) if isotropic else absolute
+
+
 def _as_dtype(loc: torch.Tensor, scale: torch.Tensor | None, weight: torch.Tensor):
     """``loc``/``scale`` in the dtype of the head they enter (float32 value path next to a bf16 token head)."""
     return loc.to(weight.dtype), None if scale is None else scale.to(weight.dtype)
@@ -395,38 +401,61 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
             raise ValueError(f"temperature must be a finite number >= 0, got {temp!r}")
         return mode, float(temp)
 
-    def _abs_head_weight(self) -> torch.Tensor:
-        """``|W|`` of the token head, cached while no gradient flows (decoding, evaluation).
+    def _token_scale_weight(self) -> torch.Tensor:
+        """What the token head's scale needs from its weight W [V x C]: ``|W|`` (default) or the row L1 norms
+        ``||W_k||_1`` [V] (``config.isotropic_scale``). Formed once per forward and shared by every loss chunk,
+        its checkpointed recompute and the logits (not once per chunk and pass).
 
-        Without the cache every decoding step recomputed ``abs`` of the whole [V x C] head (for Qwen2.5-0.5B
-        a 545 MB float32 write and read per token, which halved standard-mode tokens/s). The cache is keyed
-        on the weight's storage, version counter (bumped by every in-place update: optimizer steps,
-        ``load_state_dict``, ``copy_``), dtype and device, so a stale ``|W|`` is never used. It is a plain
-        attribute, not a buffer: never saved, and rebuilt after ``.to()``. With gradients enabled the
-        blocked :func:`~.cauchy.abs_linear` runs instead (no full-size ``|W|``, exact gradient).
+        With gradients it is an autograd node, so backward accumulates the chunks' gradients into one [V x C]
+        buffer and multiplies by ``sign(W)`` once (for the default: one |W| copy and its gradient alive during
+        the step, 545 MB each in float32 at Qwen2.5-0.5B, against an ``abs`` of the whole head three times per
+        chunk before). Without gradients (decoding, evaluation) it is cached: every decoding step recomputing
+        ``abs`` of the head halved standard-mode tokens/s at 0.5B. The cache is keyed on the weight's storage,
+        version counter (bumped by every in-place update: optimizer steps, ``load_state_dict``, ``copy_``),
+        dtype, device and the option, so a stale value is never used; a plain attribute, never saved, rebuilt
+        after ``.to()``. ``torch.compile`` cannot trace the key (storage pointers), so compiled code recomputes.
         """
         weight = self.lm_head.weight
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, tuple(weight.shape))
-        cached = getattr(self, "_abs_head_cache", None)
+        isotropic = bool(self.config.isotropic_scale)
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return _scale_weight(weight, isotropic)
+        key = (
+            weight.data_ptr(),
+            weight._version,
+            weight.dtype,
+            weight.device,
+            tuple(weight.shape),
+            isotropic,
+        )
+        cached = getattr(self, "_scale_weight_cache", None)
         if cached is None or cached[0] != key:
-            with torch.no_grad():
-                cached = (key, weight.detach().abs())
-            self._abs_head_cache = cached
+            cached = (key, _scale_weight(weight.detach(), isotropic))
+            self._scale_weight_cache = cached
         return cached[1]
 
     def _heads(
-        self, hidden: torch.Tensor, mode: str, temperature: float
+        self, hidden: torch.Tensor, mode: str, temperature: float, scale_weight: torch.Tensor | None = None
     ) -> tuple[CauchyHeads, torch.Tensor, torch.Tensor]:
-        """Cauchy parameters of the token and value heads (value in normalised units), plus loc_U, scale_U."""
+        """Cauchy parameters of the token and value heads (value in normalised units), plus loc_U, scale_U.
+
+        ``scale_weight`` is :meth:`_token_scale_weight` when the caller already formed it (once per forward).
+        """
         loc_U, scale_U = self.abduction(hidden)
         loc, scale = self.action(loc_U, scale_U, mode, temperature)
-        # The |W| cache keys on storage pointers and version counters, which torch.compile cannot trace.
-        uncached = scale is None or torch.is_grad_enabled() or torch.compiler.is_compiling()
-        abs_weight = None if uncached else self._abs_head_weight()
-        loc_S, scale_S = linear_cauchy(*_as_dtype(loc, scale, self.lm_head.weight), self.lm_head.weight,
-                                       abs_weight=abs_weight)  # fmt: skip
-        loc_Y, scale_Y = linear_cauchy(*_as_dtype(loc, scale, self.value_head.weight), self.value_head.weight,
-                                       self.value_head.bias)  # fmt: skip
+        weight, value_weight = self.lm_head.weight, self.value_head.weight
+        if scale is not None and scale_weight is None:
+            scale_weight = self._token_scale_weight()
+        if scale is not None and self.config.isotropic_scale:
+            # One scale per position: |W| (s 1) = s ||W_k||_1, no vocabulary-sized matmul for the scale.
+            scale = scale.mean(-1, keepdim=True)
+            loc_S = F.linear(loc.to(weight.dtype), weight)
+            scale_S = scale.to(weight.dtype) * scale_weight
+            loc_Y = F.linear(loc.to(value_weight.dtype), value_weight, self.value_head.bias)
+            scale_Y = scale.to(value_weight.dtype) * value_weight.abs().sum(-1)
+        else:
+            loc_S, scale_S = linear_cauchy(*_as_dtype(loc, scale, weight), weight, abs_weight=scale_weight)
+            loc_Y, scale_Y = linear_cauchy(*_as_dtype(loc, scale, value_weight), value_weight,
+                                           self.value_head.bias)  # fmt: skip
         heads = CauchyHeads(
             loc_S, scale_S, loc_Y.squeeze(-1), None if scale_Y is None else scale_Y.squeeze(-1)
         )
@@ -480,6 +509,7 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         hidden = outputs.last_hidden_state
 
         loss = loss_cls = loss_reg = None
+        scale_weight = None if mode == "deterministic" else self._token_scale_weight()
         if labels is not None and mode == "deterministic":
             raise ValueError(
                 "labels with inference_mode='deterministic': that mode is a point mass (scale 0), so the One-vs-Rest "
@@ -496,12 +526,12 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
                 hidden,
                 labels,
                 targets,
-                lambda h: self._heads(h, mode, temp)[0],
+                lambda h: self._heads(h, mode, temp, scale_weight)[0],
                 self.action.ovr_thresholds,
                 num_token_id=self.config.num_token_id,
                 gate_alpha=float(self.config.gate_alpha),
                 reg_lambda=float(self.config.reg_lambda),
-                chunk_size=self.config.loss_chunk_size,
+                chunk_size=chunk_rows(self.config.loss_chunk_size, self.config.vocab_size),
                 cls_reduction=self.config.cls_reduction,
             )
             loss, loss_cls, loss_reg = result.total, result.cls, result.reg
@@ -518,7 +548,9 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
                 attentions=outputs.attentions,
             )
 
-        heads, loc_U, scale_U = self._heads(slice_logits_to_keep(hidden, logits_to_keep), mode, temp)
+        heads, loc_U, scale_U = self._heads(
+            slice_logits_to_keep(hidden, logits_to_keep), mode, temp, scale_weight
+        )
         if heads.scale_S is None:
             # A point mass; expanded views cost no memory.
             scale_S = heads.loc_S.new_zeros(()).expand_as(heads.loc_S)
