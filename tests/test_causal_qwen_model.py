@@ -432,7 +432,9 @@ def _uneven_scales(model):
     """Latent scales that differ per dimension (at init they are all gamma_init, so isotropic changes nothing)."""
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
-        model.abduction.scale_weight.copy_(torch.randn(model.abduction.scale_weight.shape, generator=generator))
+        model.abduction.scale_weight.copy_(
+            torch.randn(model.abduction.scale_weight.shape, generator=generator)
+        )
         model.action.b_noise.copy_(torch.rand(model.action.b_noise.shape, generator=generator))
     return model
 
