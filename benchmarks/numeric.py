@@ -7,7 +7,8 @@ learning rate, seeds) in the same training loop:
   NLL value loss with ``reg_lambda=5``);
 * ablations, each one change from the default: ``cq-multiscale`` (seed 002's logarithmic features only),
   ``cq-xval`` / ``cq-log_additive`` (the other value encodings), ``cq-lambda1`` / ``cq-lambda20`` (value-loss
-  weight), ``cq-balanced`` (``cls_reduction="balanced"``), ``cq-mse`` (the value loss replaced by a squared
+  weight), ``cq-balanced`` (``cls_reduction="balanced"``), ``cq-isotropic`` (``isotropic_scale=True``: one
+  latent scale per position, the cheaper token head of issue #16), ``cq-mse`` (the value loss replaced by a squared
   error of the Cauchy median, same gate, see :class:`CausalQwenMSEAblation`; no trained spread, so no
   interval is reported for it);
 * ``qwen2-digits``: a ``Qwen2ForCausalLM`` of the same shape reading and writing numbers as digit text
@@ -354,6 +355,7 @@ MODEL_SPECS = {
         ModelSpec("cq-lambda1", "causal", (("reg_lambda", 1.0),)),
         ModelSpec("cq-lambda20", "causal", (("reg_lambda", 20.0),)),
         ModelSpec("cq-balanced", "causal", (("cls_reduction", "balanced"),)),
+        ModelSpec("cq-isotropic", "causal", (("isotropic_scale", True),)),
         ModelSpec("cq-mse", "causal", mse=True),
         ModelSpec("qwen2-digits", "digits"),
         # The digits baseline at its own best learning rate (3e-3, the previous budget): LR 1e-3 was chosen

@@ -446,7 +446,12 @@ def main(argv: list[str] | None = None) -> dict:
             results["router_training"][method] = summary
             scorers.append(RouterScorer(model, tokenizer, name=method))
             if summary:
-                print(f"  {method}: trained in {summary['train_seconds']:.0f}s", flush=True)
+                stages = ", ".join(
+                    f"{stage} {summary[stage]['steps']} steps at {summary[stage]['steps_per_s']} steps/s"
+                    for stage in ("encoder_stage", "head_stage")
+                    if summary.get(stage, {}).get("steps_per_s") is not None
+                )
+                print(f"  {method}: trained in {summary['train_seconds']:.0f}s ({stages})", flush=True)
             if method == "router":
                 results["kan_plot"] = str(
                     plot_kan(model, (args.out or RESULTS_DIR / "routing.json").parent / "routing_kan.png")

@@ -190,17 +190,30 @@ def test_perf_smoke_writes_ratios(tmp_path):
     saved = json.loads(out.read_text())
     rows = saved["table"]["rows"]
     assert [r[1] for r in rows] == [
-        "train_step",
-        "peak_memory",
+        "train_step 2x16",
+        "peak_memory 2x16",
+        "train_step 2x16, isotropic",
+        "peak_memory 2x16, isotropic",
         "generate batch1 (standard)",
         "generate batch1 (deterministic)",
         "generate batch8 (standard)",
         "generate batch8 (deterministic)",
     ]
     assert all(r[4] > 0 for r in rows)
+    assert [r[5] for r in rows[:4]] == ["<= 1.8", "<= 1.02", "-", "-"]  # the isotropic rows have no target
+    train = results["tiny"]["train"]["2x16"]
+    assert set(train) == {"qwen2", "causalqwen", "causalqwen[isotropic]"}
     gen = results["tiny"]["generate"]["batch8"]["qwen2"]
     assert len(gen["runs_s"]) == perf.BUDGETS["smoke"].repeats
     assert gen["tokens_per_s"] == pytest.approx(8 * perf.BUDGETS["smoke"].new_tokens / gen["median_s"])
+
+
+def test_perf_targets_follow_size_and_shape():
+    assert perf.target_for("train_step", "0.5b", "1x64") == 1.3
+    assert perf.target_for("peak_memory", "0.5b", "4x1024") == 0.85
+    assert perf.target_for("peak_memory", "0.5b", "1x64") == 1.02
+    assert perf.target_for("generate", "tiny") == 0.85
+    assert [shape for shape in perf.budget_for("quick", "0.5b").train_shapes] == [(1, 64), (4, 1024)]
 
 
 def test_perf_rejects_unknown_size_and_too_few_repeats():

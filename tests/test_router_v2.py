@@ -346,6 +346,8 @@ def test_cli_trains_v2_on_bfcl_by_default(tmp_path, router_tokenizer, capsys):
     summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
     assert summary["data"] == "bfcl" and summary["encoder"] == encoder
     assert summary["encoder_stage"]["steps"] >= 1 and summary["head_stage"]["steps"] >= 1
+    for stage in ("encoder_stage", "head_stage"):  # throughput is tracked per stage (issue #16)
+        assert summary[stage]["steps_per_s"] > 0
     assert "encoder stage" in capsys.readouterr().out
     loaded = AutoModel.from_pretrained(tmp_path / "out")
     assert loaded.config.encoder_type == "pretrained" and loaded.config.matching == "fusion"

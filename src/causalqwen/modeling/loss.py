@@ -53,8 +53,8 @@ IGNORE_INDEX = -100
 
 # A [chunk x V] float32 tensor of this many elements (16 MB) is cheap to keep alive: with a small vocabulary a
 # chunk takes more positions than ``loss_chunk_size`` asks, up to this size, so a tiny model's batch is one
-# chunk (no per-chunk overhead, no checkpoint recompute in backward: 1.89x -> see docs/benchmarks.md at the
-# tiny shape, V = 512). A Qwen-sized vocabulary (151,936) keeps ``loss_chunk_size``.
+# chunk (no per-chunk overhead, no checkpoint recompute in backward: the tiny-shape train step went from 1.89x
+# to 1.53x plain Qwen2, V = 512). A Qwen-sized vocabulary (151,936) keeps ``loss_chunk_size``.
 MIN_CHUNK_ELEMENTS = 1 << 22
 
 

@@ -259,9 +259,7 @@ def train_encoder_stage(model, tokenizer, examples: CatalogueExamples, lexical: 
     )  # fmt: skip
     start = time.perf_counter()
     trainer.train()
-    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
-    return {"seconds": time.perf_counter() - start, "steps": trainer.state.global_step, "examples": len(rows),
-            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}  # fmt: skip
+    return {**_stage_summary(trainer, start), "examples": len(rows)}
 
 
 def freeze_encoders(model: ToolRouterModel) -> None:
@@ -294,9 +292,20 @@ def train_head_stage(model, tokenizer, examples: CatalogueExamples, lexical: np.
         compute_metrics=None,
     )  # fmt: skip
     trainer.train()
+    return {
+        **_stage_summary(trainer, start),
+        "embed_seconds": embed_seconds,
+        "catalogue": len(examples.texts),
+    }
+
+
+def _stage_summary(trainer, start: float) -> dict[str, Any]:
+    """Seconds, steps, optimizer steps per second (issue #16: training throughput is tracked per stage; the
+    Trainer's own ``train_steps_per_second``) and the first and last logged loss of a finished stage."""
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
-    return {"seconds": time.perf_counter() - start, "embed_seconds": embed_seconds,
-            "steps": trainer.state.global_step, "catalogue": len(examples.texts),
+    final = next((log for log in reversed(trainer.state.log_history) if "train_runtime" in log), {})
+    return {"seconds": time.perf_counter() - start, "steps": trainer.state.global_step,
+            "steps_per_s": final.get("train_steps_per_second"),
             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}  # fmt: skip
 
 
