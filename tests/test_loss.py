@@ -432,3 +432,49 @@ def test_a_tiny_model_runs_its_batch_as_one_chunk(monkeypatch):
     ids = torch.randint(1, 60, (3, 8))
     model(input_ids=ids, labels=ids).loss.backward()
     assert sizes == [21]  # 3 x 7 shifted positions, one chunk, not recomputed in backward
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"isotropic_scale": True}, {"inference_mode": "sampling"}, {"tie_word_embeddings": True}],
+    ids=["default", "isotropic", "sampling", "tied"],
+)
+def test_gradients_computed_in_the_forward_equal_the_checkpointed_path(options, monkeypatch):
+    """Token and value terms weighted differently (as the Trainer's exact accumulation does), five chunks."""
+    from causalqwen.modeling import loss as loss_module
+
+    monkeypatch.setattr(loss_module, "MIN_CHUNK_ELEMENTS", 0)
+    ids = torch.randint(1, 60, (3, 8), generator=torch.Generator().manual_seed(4))
+    ids[:, 3] = 63
+    values = torch.where(ids == 63, torch.tensor([2.5, -40.0, 7e3]).unsqueeze(1), 0.0)
+    runs = {}
+    for in_forward in (True, False):
+        monkeypatch.setattr(loss_module, "GRADIENTS_IN_FORWARD", in_forward)
+        model = _one_layer_model(loss_chunk_size=5, **options).train()
+        torch.manual_seed(1)
+        out = model(input_ids=ids, numeric_values=values, labels=ids)
+        (2.0 * out.loss_cls + 3.0 * out.loss_reg).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        runs[in_forward] = (out.loss_cls.item(), out.loss_reg.item(), grads)
+    (cls_a, reg_a, grads_a), (cls_b, reg_b, grads_b) = runs[True], runs[False]
+    assert cls_a == pytest.approx(cls_b, rel=1e-6) and reg_a == pytest.approx(reg_b, rel=1e-6)
+    assert grads_a.keys() == grads_b.keys()
+    assert {"abduction.scale_bias", "value_head.weight", "model.embed_tokens.weight"} <= grads_a.keys()
+    for name in grads_b:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_gradients_in_the_forward_run_each_chunk_once(monkeypatch):
+    from causalqwen.modeling import loss as loss_module
+
+    monkeypatch.setattr(loss_module, "MIN_CHUNK_ELEMENTS", 0)
+    sizes = []
+    original = loss_module._chunk_sums
+    monkeypatch.setattr(loss_module, "_chunk_sums", lambda *a: sizes.append(a[5].shape[0]) or original(*a))
+    model = _one_layer_model(loss_chunk_size=5).train()
+    ids = torch.randint(1, 60, (3, 8))
+    out = model(input_ids=ids, labels=ids)
+    assert sizes == [5, 5, 5, 5, 1]
+    out.loss.backward()
+    assert sizes == [5, 5, 5, 5, 1]  # backward scales the kept gradients: no chunk is recomputed
+    assert model.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0

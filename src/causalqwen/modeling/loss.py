@@ -21,10 +21,17 @@ With shifted labels (ignore index -100)::
 Memory: only positions with a label are gathered, and the head matmuls ([n x C] @ [C x V]) run inside
 chunks of ``chunk_size`` positions, so no [positions x V] tensor larger than one chunk exists, as in fused
 linear cross-entropy kernels: with the default chunk of 256 positions each float32 [chunk x V] tensor is
-155 MB at Qwen's V = 151,936, against 2.5 GB per tensor for an unchunked 4 x 1024 batch. With autograd on and
-more than one chunk, each chunk runs under ``torch.utils.checkpoint`` so backward recomputes a chunk's
-[chunk x V] activations instead of keeping all of them alive (RNG state is preserved, so the ``sampling`` mode's noise is identical
-in the recomputation).
+155 MB at Qwen's V = 151,936, against 2.5 GB per tensor for an unchunked 4 x 1024 batch.
+
+Gradients in the forward (``parameters=`` given, the model's path): a chunk's [chunk x V] tensors must not
+outlive it, so its gradients are computed right away, inside the forward, and kept: with respect to its hidden
+rows ([chunk x H]), the head's parameters and ``head_inputs`` (the head's ``|W|``, formed once per forward),
+separately for the token and the value term (callers weight ``loss_cls`` and ``loss_reg`` differently, e.g.
+the Trainer's exact gradient accumulation). Backward then only scales the kept gradients. Before, each chunk
+ran under ``torch.utils.checkpoint`` and backward recomputed it: at the 0.5B head that was two more
+vocabulary-sized matmuls per chunk (8 per step where plain Qwen2 does 3). Without ``parameters`` (a bare
+``head`` closure) and more than one chunk, the checkpointed path remains (RNG state is preserved, so the
+``sampling`` mode's noise is identical in the recomputation).
 
 The token term of a chunk is one autograd node (:func:`~.cauchy.ovr_bce_sum`): forward runs one ``atan2`` and
 one ``log`` over [chunk x V] and keeps only ``loc_S``/``scale_S``; backward recomputes one ``atan2`` and writes
@@ -47,7 +54,15 @@ from torch.utils.checkpoint import checkpoint
 from ..configuration.configuration_causal_qwen import CLS_REDUCTIONS
 from .cauchy import cauchy_nll, ovr_bce_sum, ovr_log_probs
 
-__all__ = ["IGNORE_INDEX", "MIN_CHUNK_ELEMENTS", "CauchyHeads", "GatedLoss", "chunk_rows", "gated_loss"]
+__all__ = [
+    "GRADIENTS_IN_FORWARD",
+    "IGNORE_INDEX",
+    "MIN_CHUNK_ELEMENTS",
+    "CauchyHeads",
+    "GatedLoss",
+    "chunk_rows",
+    "gated_loss",
+]
 
 IGNORE_INDEX = -100
 
@@ -56,6 +71,9 @@ IGNORE_INDEX = -100
 # chunk (no per-chunk overhead, no checkpoint recompute in backward: the tiny-shape train step went from 1.89x
 # to 1.53x plain Qwen2, V = 512). A Qwen-sized vocabulary (151,936) keeps ``loss_chunk_size``.
 MIN_CHUNK_ELEMENTS = 1 << 22
+# Compute chunk gradients in the forward when the caller names the head's parameters (module docstring); off
+# only to compare against the checkpointed path in tests.
+GRADIENTS_IN_FORWARD = True
 
 
 def chunk_rows(chunk_size: int, vocab_size: int) -> int:
@@ -120,6 +138,116 @@ def _chunk_sums(
     return bce_sum, reg.sum()
 
 
+@dataclass
+class _ChunkSpec:
+    """Everything a chunk needs besides its hidden rows and the head's tensors."""
+
+    head: Callable[..., CauchyHeads]
+    thresholds: torch.Tensor
+    num_token_id: int
+    gate_alpha: float
+    negative_weight: float
+    chunk_size: int
+    labels: torch.Tensor
+    targets: torch.Tensor
+
+    def starts(self) -> range:
+        # A batch with no labelled position still runs one (empty) chunk: its zero loss then depends on every
+        # head parameter, so backward works and, under DDP, every process contributes a gradient to every
+        # parameter (a process whose rows are all ignored would otherwise leave the others waiting or raise).
+        return range(0, max(self.labels.shape[0], 1), self.chunk_size)
+
+    def sums(self, hidden: torch.Tensor, start: int, head_inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed token and value terms of the chunk at ``start`` (``hidden`` holds that chunk's rows)."""
+        end = start + self.chunk_size
+        return _chunk_sums(
+            lambda rows: self.head(rows, *head_inputs), self.thresholds, self.num_token_id, self.gate_alpha,
+            self.negative_weight, hidden, self.labels[start:end], self.targets[start:end],
+        )  # fmt: skip
+
+
+def _checkpointed_sums(
+    spec: _ChunkSpec, hidden: torch.Tensor, head_inputs
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunk by chunk; with autograd on and several chunks, each under ``checkpoint`` (recomputed in backward).
+    One chunk gains nothing from checkpointing (its activations are alive for the same span either way)."""
+    use_checkpoint = (
+        torch.is_grad_enabled() and hidden.requires_grad and spec.labels.shape[0] > spec.chunk_size
+    )
+    cls_sum = hidden.new_zeros((), dtype=torch.float32)
+    reg_sum = hidden.new_zeros((), dtype=torch.float32)
+    for start in spec.starts():
+        rows = hidden[start : start + spec.chunk_size]
+        if use_checkpoint:
+            c, r = checkpoint(spec.sums, rows, start, head_inputs, use_reentrant=False)
+        else:
+            c, r = spec.sums(rows, start, head_inputs)
+        cls_sum = cls_sum + c
+        reg_sum = reg_sum + r
+    return cls_sum, reg_sum
+
+
+class _SumsWithForwardGradients(torch.autograd.Function):
+    """The summed token and value terms over all chunks, with each chunk's gradients computed in the forward.
+
+    Inputs: the spec, ``hidden`` [N, H], the number of head inputs, then the head inputs and the parameters.
+    Per chunk, under ``enable_grad``, the chunk's two sums are differentiated (``torch.autograd.grad``) with
+    respect to its hidden rows, detached aliases of the head inputs (so a gradient reaches e.g. ``|W|`` once,
+    through its own autograd node, not also through the parameters it was computed from) and the parameters;
+    the gradients are summed over chunks and kept, and the chunk's [chunk x V] tensors are freed. Backward
+    returns ``grad_cls * G_cls + grad_reg * G_reg`` for every input.
+    """
+
+    @staticmethod
+    def forward(ctx, spec: _ChunkSpec, hidden: torch.Tensor, n_inputs: int, *tensors: torch.Tensor):
+        head_inputs = [t.detach().requires_grad_(t.requires_grad) for t in tensors[:n_inputs]]
+        wrt = [*head_inputs, *tensors[n_inputs:]]
+        wanted = [i for i, t in enumerate(wrt) if t.requires_grad]
+        grads = {"cls": [None] * len(wrt), "reg": [None] * len(wrt)}
+        grad_hidden = {name: torch.zeros_like(hidden) for name in grads} if hidden.requires_grad else None
+        cls_sum = hidden.new_zeros((), dtype=torch.float32)
+        reg_sum = hidden.new_zeros((), dtype=torch.float32)
+        for start in spec.starts():
+            with torch.enable_grad():
+                rows = hidden[start : start + spec.chunk_size].detach().requires_grad_(hidden.requires_grad)
+                sums = dict(zip(grads, spec.sums(rows, start, head_inputs)))
+                inputs = [rows] * hidden.requires_grad + [wrt[i] for i in wanted]
+                for name, value in sums.items():
+                    chunk_grads = torch.autograd.grad(
+                        value, inputs, allow_unused=True, retain_graph=name == "cls"
+                    ) if inputs and value.requires_grad else [None] * len(inputs)  # fmt: skip
+                    if hidden.requires_grad:
+                        grad_rows, *chunk_grads = chunk_grads
+                        if grad_rows is not None:
+                            grad_hidden[name][start : start + spec.chunk_size] += grad_rows
+                    for i, g in zip(wanted, chunk_grads):
+                        if g is None:
+                            continue
+                        if (
+                            grads[name][i] is None
+                        ):  # kept and added to in place: an expanded view would not do
+                            grads[name][i] = g.contiguous()
+                        else:
+                            grads[name][i].add_(g)
+            cls_sum += sums["cls"].detach()
+            reg_sum += sums["reg"].detach()
+        ctx.grads, ctx.grad_hidden = grads, grad_hidden
+        return cls_sum, reg_sum
+
+    @staticmethod
+    def backward(ctx, grad_cls: torch.Tensor, grad_reg: torch.Tensor):
+        scale = {"cls": grad_cls, "reg": grad_reg}
+
+        def combine(parts: dict[str, torch.Tensor | None]) -> torch.Tensor | None:
+            terms = [g * scale[name] for name, g in parts.items() if g is not None]
+            return sum(terms[1:], terms[0]) if terms else None
+
+        hidden = None if ctx.grad_hidden is None else combine(ctx.grad_hidden)
+        others = [combine({name: ctx.grads[name][i] for name in scale}) for i in range(len(ctx.grads["cls"]))]
+        del ctx.grads, ctx.grad_hidden
+        return None, hidden, None, *others
+
+
 def gated_loss(
     hidden_states: torch.Tensor,
     labels: torch.Tensor,
@@ -133,12 +261,17 @@ def gated_loss(
     chunk_size: int = 1024,
     shift: bool = True,
     cls_reduction: str = "sum",
+    head_inputs: tuple[torch.Tensor, ...] = (),
+    parameters: list[torch.Tensor] | None = None,
 ) -> GatedLoss:
     """Gated loss from hidden states [B, S, H], unshifted ``labels`` [B, S] and value targets [B, S].
 
-    ``head`` maps [n, H] hidden states to :class:`CauchyHeads`; ``numeric_targets`` holds the (normalised)
-    value wherever the label is ``<NUM>`` and may be ``None`` only when no label is ``<NUM>``. With
-    ``shift=True`` position t is scored against label t + 1, as in Hugging Face causal LMs.
+    ``head(hidden, *head_inputs)`` maps [n, H] hidden states to :class:`CauchyHeads`; ``numeric_targets``
+    holds the (normalised) value wherever the label is ``<NUM>`` and may be ``None`` only when no label is
+    ``<NUM>``. With ``shift=True`` position t is scored against label t + 1, as in Hugging Face causal LMs.
+    ``parameters``: every tensor the head uses that may need a gradient, apart from ``hidden`` and
+    ``head_inputs`` (the head's module parameters); given, chunk gradients are computed in the forward
+    (module docstring).
     """
     if labels.shape != hidden_states.shape[:-1]:
         raise ValueError(
@@ -180,28 +313,14 @@ def gated_loss(
     if not torch.isfinite(flat_targets[is_num]).all():
         raise ValueError("numeric targets at <NUM> labels must be finite (got NaN or inf)")
 
-    # One chunk gains nothing from checkpointing (its [chunk x V] activations are alive for the same span
-    # either way) and recomputing it in backward cost a second pass over the vocabulary head.
-    use_checkpoint = torch.is_grad_enabled() and hidden.requires_grad and flat_labels.shape[0] > chunk_size
-    cls_sum = hidden_states.new_zeros((), dtype=torch.float32)
-    reg_sum = hidden_states.new_zeros((), dtype=torch.float32)
-    # A batch with no labelled position still runs one (empty) chunk: its zero loss then depends on every
-    # head parameter, so backward works and, under DDP, every process contributes a gradient to every
-    # parameter (a process whose rows are all ignored would otherwise leave the others waiting or raise).
-    for start in range(0, max(flat_labels.shape[0], 1), chunk_size):
-        args = (
-            head,
-            thresholds,
-            num_token_id,
-            gate_alpha,
-            negative_weight,
-            hidden[start : start + chunk_size],
-            flat_labels[start : start + chunk_size],
-            flat_targets[start : start + chunk_size],
-        )
-        c, r = checkpoint(_chunk_sums, *args, use_reentrant=False) if use_checkpoint else _chunk_sums(*args)
-        cls_sum = cls_sum + c
-        reg_sum = reg_sum + r
+    spec = _ChunkSpec(head, thresholds, num_token_id, gate_alpha, negative_weight, chunk_size,
+                      flat_labels, flat_targets)  # fmt: skip
+    differentiable = [t for t in (hidden, *head_inputs, *(parameters or ())) if t.requires_grad]
+    if parameters is not None and GRADIENTS_IN_FORWARD and torch.is_grad_enabled() and differentiable:
+        cls_sum, reg_sum = _SumsWithForwardGradients.apply(spec, hidden, len(head_inputs), *head_inputs,
+                                                           *parameters)  # fmt: skip
+    else:
+        cls_sum, reg_sum = _checkpointed_sums(spec, hidden, head_inputs)
 
     cls = cls_sum / max(flat_labels.shape[0], 1)
     reg = reg_sum / max(int(is_num.sum()), 1)

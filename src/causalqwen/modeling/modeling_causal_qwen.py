@@ -433,6 +433,15 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
             self._scale_weight_cache = cached
         return cached[1]
 
+    def _head_parameters(self) -> list[torch.Tensor]:
+        """The parameters :meth:`_heads` uses (abduction, action noise, token and value heads), once each: the
+        chunked loss computes their gradients in its forward (``modeling/loss.py``)."""
+        tensors = [*self.abduction.parameters(), *self.action.parameters(), *self.value_head.parameters()]
+        tensors.append(
+            self.lm_head.weight
+        )  # the active copy under PEFT's modules_to_save, as _heads reads it
+        return list({id(t): t for t in tensors}.values())
+
     def _heads(
         self, hidden: torch.Tensor, mode: str, temperature: float, scale_weight: torch.Tensor | None = None
     ) -> tuple[CauchyHeads, torch.Tensor, torch.Tensor]:
@@ -526,13 +535,15 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
                 hidden,
                 labels,
                 targets,
-                lambda h: self._heads(h, mode, temp, scale_weight)[0],
+                lambda h, *weight: self._heads(h, mode, temp, *weight)[0],
                 self.action.ovr_thresholds,
                 num_token_id=self.config.num_token_id,
                 gate_alpha=float(self.config.gate_alpha),
                 reg_lambda=float(self.config.reg_lambda),
                 chunk_size=chunk_rows(self.config.loss_chunk_size, self.config.vocab_size),
                 cls_reduction=self.config.cls_reduction,
+                head_inputs=() if scale_weight is None else (scale_weight,),
+                parameters=self._head_parameters(),
             )
             loss, loss_cls, loss_reg = result.total, result.cls, result.reg
 
