@@ -478,3 +478,12 @@ def test_gradients_in_the_forward_run_each_chunk_once(monkeypatch):
     out.loss.backward()
     assert sizes == [5, 5, 5, 5, 1]  # backward scales the kept gradients: no chunk is recomputed
     assert model.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
+
+
+def test_a_second_backward_through_the_kept_gradients_raises_clearly():
+    model = _one_layer_model().train()
+    ids = torch.randint(1, 60, (2, 6))
+    out = model(input_ids=ids, labels=ids)
+    out.loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="keeps its gradients for one backward"):
+        out.loss.backward()
