@@ -5,9 +5,10 @@ import torch
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
-from causalqwen import CausalQwenConfig, CausalQwenForNumericCausalLM
+from causalqwen import CausalQwenForNumericCausalLM
 from causalqwen.training.collator import NumericDataCollator
 from causalqwen.training.data import build_synthetic_dataset, tokenize_numeric_dataset
+from model_helpers import tiny_causal_lm
 
 ROWS = [
     {
@@ -29,17 +30,7 @@ ROWS = [
 
 
 def tiny_model(tokenizer) -> CausalQwenForNumericCausalLM:
-    torch.manual_seed(0)
-    config = CausalQwenConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_token_id=tokenizer.convert_tokens_to_ids("<NUM>"),
-    )
-    return CausalQwenForNumericCausalLM(config)
+    return tiny_causal_lm(tokenizer, pad_token_id=None)  # as these tests were written: no padding row
 
 
 def test_right_padding_exact():

@@ -13,15 +13,14 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
-from causalqwen import CausalQwenConfig, CausalQwenForNumericCausalLM
 from causalqwen.tokenization.tiny_vocab import build_tiny_tokenizer
 from causalqwen.training.cli import value_normalization
 from causalqwen.training.collator import NumericDataCollator
 from causalqwen.training.data import build_synthetic_dataset, tokenize_numeric_dataset
 from causalqwen.training.evaluation import predict_values, regression_metrics
 from causalqwen.training.trainer import CausalQwenTrainer, numeric_training_arguments
+from model_helpers import tiny_causal_lm
 
 STEPS = 1000
 WINDOW = 100
@@ -31,18 +30,9 @@ def train_once(seed: int, output_dir) -> dict[str, float]:
     tokenizer = build_tiny_tokenizer()
     rows = build_synthetic_dataset("linear", n=2000, seed=seed)
     data = tokenize_numeric_dataset(rows["train"], tokenizer)
-    torch.manual_seed(seed)
-    model = CausalQwenForNumericCausalLM(
-        CausalQwenConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            num_token_id=tokenizer.convert_tokens_to_ids("<NUM>"),
-            **value_normalization(np.asarray(rows["train"]["value"]), "auto"),
-        )
+    # pad_token_id=None: the model these figures were measured with (no padding row in the embedding).
+    model = tiny_causal_lm(
+        tokenizer, seed, pad_token_id=None, **value_normalization(np.asarray(rows["train"]["value"]), "auto")
     )
     args = numeric_training_arguments(
         str(output_dir),
