@@ -421,18 +421,12 @@ def ratio_row(
 ) -> list[Any]:
     """[metric, base, CausalQwen, ratio, target, met]; ``target=None`` reports the ratio alone."""
     ratio = causal / base if base else float("nan")
+    measured = [metric, f"{base:.4g} {unit}", f"{causal:.4g} {unit}", ratio]
     if target is None:
-        return [metric, f"{base:.4g} {unit}", f"{causal:.4g} {unit}", ratio, "-", "-"]
+        return [*measured, "-", "-"]
     met = ratio >= target if higher_is_better else ratio <= target
     bound = ">=" if higher_is_better else "<="
-    return [
-        metric,
-        f"{base:.4g} {unit}",
-        f"{causal:.4g} {unit}",
-        ratio,
-        f"{bound} {target}",
-        "yes" if met else "NO",
-    ]
+    return [*measured, f"{bound} {target}", "yes" if met else "NO"]
 
 
 def run_size(size: str, budget: Budget, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:

@@ -187,6 +187,17 @@ def _checkpointed_sums(
     return cls_sum, reg_sum
 
 
+def _add_kept(kept: list[torch.Tensor | None], index: int, grad: torch.Tensor | None) -> None:
+    """Sum one chunk's ``grad`` into ``kept[index]``, which is added to in place afterwards, so the first one
+    kept is made contiguous (autograd may return an expanded view, which in-place addition cannot write)."""
+    if grad is None:
+        return
+    if kept[index] is None:
+        kept[index] = grad.contiguous()
+    else:
+        kept[index].add_(grad)
+
+
 class _SumsWithForwardGradients(torch.autograd.Function):
     """The summed token and value terms over all chunks, with each chunk's gradients computed in the forward.
 
@@ -221,14 +232,7 @@ class _SumsWithForwardGradients(torch.autograd.Function):
                         if grad_rows is not None:
                             grad_hidden[name][start : start + spec.chunk_size] += grad_rows
                     for i, g in zip(wanted, chunk_grads):
-                        if g is None:
-                            continue
-                        if (
-                            grads[name][i] is None
-                        ):  # kept and added to in place: an expanded view would not do
-                            grads[name][i] = g.contiguous()
-                        else:
-                            grads[name][i].add_(g)
+                        _add_kept(grads[name], i, g)
             cls_sum += sums["cls"].detach()
             reg_sum += sums["reg"].detach()
         ctx.grads, ctx.grad_hidden = grads, grad_hidden

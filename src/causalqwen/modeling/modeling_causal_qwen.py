@@ -403,11 +403,11 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
 
     def _token_scale_weight(self) -> torch.Tensor:
         """What the token head's scale needs from its weight W [V x C]: ``|W|`` (default) or the row L1 norms
-        ``||W_k||_1`` [V] (``config.isotropic_scale``). Formed once per forward and shared by every loss chunk,
-        its checkpointed recompute and the logits (not once per chunk and pass).
+        ``||W_k||_1`` [V] (``config.isotropic_scale``). Formed once per forward and shared by every loss chunk
+        and the logits (not once per chunk).
 
-        With gradients it is an autograd node, so backward accumulates the chunks' gradients into one [V x C]
-        buffer and multiplies by ``sign(W)`` once (for the default: one |W| copy and its gradient alive during
+        With gradients it is an autograd node: the loss sums the chunks' gradients for it into one buffer and
+        backward multiplies by ``sign(W)`` once (for the default: one |W| copy and its gradient alive during
         the step, 545 MB each in float32 at Qwen2.5-0.5B, against an ``abs`` of the whole head three times per
         chunk before). Without gradients (decoding, evaluation) it is cached: every decoding step recomputing
         ``abs`` of the head halved standard-mode tokens/s at 0.5B. The cache is keyed on the weight's storage,
@@ -436,10 +436,9 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
     def _head_parameters(self) -> list[torch.Tensor]:
         """The parameters :meth:`_heads` uses (abduction, action noise, token and value heads), once each: the
         chunked loss computes their gradients in its forward (``modeling/loss.py``)."""
-        tensors = [*self.abduction.parameters(), *self.action.parameters(), *self.value_head.parameters()]
-        tensors.append(
-            self.lm_head.weight
-        )  # the active copy under PEFT's modules_to_save, as _heads reads it
+        # lm_head.weight as _heads reads it: the active copy under PEFT's modules_to_save.
+        tensors = [*self.abduction.parameters(), *self.action.parameters(), *self.value_head.parameters(),
+                   self.lm_head.weight]  # fmt: skip
         return list({id(t): t for t in tensors}.values())
 
     def _heads(
