@@ -7,8 +7,8 @@ trainable parameters (``params.safetensors``) and the per-step losses (``log.jso
     python tests/distributed_worker.py --family causal --batch 4 --out /tmp/one
     torchrun --nproc_per_node 2 tests/distributed_worker.py --family causal --batch 2 --out /tmp/two
 
-``--break no-loss-scale`` is the negative control: it drops the world-size factor that compensates DDP's
-gradient averaging, which the tests must detect.
+``--broken`` runs a negative control the tests must detect: ``no-loss-scale`` drops the world-size factor that
+compensates DDP's gradient averaging; ``skip-chunk`` makes the second process skip its last loss chunk.
 """
 
 from __future__ import annotations
@@ -82,6 +82,8 @@ def causal_trainer(args, tokenizer, output_dir):
     model = tiny_causal_model(tokenizer, args.family == "lora", args.tied)
     training_args = numeric_training_arguments(output_dir, **_common(args))
     trainer_class = _broken(CausalQwenTrainer) if args.broken == "no-loss-scale" else CausalQwenTrainer
+    if args.broken == "skip-chunk":
+        _skip_last_chunk(rank=int(os.environ.get("RANK", "0")))
     return trainer_class(
         model=model,
         args=training_args,
@@ -178,6 +180,18 @@ def _broken(trainer_class):
             return batches, counts
 
     return NoLossScale
+
+
+def _skip_last_chunk(rank: int, rows: int = 4) -> None:
+    """The negative control for a process that skips a loss chunk: the loss runs in chunks of ``rows`` positions
+    on every process (the tiny vocabulary would otherwise give one chunk), and process 1 drops its last one. Every
+    parameter still gets a gradient, so DDP raises nothing: only the comparison with one process can see it."""
+    from causalqwen.modeling import loss, modeling_causal_qwen
+
+    modeling_causal_qwen.chunk_rows = lambda chunk_size, vocab_size: rows
+    if rank == 1:
+        starts = loss._ChunkSpec.starts
+        loss._ChunkSpec.starts = lambda spec: starts(spec)[:-1] if len(starts(spec)) > 1 else starts(spec)
 
 
 def router_rows() -> list[dict]:
@@ -278,7 +292,7 @@ def main() -> None:
     parser.add_argument("--tied", action="store_true", help="tie the token head to the input embedding")
     parser.add_argument("--data", choices=["mixed", "extremes"], default="mixed")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--broken", choices=["no-loss-scale"], default=None)
+    parser.add_argument("--broken", choices=["no-loss-scale", "skip-chunk"], default=None)
     parser.add_argument("--fsdp", action="store_true", help="FSDP2 full shard per decoder layer (plain loop)")
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -103,6 +103,15 @@ def test_negative_control_unscaled_loss_is_detected(tmp_path_factory):
     assert max_difference(one, broken) > 1e-4
 
 
+def test_negative_control_skipped_loss_chunk_is_detected(tmp_path_factory):
+    """A process that skips one loss chunk still gives every parameter a gradient (DDP raises nothing); the
+    comparison with one process must see the lost rows."""
+    one = run(tmp_path_factory, 1, "--family", "causal", "--batch", "4")
+    broken = run(tmp_path_factory, 2, "--family", "causal", "--batch", "2", "--broken", "skip-chunk")
+    assert broken["losses"][0] < one["losses"][0] * (1 - 1e-3)
+    assert max_difference(one, broken) > 1e-4
+
+
 def test_router_tool_set_is_per_process(tmp_path_factory):
     """The router's in-batch tool set is the union of each process's own batch (documented, not gathered): 2
     processes x 2 queries == one process accumulating 2 micro-batches of 2, and != one batch of 4 (one union)."""
