@@ -1,11 +1,14 @@
-"""causalqwen: a numeric causal LM (CausalQwen) and a tool router (ToolRouter), native to transformers.
+"""causalqwen: a numeric causal LM (CausalQwen), a tool router (ToolRouter) and a tool planner (ToolPlanner),
+native to transformers.
 
-Importing the package registers both model families with the transformers Auto classes.
+Importing the package registers the three model families with the transformers Auto classes.
 """
 
 from .configuration.configuration_causal_qwen import CausalQwenConfig
+from .configuration.configuration_tool_planner import ToolPlannerConfig
 from .configuration.configuration_tool_router import ToolRouterConfig
 from .modeling.modeling_causal_qwen import CausalQwenForNumericCausalLM, CausalQwenModel
+from .modeling.modeling_tool_planner import ToolPlannerModel
 from .modeling.modeling_tool_router import ToolRouterModel
 from .registration import ModelFamily, register_family
 from .tokenization.tokenization_causal_qwen import CausalQwenTokenizer
@@ -20,6 +23,8 @@ MODEL_FAMILIES: tuple[ModelFamily, ...] = (
         tokenizer=CausalQwenTokenizer,
     ),
     ModelFamily(ToolRouterConfig, models={"AutoModel": ToolRouterModel}),
+    # After the router and CausalQwen: the planner's config resolves its parts through AutoConfig.
+    ModelFamily(ToolPlannerConfig, models={"AutoModel": ToolPlannerModel}),
 )
 
 for _family in MODEL_FAMILIES:
@@ -32,6 +37,8 @@ __all__ = [
     "CausalQwenModel",
     "CausalQwenTokenizer",
     "ModelFamily",
+    "ToolPlannerConfig",
+    "ToolPlannerModel",
     "ToolRouterConfig",
     "ToolRouterModel",
     "register_family",

@@ -63,6 +63,19 @@ def embed_texts(encoder: TextEncoder, tokenizer, texts: Sequence[str], *, max_le
     return torch.cat(pieces)
 
 
+def budget_mask(resource_vectors: torch.Tensor, budget: dict[str, float] | None) -> torch.Tensor:
+    """[..., T] True where a tool's resource vector ([..., T, 6]) is within every given budget (field name of
+    :data:`RESOURCE_FIELDS` -> maximum)."""
+    keep = torch.ones(resource_vectors.shape[:-1], dtype=torch.bool, device=resource_vectors.device)
+    for key, limit in (budget or {}).items():
+        if key not in RESOURCE_FIELDS:
+            raise ValueError(f"unknown budget field {key!r}; choose from {RESOURCE_FIELDS}")
+        if not math.isfinite(float(limit)):
+            raise ValueError(f"budget {key}={limit} is not finite")
+        keep &= resource_vectors[..., RESOURCE_FIELDS.index(key)] <= float(limit)
+    return keep
+
+
 def tool_name_and_text(tool: Any) -> tuple[str, str]:
     """A tool as (name, text): an OpenAI-style spec (``{"type": "function", "function": {...}}``), a bare
     function spec (``{"name", "description", "parameters"}``, as BFCL writes them) or a string
@@ -158,16 +171,9 @@ class ToolIndex:
     # ----------------------------------------------------------------- routing
     def _budget_mask(self, budget: dict[str, float] | None) -> torch.Tensor:
         """Tools whose resource vector is within every given budget (field name -> maximum)."""
-        keep = torch.ones(len(self), dtype=torch.bool)
-        for key, limit in (budget or {}).items():
-            if key not in RESOURCE_FIELDS:
-                raise ValueError(f"unknown budget field {key!r}; choose from {RESOURCE_FIELDS}")
-            if not self.has_resources:
-                raise ValueError("a budget needs an index built with resource_vectors")
-            if not math.isfinite(float(limit)):
-                raise ValueError(f"budget {key}={limit} is not finite")
-            keep &= self.resource_vectors[:, RESOURCE_FIELDS.index(key)] <= float(limit)
-        return keep
+        if budget and not self.has_resources:
+            raise ValueError("a budget needs an index built with resource_vectors")
+        return budget_mask(self.resource_vectors, budget)
 
     def _candidate_mask(self, candidates: Sequence[int | str] | None) -> torch.Tensor:
         if candidates is None:
@@ -290,6 +296,7 @@ __all__ = [
     "RankedTool",
     "RouteResult",
     "ToolIndex",
+    "budget_mask",
     "embed_texts",
     "tool_name_and_text",
 ]

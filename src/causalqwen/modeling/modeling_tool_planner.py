@@ -1,0 +1,627 @@
+"""ToolPlanner: seed 001's center and right panels on top of the ToolRouter's tool states (issue #17).
+
+Data flow (B requests, T offered tools, S plan steps, H the backbone width)::
+
+    left panel    tools -> ToolRouterModel.encode_tools -> tool states [B, T, d_model]   (or given: tool_states=)
+                  tool_projector (MLP) -> [B, T, H];  runtime_context [B, C] -> context_projector -> [B, H]
+    center panel  input_ids  = request tokens, [<CTX>], <TOOL> x T, <PLAN> x S
+                  embeddings: request tokens as the backbone embeds them (CausalQwen fuses each <NUM> with its
+                  value), <TOOL>_j := projected state of tool j, <CTX> := projected context,
+                  <PLAN>_t := embed(<PLAN>) + step_embedding[t] + projected state of the tool chosen at step t-1
+                  -> Qwen2 / CausalQwen backbone (causal) -> hidden states [B, L, H]
+    right panel   pointer: logits[b, t] = [stop(h_plan_t), q(h_plan_t) . k(h_tool_j) / sqrt(P) for j < T]
+                  -> [B, S, 1 + T]  (column 0 = STOP; STOP at step 0 = abstain)
+                  latency: Cauchy(loc, scale) per tool from h_tool_j  [B, T]
+
+The tools come after the request, so each tool position attends to the request (its budget as a ``<NUM>`` value
+with a CausalQwen backbone) and to the runtime context: the backbone can decide per tool whether it fits before
+the pointer reads it. Plan steps are teacher-forced in training (``plan_labels`` give the previous step's tool)
+and decoded one step at a time by :meth:`ToolPlannerModel.plan`.
+
+Labels: ``plan_labels`` [B, S] hold ``0`` for STOP, ``j + 1`` for tool ``j`` and ``-100`` for padding; a plan of
+``n`` tools is ``n + 1`` steps (the tools, then STOP). ``latency_labels`` [B, T] are observed latencies, negative
+where unobserved.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModel, PreTrainedModel, Qwen2Model
+from transformers.activations import ACT2FN
+from transformers.utils import ModelOutput
+
+from ..configuration.configuration_tool_planner import ToolPlannerConfig
+from ..remote_code import RemoteCodeMixin
+from ._checks import check_finite
+from .cauchy import cauchy_interval, cauchy_nll, softplus_inverse
+from .modeling_causal_qwen import CausalQwenModel
+from .modeling_tool_router import ToolRouterModel
+from .numeric_embedding import embed_numbers
+
+STOP = 0
+IGNORE_INDEX = -100
+# Backbone classes by text_config.model_type: explicit, so remote code needs no Auto registration.
+BACKBONES: dict[str, type[PreTrainedModel]] = {"causal_qwen": CausalQwenModel, "qwen2": Qwen2Model}
+
+
+@dataclass
+class ToolPlannerOutput(ModelOutput):
+    """Outputs of :class:`ToolPlannerModel`.
+
+    Args:
+        loss: pointer CE (mean over labelled steps) + ``latency_weight`` x latency NLL, when labels are given.
+        pointer_logits ([B, S, 1 + T]): column 0 scores STOP, column ``j + 1`` tool ``j``; ``-inf`` where a tool is
+            padding (or already chosen with ``allow_repeated_tools=False``); 0 on padded steps.
+        step_mask ([B, S]): which plan steps exist in each row.
+        latency_loc, latency_scale ([B, T]): Cauchy latency of each offered tool in this request.
+        tool_states ([B, T, d_model]): the tool tower's states (after tool-set attention).
+        hidden_states ([B, L, H]): the backbone's last hidden states.
+    """
+
+    loss: torch.Tensor | None = None
+    pointer_loss: torch.Tensor | None = None
+    latency_loss: torch.Tensor | None = None
+    pointer_logits: torch.Tensor | None = None
+    step_mask: torch.Tensor | None = None
+    latency_loc: torch.Tensor | None = None
+    latency_scale: torch.Tensor | None = None
+    tool_states: torch.Tensor | None = None
+    hidden_states: torch.Tensor | None = None
+
+
+@dataclass
+class PlanStep:
+    """One decoded step: the chosen tool (index into the request's tools, and its name when known), the pointer's
+    probability for it, and its latency as a Cauchy median with a central interval."""
+
+    tool: int
+    name: str | None
+    score: float
+    latency: float
+    latency_interval: tuple[float, float]
+
+
+@dataclass
+class Plan:
+    """A decoded plan: the steps in order (empty = abstain) and the STOP probability at the step that ended it."""
+
+    steps: list[PlanStep] = field(default_factory=list)
+    stop_score: float = 0.0
+
+    @property
+    def abstain(self) -> bool:
+        return not self.steps
+
+    @property
+    def tools(self) -> list[int]:
+        return [step.tool for step in self.steps]
+
+
+class ToolProjector(nn.Module):
+    """Tool states (or the runtime context) -> the backbone's embedding space, LLaVA-style two-layer MLP."""
+
+    def __init__(self, in_features: int, hidden_size: int, act: str):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_features, hidden_size)
+        self.act = ACT2FN[act]
+        self.linear_2 = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(states)))
+
+
+def _unit_variance_rows(linear: nn.Linear) -> None:
+    linear.weight.normal_(std=linear.in_features**-0.5)
+
+
+def _unit_softplus_scale(linear: nn.Linear) -> None:
+    linear.weight.zero_()
+    linear.bias.fill_(float(softplus_inverse(1.0)))
+
+
+def _with_init(linear: nn.Linear, init) -> nn.Linear:
+    """Attach a special init to a leaf layer. transformers initialises custom-code models module by module and
+    skips a module without parameters of its own (a head made of child layers): an init written for the head
+    would silently not run, so the layer carries it and ``_init_weights`` applies it."""
+    linear._planner_init = init
+    return linear
+
+
+class PlanPointer(nn.Module):
+    """Scores STOP and every offered tool from a plan step's hidden state."""
+
+    def __init__(self, hidden_size: int, pointer_size: int):
+        super().__init__()
+        # Unit-variance queries and keys: with both at the usual std 0.02 the bilinear score and its gradients
+        # start near zero and the pointer barely learns.
+        self.query = _with_init(nn.Linear(hidden_size, pointer_size, bias=False), _unit_variance_rows)
+        self.key = _with_init(nn.Linear(hidden_size, pointer_size, bias=False), _unit_variance_rows)
+        self.stop = nn.Linear(hidden_size, 1)
+        self.scale = 1.0 / math.sqrt(pointer_size)
+
+    def forward(self, step_hidden: torch.Tensor, tool_hidden: torch.Tensor) -> torch.Tensor:
+        tools = torch.einsum("bsp,btp->bst", self.query(step_hidden), self.key(tool_hidden)) * self.scale
+        return torch.cat([self.stop(step_hidden), tools], dim=-1)
+
+
+class PlannerLatencyHead(nn.Module):
+    """Cauchy(loc, scale) of a tool's latency from its hidden state in the request (the shared Cauchy code)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.loc = nn.Linear(hidden_size, 1)
+        # Unit latency scale at init, as the router's latency head is meant to start.
+        self.scale = _with_init(nn.Linear(hidden_size, 1), _unit_softplus_scale)
+
+    def forward(self, tool_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.loc(tool_hidden).squeeze(-1), nn.functional.softplus(self.scale(tool_hidden)).squeeze(-1)
+
+
+def _rows_to_padded(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``values`` [N, H] taken at the True entries of ``mask`` [B, K] (row-major) -> [B, K, H], zeros elsewhere."""
+    out = values.new_zeros(*mask.shape, values.shape[-1])
+    out[mask] = values
+    return out
+
+
+def _ordinal(mask: torch.Tensor) -> torch.Tensor:
+    """For each True entry of ``mask`` [B, L], its rank among the row's True entries (0, 1, ...)."""
+    return mask.long().cumsum(-1) - 1
+
+
+class ToolPlannerPreTrainedModel(PreTrainedModel):
+    config_class = ToolPlannerConfig
+    config: ToolPlannerConfig
+    base_model_prefix = "planner"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Qwen2DecoderLayer"]
+    _supports_sdpa = True
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        # PEFT reads this deprecated alias on every get_peft_model (as for CausalQwen): answer it without the
+        # FutureWarning transformers attaches to it.
+        return any(getattr(module, "gradient_checkpointing", False) for module in self.modules())
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        special = getattr(module, "_planner_init", None)
+        if special is not None:
+            special(module)
+
+
+class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
+    """Plans tool calls for a request; see the module docstring for the data flow and the label format."""
+
+    def __init__(self, config: ToolPlannerConfig):
+        super().__init__(config)
+        self.tool_tower = ToolRouterModel(config.router_config)
+        self.language_model = BACKBONES[config.text_config.model_type](config.text_config)
+        hidden = config.text_config.hidden_size
+        self.tool_projector = ToolProjector(config.router_config.d_model, hidden, config.projector_hidden_act)
+        self.context_projector = (
+            ToolProjector(config.runtime_context_dim, hidden, config.projector_hidden_act)
+            if config.runtime_context_dim
+            else None
+        )
+        # A module (not a bare parameter) so that PEFT can train it in full (modules_to_save).
+        self.step_embedding = nn.Embedding(config.max_plan_steps + 1, hidden)
+        self.pointer = PlanPointer(hidden, config.pointer_size)
+        self.latency_head = PlannerLatencyHead(hidden)
+        self.post_init()
+        if config.freeze_tool_tower:
+            self.tool_tower.requires_grad_(False)
+
+    # ----------------------------------------------------------------- building
+    @classmethod
+    def from_components(
+        cls,
+        tool_tower: ToolRouterModel | str,
+        language_model: PreTrainedModel | str,
+        **config_kwargs: Any,
+    ) -> ToolPlannerModel:
+        """A planner around a trained (or fresh) ToolRouter and a Qwen2 / CausalQwen checkpoint, models or local
+        paths (read with ``local_files_only``). Their weights are copied; the projectors and heads start fresh.
+        A causal-LM checkpoint gives its base model (the planner reads hidden states, not token logits)."""
+        if isinstance(tool_tower, str):
+            tool_tower = ToolRouterModel.from_pretrained(tool_tower, local_files_only=True)
+        if isinstance(language_model, str):
+            language_model = AutoModel.from_pretrained(language_model, local_files_only=True)
+        base = getattr(language_model, "base_model", language_model)
+        config = ToolPlannerConfig(
+            router_config=tool_tower.config.to_dict(), text_config=base.config.to_dict(), **config_kwargs
+        )
+        model = cls(config)
+        model.tool_tower.load_state_dict(tool_tower.state_dict())
+        model.language_model.load_state_dict(base.state_dict())
+        return model
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    # ----------------------------------------------------------------- inputs
+    def _tool_states(self, tool_states, tool_kwargs: dict[str, Any]) -> torch.Tensor:
+        if tool_states is not None:
+            if any(tool_kwargs.get(k) is not None for k in _TOOL_KEYS if k != "tool_mask"):
+                raise ValueError("pass either tool_states or the tool inputs (tool_input_ids, ...), not both")
+            check_finite(tool_states, "tool_states contain NaN or inf")
+            return tool_states
+        if tool_kwargs.get("tool_input_ids") is None and tool_kwargs.get("tool_text_embeddings") is None:
+            raise ValueError("no tools: pass tool_input_ids (or tool_text_embeddings) and resource_vectors")
+        ids = tool_kwargs.get("tool_input_ids")
+        given = ids if ids is not None else tool_kwargs["tool_text_embeddings"]
+        if given.dim() != 3:
+            raise ValueError(
+                "the planner's tools are per request: tool_input_ids [B, T, Lt] or tool_text_embeddings [B, T, E], "
+                f"got {tuple(given.shape)}"
+            )
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_tool_tower):
+            return self.tool_tower.encode_tools(**tool_kwargs).tool_states
+
+    def _check_layout(self, input_ids, tool_mask, runtime_context) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        tool_slots = input_ids == cfg.tool_token_id
+        plan_slots = input_ids == cfg.plan_token_id
+        placed, offered = tool_slots.sum(-1), tool_mask.sum(-1)
+        if not torch.equal(placed, offered):
+            raise ValueError(
+                f"each request needs one <TOOL> placeholder (id {cfg.tool_token_id}) per offered tool: placeholders "
+                f"{placed.tolist()} vs tools {offered.tolist()}"
+            )
+        if (offered == 0).any():
+            raise ValueError(f"empty tool set in request(s) {torch.nonzero(offered == 0).flatten().tolist()}")
+        steps = plan_slots.sum(-1)
+        if (steps == 0).any():
+            raise ValueError(
+                f"request(s) {torch.nonzero(steps == 0).flatten().tolist()} have no <PLAN> token"
+            )
+        if (steps > cfg.max_plan_steps + 1).any():
+            raise ValueError(
+                f"at most max_plan_steps + 1 = {cfg.max_plan_steps + 1} <PLAN> tokens per request"
+            )
+        if cfg.runtime_context_dim:
+            contexts = (input_ids == cfg.context_token_id).sum(-1)
+            if runtime_context is None or not bool((contexts == 1).all()):
+                raise ValueError(
+                    f"runtime_context_dim={cfg.runtime_context_dim}: each request needs runtime_context [B, "
+                    f"{cfg.runtime_context_dim}] and one <CTX> token (id {cfg.context_token_id}), got "
+                    f"{contexts.tolist()}"
+                )
+            if runtime_context.shape != (input_ids.shape[0], cfg.runtime_context_dim):
+                raise ValueError(
+                    f"runtime_context must be [B={input_ids.shape[0]}, {cfg.runtime_context_dim}], got "
+                    f"{tuple(runtime_context.shape)}"
+                )
+            check_finite(runtime_context, "runtime_context contains NaN or inf")
+        elif runtime_context is not None:
+            raise ValueError("runtime_context given but the config has runtime_context_dim=0")
+        return tool_slots, plan_slots
+
+    def _previous_tools(self, plan_labels, previous_tools, steps: int, like: torch.Tensor) -> torch.Tensor:
+        """The tool chosen before each step [B, S] (-1: none): given, or teacher-forced from ``plan_labels``."""
+        if previous_tools is not None:
+            return previous_tools
+        previous = torch.full((like.shape[0], steps), -1, dtype=torch.long, device=like.device)
+        if plan_labels is not None and steps > 1:
+            before = plan_labels[:, : steps - 1]
+            previous[:, 1:] = torch.where(before > STOP, before - 1, -1)
+        return previous
+
+    def _embed(self, input_ids, numeric_values, tool_embeds, tool_mask, tool_slots, plan_slots, previous,
+               runtime_context) -> torch.Tensor:  # fmt: skip
+        cfg = self.config
+        embeds = self.language_model.get_input_embeddings()(input_ids)
+        value_encoding = getattr(self.language_model, "value_encoding", None)
+        if value_encoding is not None:
+            embeds = embed_numbers(
+                embeds, input_ids, numeric_values, cfg.text_config.num_token_id, value_encoding
+            )
+        elif numeric_values is not None and bool((numeric_values != 0).any()):
+            raise ValueError(
+                "numeric_values given but the backbone is a plain Qwen2 (numbers are digit text)"
+            )
+        tool_embeds = tool_embeds.to(embeds.dtype)
+        embeds = embeds.masked_scatter(tool_slots[..., None], tool_embeds[tool_mask])
+        rows = torch.nonzero(plan_slots)[:, 0]
+        step = _ordinal(plan_slots)[plan_slots]
+        prev = previous[rows, step]
+        chosen = tool_embeds[rows, prev.clamp(min=0)] * (prev >= 0)[:, None].to(embeds.dtype)
+        embeds = embeds.clone()
+        embeds[plan_slots] = embeds[plan_slots] + self.step_embedding(step).to(embeds.dtype) + chosen
+        if self.context_projector is not None:
+            context_slots = input_ids == cfg.context_token_id
+            embeds[context_slots] = self.context_projector(runtime_context.to(embeds.dtype))
+        return embeds
+
+    # ----------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        numeric_values: torch.Tensor | None = None,
+        tool_input_ids: torch.LongTensor | None = None,
+        tool_attention_mask: torch.Tensor | None = None,
+        tool_text_embeddings: torch.Tensor | None = None,
+        resource_vectors: torch.Tensor | None = None,
+        tool_mask: torch.Tensor | None = None,
+        tool_states: torch.Tensor | None = None,
+        runtime_context: torch.Tensor | None = None,
+        plan_labels: torch.LongTensor | None = None,
+        previous_tools: torch.LongTensor | None = None,
+        latency_labels: torch.Tensor | None = None,
+        numeric_formats: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> ToolPlannerOutput:
+        r"""
+        input_ids ([B, L]): request tokens, then ``<TOOL>`` x (tools of the row), then ``<PLAN>`` x steps (right
+            padding; see :class:`ToolPlannerProcessor`).
+        numeric_values ([B, L]): values of the request's ``<NUM>`` tokens (CausalQwen backbone).
+        tool_input_ids / tool_attention_mask ([B, T, Lt]) or tool_text_embeddings ([B, T, E]), resource_vectors
+            ([B, T, 6]), tool_mask ([B, T]): the offered tools, through the tool tower; or ``tool_states``
+            ([B, T, d_model]) computed before (e.g. once for every decoding step).
+        runtime_context ([B, C]): placed at the ``<CTX>`` token when ``runtime_context_dim`` = C > 0.
+        plan_labels ([B, S]): 0 = STOP, j + 1 = tool j, -100 = no step. previous_tools ([B, S]): the tool chosen
+            before each step (-1 = none), default teacher-forced from ``plan_labels``.
+        latency_labels ([B, T]): observed latency per tool (negative = not observed).
+        numeric_formats: accepted so that the tokenizer's output can be passed through; not used.
+        """
+        tool_kwargs = dict(
+            tool_input_ids=tool_input_ids,
+            tool_attention_mask=tool_attention_mask,
+            tool_text_embeddings=tool_text_embeddings,
+            resource_vectors=resource_vectors,
+            tool_mask=tool_mask,
+        )
+        states = self._tool_states(tool_states, tool_kwargs)
+        if tool_mask is None:
+            tool_mask = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
+        tool_mask = tool_mask.bool()
+        if input_ids.dim() != 2 or input_ids.shape[0] != states.shape[0]:
+            raise ValueError(
+                f"input_ids must be [B, L] with B = the tools' batch {states.shape[0]}, got {tuple(input_ids.shape)}"
+            )
+        tool_slots, plan_slots = self._check_layout(input_ids, tool_mask, runtime_context)
+        steps = int(plan_slots.sum(-1).max())
+        if plan_labels is not None and plan_labels.shape != (input_ids.shape[0], steps):
+            raise ValueError(
+                f"plan_labels must be [B, S] with S = the most <PLAN> tokens in a row ({steps}), got "
+                f"{tuple(plan_labels.shape)}"
+            )
+        previous = self._previous_tools(plan_labels, previous_tools, steps, input_ids)
+        if previous.shape != (input_ids.shape[0], steps):
+            raise ValueError(f"previous_tools must be [B, {steps}], got {tuple(previous.shape)}")
+        tool_embeds = self.tool_projector(states)
+        embeds = self._embed(input_ids, numeric_values, tool_embeds, tool_mask, tool_slots, plan_slots, previous,
+                             runtime_context)  # fmt: skip
+        hidden = self.language_model(
+            inputs_embeds=embeds, attention_mask=attention_mask, **kwargs
+        ).last_hidden_state
+        step_mask = torch.arange(steps, device=hidden.device)[None, :] < plan_slots.sum(-1, keepdim=True)
+        step_hidden = _rows_to_padded(hidden[plan_slots], step_mask)
+        tool_hidden = _rows_to_padded(hidden[tool_slots], tool_mask)
+        logits = self.pointer(step_hidden, tool_hidden)
+        blocked = ~tool_mask[:, None, :].expand(-1, steps, -1)
+        if not self.config.allow_repeated_tools:
+            blocked = blocked | self._chosen_before(previous, tool_mask.shape[1])
+        logits = torch.cat([logits[..., :1], logits[..., 1:].masked_fill(blocked, float("-inf"))], dim=-1)
+        logits = logits.masked_fill(~step_mask[..., None], 0.0)
+        latency_loc, latency_scale = self.latency_head(tool_hidden)
+        pointer_loss = self._pointer_loss(logits, plan_labels, tool_mask) if plan_labels is not None else None
+        latency_loss = self._latency_loss(latency_loc, latency_scale, latency_labels, tool_mask)
+        loss = None
+        if pointer_loss is not None or latency_loss is not None:
+            loss = hidden.new_zeros(())
+            if pointer_loss is not None:
+                loss = loss + self.config.pointer_weight * pointer_loss
+            if latency_loss is not None:
+                loss = loss + self.config.latency_weight * latency_loss
+        return ToolPlannerOutput(
+            loss=loss,
+            pointer_loss=pointer_loss,
+            latency_loss=latency_loss,
+            pointer_logits=logits,
+            step_mask=step_mask,
+            latency_loc=latency_loc,
+            latency_scale=latency_scale,
+            tool_states=states,
+            hidden_states=hidden,
+        )
+
+    @staticmethod
+    def _chosen_before(previous: torch.Tensor, num_tools: int) -> torch.Tensor:
+        """[B, S, T]: tool j was chosen at a step before t (the previous tools up to and including step t)."""
+        hits = nn.functional.one_hot(previous.clamp(min=0), num_tools).bool() & (previous >= 0)[..., None]
+        return hits.cumsum(1) > 0
+
+    def _pointer_loss(self, logits, plan_labels, tool_mask) -> torch.Tensor:
+        labelled = plan_labels != IGNORE_INDEX
+        valid = (plan_labels >= STOP) & (plan_labels <= tool_mask.sum(-1, keepdim=True))
+        if bool((labelled & ~valid).any()):
+            raise ValueError("plan_labels must be 0 (STOP), j + 1 for an offered tool j, or -100")
+        target = plan_labels.masked_fill(~labelled, 0)
+        picked = logits.gather(-1, target[..., None]).squeeze(-1)
+        if bool(torch.isinf(picked[labelled]).any()):
+            raise ValueError("a plan label points at a tool the pointer cannot choose (already in the plan)")
+        # Mean over labelled steps; a batch without any labelled step still depends on the pointer (0 x logits).
+        nll = torch.logsumexp(logits, dim=-1) - picked
+        return (nll * labelled).sum() / labelled.sum().clamp(min=1)
+
+    @staticmethod
+    def _latency_loss(loc, scale, latency_labels, tool_mask) -> torch.Tensor | None:
+        if latency_labels is None:
+            return None
+        if latency_labels.shape != loc.shape:
+            raise ValueError(
+                f"latency_labels must be [B, T] = {tuple(loc.shape)}, got {tuple(latency_labels.shape)}"
+            )
+        observed = torch.isfinite(latency_labels) & (latency_labels >= 0) & tool_mask
+        if not bool(observed.any()):
+            return None
+        return cauchy_nll(latency_labels[observed].to(loc.dtype), loc[observed], scale[observed]).mean()
+
+    # ----------------------------------------------------------------- decoding
+    @torch.no_grad()
+    def plan(
+        self,
+        processor,
+        queries: str | list[str],
+        tools,
+        *,
+        runtime_context=None,
+        budget: dict[str, float] | None = None,
+        max_steps: int | None = None,
+        num_beams: int = 1,
+        interval: float = 0.9,
+    ) -> Plan | list[Plan]:
+        """Decode a plan per request. ``tools``: one tool list for every query, a list of tool lists (one per
+        query), or a :class:`~causalqwen.tool_index.ToolIndex`; a tool is ``{"name", "text", "resources"}``, a
+        ``(text, resources)`` pair or an index tool (see :class:`ToolPlannerProcessor`). ``budget`` (resource field
+        -> maximum, as ``ToolIndex.route``) masks the tools that exceed it before the pointer chooses; the budgets
+        written in the query are the model's to read. ``num_beams > 1`` searches plans by the sum of step
+        log-probabilities. Returns one :class:`Plan` for a string query, a list otherwise."""
+        single = isinstance(queries, str)
+        queries = [queries] if single else list(queries)
+        steps_cap = min(max_steps or self.config.max_plan_steps, self.config.max_plan_steps)
+        batch = processor(queries, tools, runtime_context=runtime_context, num_plan_tokens=0)
+        names, raw = batch.pop("tool_names"), batch.pop("raw_resource_vectors")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        allowed = batch["tool_mask"] & processor.budget_mask(raw, budget).to(self.device)
+        states = self._tool_states(None, {k: batch.get(k) for k in _TOOL_KEYS})
+        decoder = _BeamDecoder(self, batch, states, allowed, steps_cap, num_beams)
+        plans = []
+        for row, (chosen, probs, stop_prob) in enumerate(decoder.run()):
+            loc, scale = decoder.latency[row]
+            steps = []
+            for tool, prob in zip(chosen, probs):
+                low, high = cauchy_interval(loc[tool], scale[tool], interval)
+                steps.append(PlanStep(tool, names[row][tool] if names else None, prob, float(loc[tool]),
+                                      (float(low), float(high))))  # fmt: skip
+            plans.append(Plan(steps, stop_prob))
+        return plans[0] if single else plans
+
+
+_TOOL_KEYS = (
+    "tool_input_ids",
+    "tool_attention_mask",
+    "tool_text_embeddings",
+    "resource_vectors",
+    "tool_mask",
+)
+
+
+class _BeamDecoder:
+    """Step-by-step plan decoding: each step re-reads the request with one more ``<PLAN>`` token (plans are a few
+    steps long, so re-running the backbone is cheaper to get right than a cache of inputs_embeds). A beam holds
+    (tools so far, summed log-probability); a beam that chose STOP is finished."""
+
+    def __init__(self, model: ToolPlannerModel, batch: dict, states, allowed, max_steps: int, num_beams: int):
+        if num_beams < 1:
+            raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+        self.model, self.batch, self.states, self.allowed = model, batch, states, allowed
+        self.max_steps, self.num_beams = max_steps, num_beams
+        self.latency: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.plan_id = model.config.plan_token_id
+
+    def _step_inputs(self, rows: list[int], prefixes: list[list[int]]) -> dict[str, Any]:
+        """The request rows ``rows``, each followed by ``len(prefix) + 1`` plan tokens (right padded)."""
+        base_ids, base_mask = self.batch["input_ids"], self.batch["attention_mask"]
+        lengths = base_mask.sum(-1)
+        width = int(max(lengths[r] + len(p) + 1 for r, p in zip(rows, prefixes)))
+        ids = base_ids.new_zeros(len(rows), width)
+        mask = torch.zeros_like(ids)
+        previous = torch.full((len(rows), 1 + max(len(p) for p in prefixes)), -1, dtype=torch.long,
+                              device=ids.device)  # fmt: skip
+        values = None
+        if "numeric_values" in self.batch:
+            values = self.batch["numeric_values"].new_zeros(len(rows), width)
+        for i, (r, prefix) in enumerate(zip(rows, prefixes)):
+            n = int(lengths[r])
+            ids[i, :n] = base_ids[r, :n]
+            ids[i, n : n + len(prefix) + 1] = self.plan_id
+            mask[i, : n + len(prefix) + 1] = 1
+            if values is not None:
+                values[i, :n] = self.batch["numeric_values"][r, :n]
+            previous[i, 1 : 1 + len(prefix)] = torch.tensor(prefix, dtype=torch.long)
+        inputs = dict(input_ids=ids, attention_mask=mask, tool_states=self.states[rows],
+                      tool_mask=self.batch["tool_mask"][rows], previous_tools=previous)  # fmt: skip
+        if values is not None:
+            inputs["numeric_values"] = values
+        if "runtime_context" in self.batch:
+            inputs["runtime_context"] = self.batch["runtime_context"][rows]
+        return inputs
+
+    def _log_probs(self, rows: list[int], prefixes: list[list[int]]) -> torch.Tensor:
+        """Log-probabilities [N, 1 + T] of STOP and each tool at the next step of each (row, prefix)."""
+        out = self.model(**self._step_inputs(rows, prefixes))
+        last = torch.tensor([len(p) for p in prefixes], device=out.pointer_logits.device)
+        logits = out.pointer_logits[torch.arange(len(rows)), last].float()
+        blocked = ~self.allowed[rows]
+        if not self.model.config.allow_repeated_tools:
+            for i, prefix in enumerate(prefixes):
+                blocked[i, prefix] = True
+        logits[:, 1:] = logits[:, 1:].masked_fill(blocked, float("-inf"))
+        if not self.latency:
+            # The first call reads every row with an empty plan: each tool's latency in its request.
+            self.latency = [
+                (out.latency_loc[i].float(), out.latency_scale[i].float()) for i in range(len(rows))
+            ]
+        return torch.log_softmax(logits, dim=-1)
+
+    def run(self) -> list[tuple[list[int], list[float], float]]:
+        """Per request: (chosen tools, their step probabilities, the probability of the STOP that ended it)."""
+        rows = self.batch["input_ids"].shape[0]
+        # A beam: (tools so far, summed log-probability, step probabilities).
+        beams: list[list[tuple]] = [[([], 0.0, [])] for _ in range(rows)]
+        finished: list[list[tuple]] = [[] for _ in range(rows)]
+        for step in range(self.max_steps + 1):
+            live = [(r, beam) for r in range(rows) for beam in beams[r]]
+            if not live:
+                break
+            log_probs = self._log_probs([r for r, _ in live], [beam[0] for _, beam in live])
+            candidates: list[list[tuple]] = [[] for _ in range(rows)]
+            for (r, (prefix, score, probs)), lp in zip(live, log_probs):
+                stop_lp = float(lp[STOP])
+                if step == self.max_steps:
+                    # The cap: the plan ends here whatever the pointer says.
+                    finished[r].append((prefix, score, probs, math.exp(stop_lp)))
+                    continue
+                candidates[r].append((prefix, score + stop_lp, probs, math.exp(stop_lp), True))
+                top = torch.topk(lp[1:], min(self.num_beams, lp.shape[0] - 1))
+                for value, tool in zip(top.values.tolist(), top.indices.tolist()):
+                    if math.isfinite(value):
+                        candidates[r].append(
+                            (prefix + [tool], score + value, probs + [math.exp(value)], 0.0, False)
+                        )
+            for r in range(rows):
+                # Beam search over {STOP, tools}: with one beam, each step takes the argmax (greedy decoding).
+                ranked = sorted(candidates[r], key=lambda c: -c[1])[: self.num_beams]
+                finished[r].extend(c[:4] for c in ranked if c[4])
+                best_done = max((f[1] for f in finished[r]), default=-math.inf)
+                # Log-probabilities only fall as a plan grows: a beam below the best finished plan cannot win.
+                beams[r] = [c[:3] for c in ranked if not c[4] and c[1] > best_done]
+        results = []
+        for r in range(rows):
+            prefix, _, probs, stop_prob = max(finished[r], key=lambda f: f[1])
+            results.append((prefix, probs, stop_prob))
+        return results
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "STOP",
+    "Plan",
+    "PlanStep",
+    "ToolPlannerModel",
+    "ToolPlannerOutput",
+    "ToolPlannerPreTrainedModel",
+]

@@ -1,0 +1,138 @@
+"""Training the ToolPlanner through the ``Trainer`` (issue #17): collator, LoRA on the backbone, a train loop.
+
+Rows are the synthetic planning set's (``training/planner_data.py``) or any rows with the same fields: ``query``,
+``tool_names``, ``tool_texts``, ``resource_vectors`` (6 raw fields per tool), ``plan`` (tool indices, ``[]`` =
+abstain), optionally ``latency`` (observed per tool, negative = unobserved) and ``runtime_load`` (the runtime
+context when the planner has ``runtime_context_dim = 1``). The model computes its own loss (pointer CE per step +
+latency NLL), so the stock ``Trainer`` trains it; ``remove_unused_columns=False`` keeps the rows whole for the
+collator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..modeling.modeling_tool_planner import ToolPlannerModel
+from .lora import LORA_TARGET_MODULES, _peft
+
+__all__ = ["PlannerDataCollator", "apply_planner_lora", "planner_lora_config", "planner_training_args", "rows_tools",
+           "train_planner"]  # fmt: skip
+
+
+def rows_tools(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The offered tools of a data row in the processor's form."""
+    return [
+        {"name": name, "text": text, "resources": resources}
+        for name, text, resources in zip(row["tool_names"], row["tool_texts"], row["resource_vectors"])
+    ]
+
+
+class PlannerDataCollator:
+    """Rows -> a padded planner batch with ``plan_labels`` (and ``latency_labels`` when rows have ``latency``)."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        context = None
+        if self.processor.runtime_context_dim:
+            context = [
+                [float(row.get("runtime_load", 0.0))] * self.processor.runtime_context_dim for row in rows
+            ]
+        latencies = [row["latency"] for row in rows] if all("latency" in row for row in rows) else None
+        batch = self.processor(
+            [row["query"] for row in rows],
+            [rows_tools(row) for row in rows],
+            runtime_context=context,
+            plans=[row["plan"] for row in rows],
+            latencies=latencies,
+        )
+        batch.pop("tool_names")
+        batch.pop("raw_resource_vectors")
+        return batch
+
+
+def _full_training_modules(model: ToolPlannerModel) -> list[str]:
+    names = ["tool_projector", "step_embedding", "pointer", "latency_head"]
+    if model.context_projector is not None:
+        names.append("context_projector")
+    if not model.config.freeze_tool_tower:
+        names.append("tool_tower")
+    encoding = getattr(model.language_model, "value_encoding", None)
+    if encoding is not None and any(True for _ in encoding.parameters()):
+        names.append("value_encoding")
+    return names
+
+
+def planner_lora_config(
+    model: ToolPlannerModel, r: int = 8, alpha: int = 16, dropout: float = 0.0, **overrides
+):
+    """LoRA on the backbone's attention and MLP projections only (not the tool tower's encoder); the planner's
+    own modules (projectors, step embedding, pointer, latency head, the ``<NUM>`` value encoding, and the tool
+    tower unless it is frozen) are trained in full: they start from scratch, a low-rank update of them means
+    nothing."""
+    if not isinstance(model, ToolPlannerModel):
+        raise TypeError(f"planner LoRA needs a ToolPlannerModel, got {type(model).__name__}")
+    if not (isinstance(r, int) and r > 0):
+        raise ValueError(f"LoRA rank r must be a positive integer, got {r!r}")
+    targets = "|".join(LORA_TARGET_MODULES)
+    settings: dict[str, Any] = dict(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=rf"language_model\.layers\.\d+\.(self_attn|mlp)\.({targets})",
+        modules_to_save=_full_training_modules(model),
+    )
+    settings.update(overrides)
+    return _peft().LoraConfig(**settings)
+
+
+def apply_planner_lora(
+    model: ToolPlannerModel, r: int = 8, alpha: int = 16, dropout: float = 0.0, **overrides
+):
+    """``peft.get_peft_model(model, planner_lora_config(...))``."""
+    return _peft().get_peft_model(model, planner_lora_config(model, r, alpha, dropout, **overrides))
+
+
+def planner_training_args(output_dir, *, batch_size: int = 16, learning_rate: float = 1e-3, epochs: float = 1.0,
+                          max_steps: int = -1, seed: int = 0, **overrides: Any):  # fmt: skip
+    """``TrainingArguments`` for the planner: rows reach the collator whole, CPU-friendly defaults."""
+    from transformers import TrainingArguments
+
+    settings = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,  # a float below 1 is a share of the steps
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        seed=seed,
+        data_seed=seed,
+        remove_unused_columns=False,
+        label_names=["plan_labels"],
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=25,
+        dataloader_num_workers=0,
+    )
+    settings.update(overrides)
+    return TrainingArguments(**settings)
+
+
+def train_planner(model, processor, train_rows, output_dir, **training_kwargs: Any):
+    """Train ``model`` (a planner or its PEFT wrapper) on ``train_rows`` with the stock ``Trainer``; returns it."""
+    from transformers import Trainer
+
+    trainer = Trainer(
+        model=model,
+        args=planner_training_args(output_dir, **training_kwargs),
+        train_dataset=train_rows,
+        data_collator=PlannerDataCollator(processor),
+    )
+    trainer.train()
+    return trainer

@@ -1,0 +1,395 @@
+"""ToolPlanner (issue #17): config, layout checks, round trips, batching, building from parts, learning, LoRA."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, Qwen2Config
+
+from causalqwen import (
+    CausalQwenConfig,
+    CausalQwenForNumericCausalLM,
+    ToolPlannerConfig,
+    ToolPlannerModel,
+    ToolRouterModel,
+)
+from causalqwen.modeling.modeling_tool_planner import STOP
+from causalqwen.tokenization.processing_tool_planner import ToolPlannerProcessor, ToolTextCache
+from causalqwen.tokenization.tiny_vocab import build_tiny_tokenizer
+from causalqwen.training.baselines import BackendDigitsView
+from causalqwen.training.minilm import load_router_tokenizer
+from causalqwen.training.router_trainer import router_config_for
+from router_helpers import TINY_ROUTER
+
+TOK = build_tiny_tokenizer()
+RTOK = load_router_tokenizer()
+V = len(TOK)
+TOOLS = [
+    {"name": "translate_small", "text": "translate_small: translate text between languages", "resources": [2, 2, 0, 0.08, 0.05, 0.3]},
+    {"name": "summarize_large", "text": "summarize_large: summarize a long document", "resources": [8, 32, 1, 1.2, 2, 14]},
+    ("caption_tiny: describe the content of an image", [1, 0.5, 0, 0.02, 0.01, 0.05]),
+    {"name": "transcribe_medium", "text": "transcribe_medium: speech audio to text", "resources": [4, 8, 1, 0.3, 0.4, 2]},
+]  # fmt: skip
+
+
+def text_config(backbone: str = "causal_qwen", **overrides) -> dict:
+    settings = dict(vocab_size=V + 3, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=512, pad_token_id=TOK.pad_token_id)  # fmt: skip
+    if backbone == "causal_qwen":
+        return CausalQwenConfig(num_token_id=TOK.num_token_id, **settings, **overrides).to_dict()
+    return Qwen2Config(**settings, **overrides).to_dict()
+
+
+def planner_config(backbone: str = "causal_qwen", **overrides) -> ToolPlannerConfig:
+    settings = dict(
+        router_config=router_config_for(RTOK, **TINY_ROUTER).to_dict(),
+        text_config=text_config(backbone),
+        tool_token_id=V,
+        plan_token_id=V + 1,
+        context_token_id=V + 2,
+        runtime_context_dim=1,
+    )
+    return ToolPlannerConfig(**{**settings, **overrides})
+
+
+def tiny(backbone: str = "causal_qwen", seed: int = 0, **overrides) -> ToolPlannerModel:
+    torch.manual_seed(seed)
+    return ToolPlannerModel(planner_config(backbone, **overrides)).eval()
+
+
+def processor(model: ToolPlannerModel, **kwargs) -> ToolPlannerProcessor:
+    tok = TOK if model.config.backbone_type == "causal_qwen" else BackendDigitsView(TOK)
+    return ToolPlannerProcessor(tok, RTOK, model.config, **kwargs)
+
+
+QUERIES = [
+    "translate it then summarize it, under 300 ms",
+    "caption the photo",
+    "transcribe the audio for 0.5 dollars",
+]
+TOOL_ROWS = [TOOLS, TOOLS[:2], TOOLS[1:]]
+
+
+def batch(model, plans=None, latencies=None):
+    out = processor(model)(QUERIES, TOOL_ROWS, runtime_context=[[0.5], [0.2], [0.9]], plans=plans,
+                           latencies=latencies)  # fmt: skip
+    out.pop("tool_names")
+    out.pop("raw_resource_vectors")
+    return out
+
+
+# ----------------------------------------------------------------------------- config
+def test_config_nests_the_router_and_the_backbone_and_round_trips():
+    config = planner_config()
+    assert type(config.router_config).__name__ == "ToolRouterConfig"
+    assert isinstance(config.text_config, CausalQwenConfig)
+    assert config.pointer_size == config.hidden_size == 32
+    again = ToolPlannerConfig.from_dict(config.to_dict())
+    assert again.to_dict() == config.to_dict()
+    assert isinstance(planner_config("qwen2").text_config, Qwen2Config)
+    assert isinstance(AutoConfig.for_model("tool_planner"), ToolPlannerConfig)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"plan_tokn_id": 3}, "did you mean 'plan_token_id'"),
+        ({"tool_token_id": V + 3}, "tool_token_id must lie in"),
+        ({"plan_token_id": V}, "placeholder ids must differ"),
+        ({"tool_token_id": TOK.num_token_id}, "must differ from the backbone's <NUM>"),
+        ({"max_plan_steps": 0}, "max_plan_steps must be positive"),
+        ({"latency_weight": float("nan")}, "latency_weight must be finite"),
+    ],
+)
+def test_config_rejects_bad_settings(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        planner_config(**overrides)
+
+
+def test_config_rejects_an_unknown_backbone():
+    with pytest.raises(ValueError, match="text_config must be one of causal_qwen, qwen2"):
+        planner_config(text_config={"model_type": "llama", "vocab_size": V + 3})
+
+
+# ----------------------------------------------------------------------------- forward
+def test_forward_shapes_masks_and_teacher_forcing():
+    model = tiny()
+    out = model(
+        **batch(model, plans=[[0, 1], [], [2]], latencies=[[0.1, 1.3, 0.03, 0.4], [0.1, 1.0], [1, 0.02, 0.3]])
+    )
+    assert out.pointer_logits.shape == (3, 3, 5)  # 3 rows, up to 2 tools + STOP steps, STOP + 4 tools
+    assert out.step_mask.tolist() == [[True, True, True], [True, False, False], [True, True, False]]
+    assert (
+        torch.isinf(out.pointer_logits[1, 0, 3:]).all() and torch.isfinite(out.pointer_logits[1, 0, :3]).all()
+    )
+    assert out.latency_loc.shape == out.latency_scale.shape == (3, 4)
+    assert (out.latency_scale > 0).all()
+    assert torch.isfinite(out.loss) and out.pointer_loss > 0
+    # Teacher forcing: the step after a tool reads that tool; another previous tool changes the step's scores.
+    inputs = batch(model, plans=[[0, 1], [], [2]])
+    other = dict(inputs, previous_tools=torch.tensor([[-1, 3, 1], [-1, -1, -1], [-1, 0, -1]]))
+    with torch.no_grad():
+        forced, changed = model(**inputs).pointer_logits, model(**other).pointer_logits
+    assert torch.equal(forced[:, 0], changed[:, 0])
+    assert (forced[0, 1] - changed[0, 1]).abs().max() > 1e-4
+
+
+def test_padded_batch_equals_one_request_at_a_time():
+    model = tiny()
+    plans = [[0, 1], [], [2]]
+    with torch.no_grad():
+        together = model(**batch(model, plans=plans))
+        for i in range(3):
+            alone = processor(model)([QUERIES[i]], [TOOL_ROWS[i]], runtime_context=[[[0.5], [0.2], [0.9]][i]],
+                                     plans=[plans[i]])  # fmt: skip
+            alone.pop("tool_names")
+            alone.pop("raw_resource_vectors")
+            one = model(**alone)
+            steps, tools = one.pointer_logits.shape[1:]
+            torch.testing.assert_close(together.pointer_logits[i, :steps, :tools], one.pointer_logits[0],
+                                       atol=1e-5, rtol=1e-5)  # fmt: skip
+            torch.testing.assert_close(
+                together.latency_loc[i, : tools - 1], one.latency_loc[0], atol=1e-5, rtol=1e-5
+            )
+
+
+def test_allow_repeated_tools_false_masks_earlier_choices():
+    model = tiny(allow_repeated_tools=False)
+    with torch.no_grad():
+        logits = model(**batch(model, plans=[[0, 1], [], [2]])).pointer_logits
+    assert torch.isinf(logits[0, 1, 1]) and torch.isinf(logits[0, 2, 1:3]).all()
+    assert torch.isfinite(logits[0, 2, 3:]).all()
+    with pytest.raises(ValueError, match="cannot choose"):
+        model(**batch(model, plans=[[0, 0], [], [2]]))
+
+
+def test_qwen2_backbone_reads_digits_and_refuses_values():
+    model = tiny("qwen2")
+    inputs = batch(model, plans=[[0], [1], []])
+    assert "numeric_values" not in inputs
+    assert torch.isfinite(model(**inputs).loss)
+    values = torch.zeros(inputs["input_ids"].shape, dtype=torch.float64)
+    values[0, 0] = 3.0
+    with pytest.raises(ValueError, match="plain Qwen2"):
+        model(**inputs, numeric_values=values)
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_input_raises_clear_errors():
+    model = tiny()
+    proc = processor(model)
+    with pytest.raises(ValueError, match="empty tool set for query 1"):
+        proc(QUERIES[:2], [TOOLS, []], runtime_context=[[0.1], [0.2]])
+    with pytest.raises(ValueError, match="non-empty list of tools"):
+        proc(QUERIES[:1], [], runtime_context=[[0.1]])
+    with pytest.raises(ValueError, match="runtime_context contains NaN"):
+        proc(QUERIES[:1], TOOLS, runtime_context=[[float("nan")]])
+    with pytest.raises(ValueError, match="resources contain NaN"):
+        proc(QUERIES[:1], [("a tool", [1, 2, 3, float("inf"), 0, 0])], runtime_context=[[0.1]])
+    with pytest.raises(ValueError, match="points outside its 2 tools"):
+        proc(QUERIES[:1], TOOLS[:2], runtime_context=[[0.1]], plans=[[2]])
+    inputs = batch(model, plans=[[0, 1], [], [2]])
+    dropped = dict(
+        inputs, input_ids=inputs["input_ids"].masked_fill(inputs["input_ids"] == V, TOK.pad_token_id)
+    )
+    with pytest.raises(ValueError, match="one <TOOL> placeholder .* per offered tool"):
+        model(**dropped)
+    with pytest.raises(ValueError, match="runtime_context contains NaN"):
+        model(**dict(inputs, runtime_context=torch.full((3, 1), float("nan"))))
+    with pytest.raises(ValueError, match="empty tool set"):
+        model(**dict(inputs, tool_mask=torch.zeros_like(inputs["tool_mask"]),
+                     input_ids=inputs["input_ids"].masked_fill(inputs["input_ids"] == V, 0)))  # fmt: skip
+    with pytest.raises(ValueError, match="plan_labels must be 0 \\(STOP\\)"):
+        model(**dict(inputs, plan_labels=torch.tensor([[1, 2, 0], [3, -100, -100], [1, 0, -100]])))
+    with pytest.raises(ValueError, match="no tools"):
+        model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+
+
+# ----------------------------------------------------------------------------- save / load / parts
+def test_save_and_auto_load_are_bit_identical(tmp_path):
+    model = tiny()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(loaded) is ToolPlannerModel
+    state, again = model.state_dict(), loaded.state_dict()
+    assert state.keys() == again.keys() and all(torch.equal(state[k], again[k]) for k in state)
+    inputs = batch(model, plans=[[0, 1], [], [2]])
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).pointer_logits, loaded(**inputs).pointer_logits)
+
+
+def test_remote_code_load_without_the_package(tmp_path):
+    model = tiny()
+    model.save_pretrained(tmp_path)
+    inputs = batch(model, plans=[[0, 1], [], [2]])
+    with torch.no_grad():
+        expected = model(**inputs).pointer_logits
+    torch.save(inputs, tmp_path / "inputs.pt")
+    script = (
+        "import sys, torch\n"
+        "from transformers import AutoModel\n"
+        f"m = AutoModel.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()\n"
+        "assert 'causalqwen' not in sys.modules, 'package was imported'\n"
+        f"inputs = torch.load({str(tmp_path / 'inputs.pt')!r})\n"
+        "with torch.no_grad():\n"
+        f"    torch.save(m(**inputs).pointer_logits, {str(tmp_path / 'out.pt')!r})\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "USE_HUB_KERNELS": "0", "PYTHONPATH": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+
+
+def test_from_saved_router_and_causal_qwen_gives_their_states(tmp_path):
+    torch.manual_seed(1)
+    router = ToolRouterModel(router_config_for(RTOK, **TINY_ROUTER)).eval()
+    lm = CausalQwenForNumericCausalLM(CausalQwenConfig(**text_config())).eval()
+    router.save_pretrained(tmp_path / "router")
+    lm.save_pretrained(tmp_path / "lm")
+    model = ToolPlannerModel.from_components(
+        str(tmp_path / "router"),
+        str(tmp_path / "lm"),
+        tool_token_id=V,
+        plan_token_id=V + 1,
+        context_token_id=V + 2,
+        runtime_context_dim=1,
+    )
+    model.eval()
+    inputs = batch(model, plans=[[0, 1], [], [2]])
+    tool_keys = ("tool_input_ids", "tool_attention_mask", "resource_vectors", "tool_mask")
+    with torch.no_grad():
+        out = model(**inputs)
+        expected = router.encode_tools(**{k: inputs[k] for k in tool_keys}).tool_states
+        assert torch.equal(out.tool_states, expected)
+        ids = TOK(QUERIES[0], return_tensors="pt")
+        mine = model.language_model(input_ids=ids["input_ids"], numeric_values=ids["numeric_values"])
+        theirs = lm.model(input_ids=ids["input_ids"], numeric_values=ids["numeric_values"])
+        assert torch.equal(mine.last_hidden_state, theirs.last_hidden_state)
+
+
+# ----------------------------------------------------------------------------- learning and decoding
+PATTERNS = [  # (query, families in order); tools are offered in a different order each time
+    ("translate it and then summarize it", ["translate", "summarize"]),
+    ("summarize it and then translate it", ["summarize", "translate"]),
+    ("caption the photo", ["caption"]),
+    ("transcribe the audio and then caption it", ["transcribe", "caption"]),
+    ("tell me a joke", []),
+]
+
+
+def learning_rows(n: int, seed: int) -> list[dict]:
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        query, families = PATTERNS[i % len(PATTERNS)]
+        order = torch.randperm(len(TOOLS), generator=generator).tolist()
+        tools = [TOOLS[j] for j in order]
+        names = [t["name"] if isinstance(t, dict) else t[0].split(":")[0] for t in tools]
+        plan = [next(k for k, name in enumerate(names) if name.startswith(f)) for f in families]
+        rows.append({"query": query, "tools": tools, "plan": plan})
+    return rows
+
+
+def test_tiny_planner_learns_two_step_plans_and_decodes_them():
+    model = tiny(seed=0).train()
+    proc = processor(model)
+    rows = learning_rows(40, seed=0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _epoch in range(30):
+        for start in range(0, len(rows), 10):
+            part = rows[start : start + 10]
+            inputs = proc([r["query"] for r in part], [r["tools"] for r in part], runtime_context=[[0.5]] * len(part),
+                          plans=[r["plan"] for r in part])  # fmt: skip
+            inputs.pop("tool_names")
+            inputs.pop("raw_resource_vectors")
+            loss = model(**inputs).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+    model.eval()
+    held_out = learning_rows(20, seed=1)
+    plans = model.plan(proc, [r["query"] for r in held_out], [r["tools"] for r in held_out],
+                       runtime_context=[[0.5]] * len(held_out))  # fmt: skip
+    exact = sum(p.tools == r["plan"] for p, r in zip(plans, held_out)) / len(held_out)
+    print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f}, held-out exact match {exact:.2f}")
+    assert losses[-1] < 0.1 * losses[0]
+    assert exact == 1.0
+    assert plans[4].abstain and plans[0].steps[0].name == "translate_small"
+    assert all(0.0 < s.score <= 1.0 and s.latency_interval[0] < s.latency < s.latency_interval[1]
+               for p in plans for s in p.steps)  # fmt: skip
+    # Beam search finds a plan at least as probable as greedy's; one beam is greedy.
+    beams = model.plan(proc, [r["query"] for r in held_out[:5]], [r["tools"] for r in held_out[:5]],
+                       runtime_context=[[0.5]] * 5, num_beams=3)  # fmt: skip
+    assert [p.tools for p in beams] == [p.tools for p in plans[:5]]
+
+
+def test_greedy_plan_takes_the_argmax_at_each_step_and_respects_caps_and_budgets():
+    model = tiny(seed=3)
+    proc = processor(model)
+    plan = model.plan(proc, QUERIES[0], TOOLS, runtime_context=[[0.5]], max_steps=2)
+    inputs = proc([QUERIES[0]], [TOOLS], runtime_context=[[0.5]], num_plan_tokens=1)
+    inputs.pop("tool_names")
+    inputs.pop("raw_resource_vectors")
+    with torch.no_grad():
+        first = model(**inputs).pointer_logits[0, 0]
+    choice = int(first.argmax())
+    assert (plan.tools[:1] == [choice - 1]) if choice != STOP else plan.abstain
+    assert len(plan.steps) <= 2
+    cheap = model.plan(proc, QUERIES[0], TOOLS, runtime_context=[[0.5]], budget={"memory": 4})
+    assert all(TOOLS[t]["resources"][1] <= 4 if isinstance(TOOLS[t], dict) else TOOLS[t][1][1] <= 4
+               for t in cheap.tools)  # fmt: skip
+    with pytest.raises(ValueError, match="unknown budget field"):
+        model.plan(proc, QUERIES[0], TOOLS, runtime_context=[[0.5]], budget={"speed": 1})
+
+
+def test_frozen_tool_tower_with_cached_text_states_equals_token_ids():
+    model = tiny(freeze_tool_tower=True)
+    assert not any(p.requires_grad for p in model.tool_tower.parameters())
+    plans = [[0, 1], [], [2]]
+    with_ids = batch(model, plans=plans)
+    cached = processor(model, tool_text_cache=ToolTextCache(model.tool_tower, RTOK))(
+        QUERIES, TOOL_ROWS, runtime_context=[[0.5], [0.2], [0.9]], plans=plans
+    )
+    assert "tool_text_embeddings" in cached and "tool_input_ids" not in cached
+    cached.pop("tool_names")
+    cached.pop("raw_resource_vectors")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**cached).pointer_logits, model(**with_ids).pointer_logits,
+                                   atol=1e-5, rtol=1e-5)  # fmt: skip
+
+
+def test_trainer_and_lora_train_the_backbone_adapters_and_the_heads(tmp_path):
+    pytest.importorskip("peft")
+    from datasets import Dataset
+
+    from causalqwen.training.planner_trainer import apply_planner_lora, train_planner
+
+    model = tiny().train()
+    wrapped = apply_planner_lora(model, r=4)
+    trainable = {n for n, p in wrapped.named_parameters() if p.requires_grad}
+    assert any("language_model.layers.0.self_attn.q_proj.lora_A" in n for n in trainable)
+    assert not any(
+        "language_model" in n and "lora_" not in n and "value_encoding" not in n for n in trainable
+    )
+    assert any("pointer" in n for n in trainable) and any("step_embedding" in n for n in trainable)
+    rows = []
+    for r in learning_rows(20, seed=0):
+        tools = [t if isinstance(t, dict) else {"name": t[0].split(":")[0], "text": t[0], "resources": t[1]}
+                 for t in r["tools"]]  # fmt: skip
+        rows.append({"query": r["query"], "tool_names": [t["name"] for t in tools], "plan": r["plan"],
+                     "tool_texts": [t["text"] for t in tools], "resource_vectors": [t["resources"] for t in tools],
+                     "latency": [0.1] * len(tools), "runtime_load": 0.5})  # fmt: skip
+    before = {n: p.detach().clone() for n, p in wrapped.named_parameters() if "lora_B" in n}
+    trainer = train_planner(wrapped, processor(model), Dataset.from_list(rows), tmp_path, batch_size=5,
+                            learning_rate=3e-3, max_steps=24, logging_steps=4, use_cpu=True)  # fmt: skip
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[-1] < 0.6 * losses[0]
+    moved = [n for n, p in wrapped.named_parameters() if n in before and not torch.equal(p, before[n])]
+    assert moved
