@@ -1,0 +1,302 @@
+"""A synthetic, resource-aware, multi-step tool-planning set for the ToolPlanner (issue #17), and its metrics.
+
+Each request asks for ``k`` steps (``k`` uniform in ``1..max_steps``), each a *distinct* capability family of the
+single-step routing set (:mod:`causalqwen.training.router_data`), in an order the text states ("transcribe the
+recording of a job interview, then translate it into French, then summarize the result"), under one budget that
+applies to every step. The offered tools are every size of ``num_families`` families (the step families plus
+distractors), shuffled. The sizes, families, topics, load model, latency noise and budget predicate are imported
+from ``router_data``, so a plan step is labelled exactly as a routing query is.
+
+============== ====================== ===========================================================
+column         type                   meaning
+============== ====================== ===========================================================
+id             str                    ``planning_{split}_{i}``
+query          str                    the ordered multi-step request, budget included
+tool_names     list[str]              offered tools, ``family_size``
+tool_texts     list[str]              ``name: description (size model)`` (as in ``router_data``)
+resource_vectors list[list[float]]    [T, 6] (cpu, memory, gpu, effective latency, cost, size)
+latency        list[float]            observed (heavy-tailed) latency per tool in seconds
+runtime_load   float                  machine load in [0, 1] when the request was planned
+plan           list[int]              tool index per step, in step order; ``[]`` = abstain
+step_families  list[str]              the requested families in step order (also when abstained)
+budget_kind    str                    ``latency``, ``memory``, ``cost``, ``cpu_only`` or ``none``
+budget_value   float                  ms, GB or $/1k calls; 0.0 for ``cpu_only`` and ``none``
+compliant      list[bool]             per tool: it meets the budget at this load (family ignored)
+num_steps      int                    ``k``, the number of requested steps
+============== ====================== ===========================================================
+
+Budget values are drawn log-uniformly and rounded to 2 significant digits, so a model has to compare numbers
+rather than recognise a handful of values. Because every family comes in the same sizes, whether a step can be
+served depends on the budget and the load only, not on the family: a request is abstained exactly when the
+smallest size misses the budget, and every step of a plan uses the same size.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import random
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+from .router_data import (
+    _FAMILIES,
+    _SIZES,
+    _TOPICS,
+    MISSING_LATENCY,
+    _effective_latency,
+    _heavy_tailed,
+    _satisfies,
+)
+
+__all__ = [
+    "BUDGET_KINDS",
+    "MISSING_LATENCY",
+    "build_synthetic_planning_dataset",
+    "format_budget_value",
+    "plan_metrics",
+]
+
+# The first step names what it works on; a follow-up refers back to the previous step's output ("it").
+_FIRST_STEPS = {
+    "translate": ["translate '{x}' into {lang}", "translate the notes on {x} into {lang}"],
+    "summarize": ["summarize this report about {x}", "give me a short summary of the article on {x}"],
+    "transcribe": ["transcribe the recording of {x}", "turn the audio about {x} into text"],
+    "caption": ["describe the photo of {x}", "caption this picture of {x}"],
+    "classify_sentiment": ["classify the sentiment of the review of {x}", "tell me whether the comment on {x} is positive"],
+    "detect_objects": ["find all objects in the picture of {x}", "locate the items in the photo of {x}"],
+    "answer_sql": ["query the sales table for {x}", "count the orders that mention {x} in the database"],
+    "generate_code": ["write a python function for {x}", "generate code that handles {x}"],
+}  # fmt: skip
+_FOLLOW_UPS = {
+    "translate": ["translate it into {lang}", "translate the result into {lang}"],
+    "summarize": ["summarize it", "summarize the result"],
+    "transcribe": ["transcribe its audio", "turn the spoken part of it into text"],
+    "caption": ["caption it", "describe the resulting image"],
+    "classify_sentiment": ["classify its sentiment", "tell me whether the result is positive"],
+    "detect_objects": ["find all objects in it", "locate the items it shows"],
+    "answer_sql": ["look it up in the sales database", "query the database for it"],
+    "generate_code": ["write python code that handles it", "generate code for the result"],
+}  # fmt: skip
+# A family added to router_data without phrasings here must fail at import, not produce a KeyError mid-build.
+if set(_FIRST_STEPS) != set(_FAMILIES) or set(_FOLLOW_UPS) != set(_FAMILIES):
+    raise RuntimeError("planner_data lacks a first-step or follow-up phrasing for a router_data family")
+_LANGUAGES = ("French", "German", "Spanish", "Italian", "Japanese")
+_CONNECTORS = ("then", "and then", "after that")
+
+BUDGET_KINDS = ("latency", "memory", "cost", "cpu_only", "none")
+# 4 in 5 requests carry a number to compare; cpu_only and none (never abstained) make up the rest.
+_BUDGET_WEIGHTS = (0.28, 0.26, 0.26, 0.1, 0.1)
+_BUDGET_PHRASES = {
+    "latency": "with every step under {v} ms",
+    "memory": "each tool using at most {v} GB of memory",
+    "cost": "for at most {v} dollars per thousand calls per tool",
+    "cpu_only": "on CPU only, no GPU",
+    "none": "with the best quality",
+}
+# Log-uniform ranges; each lower end lies below the smallest size's need (20-30 ms, 0.5 GB, $0.01), which makes
+# the abstained requests, and each upper end above the largest size's, which lets the large size win.
+_BUDGET_RANGES = {"latency": (10.0, 5000.0), "memory": (0.2, 50.0), "cost": (0.003, 5.0)}
+
+
+def _round_significant(value: float, digits: int = 2) -> float:
+    return float(f"{value:.{digits - 1}e}")
+
+
+def format_budget_value(value: float) -> str:
+    """``value`` as plain decimal text: no exponent, no trailing zeros (350, 0.25, 1.5, 0.0042)."""
+    # Decimal(repr) keeps the shortest round-tripping digits, so the text parses back to the same float.
+    text = format(Decimal(repr(float(value))).normalize(), "f")
+    return "0" if text in ("-0", "") else text
+
+
+def _draw_budget(rng: random.Random) -> tuple[str, float]:
+    kind = rng.choices(BUDGET_KINDS, weights=_BUDGET_WEIGHTS)[0]
+    if kind not in _BUDGET_RANGES:
+        return kind, 0.0
+    low, high = _BUDGET_RANGES[kind]
+    # The label is computed from the rounded value, the one the text states.
+    return kind, _round_significant(math.exp(rng.uniform(math.log(low), math.log(high))))
+
+
+def _request_text(rng: random.Random, steps: Sequence[str], kind: str, value: float) -> str:
+    lang = rng.choice(_LANGUAGES)
+    parts = [rng.choice(_FIRST_STEPS[steps[0]]).format(x=rng.choice(_TOPICS), lang=lang)]
+    for family in steps[1:]:
+        # Steps are distinct families, so translate appears once and one drawn language serves either position.
+        follow_up = rng.choice(_FOLLOW_UPS[family]).format(lang=lang)
+        parts.append(f"{rng.choice(_CONNECTORS)} {follow_up}")
+    parts.append(_BUDGET_PHRASES[kind].format(v=format_budget_value(value)))
+    return ", ".join(parts)
+
+
+def _planning_example(rng: random.Random, index: int, split: str, num_families: int, max_steps: int) -> dict:
+    num_steps = rng.randint(1, max_steps)
+    # A random sample is in random order, so its head is an ordered list of distinct step families.
+    families = rng.sample(sorted(_FAMILIES), num_families)
+    steps = families[:num_steps]
+    load = round(rng.random(), 3)
+    kind, value = _draw_budget(rng)
+    query = _request_text(rng, steps, kind, value)
+    order = [(f, s) for f in families for s in _SIZES]
+    rng.shuffle(order)
+    names, texts, resources, latencies, compliant = [], [], [], [], []
+    best: dict[str, int] = {}
+    for family, size in order:
+        effective = _effective_latency(size, load)
+        fits = _satisfies(kind, value, size, effective)
+        names.append(f"{family}_{size[0]}")
+        texts.append(f"{family}_{size[0]}: {_FAMILIES[family][0]} ({size[0]} model)")
+        resources.append([float(size[1]), size[2], float(size[3]), round(effective, 5), size[5], size[6]])
+        latencies.append(round(_heavy_tailed(effective, rng), 5))
+        compliant.append(fits)
+        # Each step's tool is the largest (best-quality) variant of its family that fits, as in routing.
+        if fits and (family not in best or size[6] > resources[best[family]][5]):
+            best[family] = len(names) - 1
+    # A plan with a step left out would do something else than asked: one unservable step abstains it all.
+    plan = [best[f] for f in steps] if all(f in best for f in steps) else []
+    return {
+        "id": f"planning_{split}_{index}",
+        "query": query,
+        "tool_names": names,
+        "tool_texts": texts,
+        "resource_vectors": resources,
+        "latency": latencies,
+        "runtime_load": load,
+        "plan": plan,
+        "step_families": list(steps),
+        "budget_kind": kind,
+        "budget_value": value,
+        "compliant": compliant,
+        "num_steps": num_steps,
+    }
+
+
+def _features():
+    from datasets import Features, Sequence, Value
+
+    # Explicit types: a split whose rows are all abstained would otherwise infer ``plan`` as a list of nulls.
+    return Features(
+        {
+            "id": Value("string"),
+            "query": Value("string"),
+            "tool_names": Sequence(Value("string")),
+            "tool_texts": Sequence(Value("string")),
+            "resource_vectors": Sequence(Sequence(Value("float64"))),
+            "latency": Sequence(Value("float64")),
+            "runtime_load": Value("float64"),
+            "plan": Sequence(Value("int64")),
+            "step_families": Sequence(Value("string")),
+            "budget_kind": Value("string"),
+            "budget_value": Value("float64"),
+            "compliant": Sequence(Value("bool")),
+            "num_steps": Value("int64"),
+        }
+    )
+
+
+def build_synthetic_planning_dataset(
+    num_train: int = 2000,
+    num_dev: int = 300,
+    num_test: int = 500,
+    *,
+    num_families: int = 4,
+    max_steps: int = 3,
+    seed: int = 0,
+):
+    """``DatasetDict(train, dev, test)`` of resource-aware multi-step planning requests.
+
+    A request asks for ``k`` (uniform in ``1..max_steps``) distinct families in a stated order, under one budget
+    (max latency per step, max memory per tool, max cost per tool, CPU only, or best quality) while the machine
+    runs at a random load. The offered tools are every size of ``num_families`` families. ``plan`` holds, per
+    step, the index of the largest variant of that step's family that meets the budget at that load; it is
+    ``[]`` (abstain) when some step has no such variant. Deterministic for a ``seed``; each split draws from its
+    own ``random.Random(seed * 1000 + offset)``.
+    """
+    from datasets import Dataset, DatasetDict
+
+    for name, n in (("num_train", num_train), ("num_dev", num_dev), ("num_test", num_test)):
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"{name} must be a positive int, got {n!r}")
+    for name, n in (("num_families", num_families), ("max_steps", max_steps)):
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise ValueError(f"{name} must be an int, got {n!r}")
+    if not 1 <= num_families <= len(_FAMILIES):
+        raise ValueError(f"num_families must lie in [1, {len(_FAMILIES)}], got {num_families}")
+    if not 1 <= max_steps <= num_families:
+        raise ValueError(f"max_steps must lie in [1, num_families={num_families}] (steps are distinct families), "
+                         f"got {max_steps}")  # fmt: skip
+    features = _features()
+    splits = {}
+    for offset, (split, n) in enumerate((("train", num_train), ("dev", num_dev), ("test", num_test))):
+        rng = random.Random(seed * 1000 + offset)
+        rows = [_planning_example(rng, i, split, num_families, max_steps) for i in range(n)]
+        splits[split] = Dataset.from_list(rows, features=features)
+    return DatasetDict(splits)
+
+
+# ----------------------------------------------------------------------------- metrics
+def _column(examples: Any, name: str) -> list:
+    # A datasets split hands out a whole column at once, far faster than row by row.
+    if hasattr(examples, "column_names"):
+        return list(examples[name])
+    return [row[name] for row in examples]
+
+
+def _ratio(numerator: float, denominator: float, empty: float) -> float:
+    return numerator / denominator if denominator else empty
+
+
+def plan_metrics(predicted: Sequence[Sequence[int]], examples: Any) -> dict[str, float]:
+    """Scores of predicted plans (tool indices per request, ``[]`` = abstain) against the gold ``plan`` of a
+    planning split (a ``datasets`` split or a list of row dicts with ``plan`` and ``compliant``).
+
+    * ``exact_match``: the predicted list equals the gold plan, order included; abstain on abstain matches;
+    * ``budget_compliance``: among non-empty predictions, the share whose every tool is ``compliant``. With no
+      non-empty prediction it is 1.0: nothing was called, so no budget was broken (abstaining too often shows in
+      ``abstain_precision`` and ``exact_match`` instead);
+    * ``step_accuracy``: over all gold steps, the share whose position holds the same tool in the prediction
+      (1.0 when no request has a gold step: there is nothing to get wrong);
+    * ``abstain_precision``, ``abstain_recall``, ``abstain_f1``: abstaining (an empty plan) as the positive
+      class; each is 0.0 where its denominator is 0;
+    * ``length_accuracy``: the share of requests whose predicted plan has the gold length.
+
+    Raises ``ValueError`` when ``predicted`` and ``examples`` differ in length, there are no examples, or a
+    predicted index falls outside its request's tools.
+    """
+    if len(predicted) != len(examples):
+        raise ValueError(f"{len(predicted)} predicted plans for {len(examples)} examples")
+    if not len(examples):
+        raise ValueError("plan_metrics needs at least one example")
+    gold_plans, compliant = _column(examples, "plan"), _column(examples, "compliant")
+    exact = lengths = steps = correct_steps = called = within_budget = 0
+    true_abstain = false_abstain = missed_abstain = 0
+    for i, (raw, gold, fits) in enumerate(zip(predicted, gold_plans, compliant)):
+        plan = [operator.index(t) for t in raw]
+        bad = [t for t in plan if not 0 <= t < len(fits)]
+        if bad:
+            raise ValueError(f"predicted plan {plan} of example {i} points outside its {len(fits)} tools")
+        gold = list(gold)
+        exact += plan == gold
+        lengths += len(plan) == len(gold)
+        steps += len(gold)
+        correct_steps += sum(j < len(plan) and plan[j] == g for j, g in enumerate(gold))
+        if plan:
+            called += 1
+            within_budget += all(fits[t] for t in plan)
+        true_abstain += not plan and not gold
+        false_abstain += not plan and bool(gold)
+        missed_abstain += bool(plan) and not gold
+    n = len(gold_plans)
+    precision = _ratio(true_abstain, true_abstain + false_abstain, 0.0)
+    recall = _ratio(true_abstain, true_abstain + missed_abstain, 0.0)
+    return {
+        "exact_match": exact / n,
+        "budget_compliance": _ratio(within_budget, called, 1.0),
+        "step_accuracy": _ratio(correct_steps, steps, 1.0),
+        "abstain_precision": precision,
+        "abstain_recall": recall,
+        "abstain_f1": _ratio(2 * precision * recall, precision + recall, 0.0),
+        "length_accuracy": lengths / n,
+    }

@@ -1,0 +1,256 @@
+"""The synthetic multi-step planning set (labels, text, budgets, determinism) and the plan metrics."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+
+from causalqwen.training import planner_data as pd
+from causalqwen.training import router_data as rd
+
+SIZES = {size[0]: size for size in rd._SIZES}
+NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+@pytest.fixture(scope="module")
+def small():
+    return pd.build_synthetic_planning_dataset(200, 50, 50, seed=3)
+
+
+@pytest.fixture(scope="module")
+def default_train():
+    return pd.build_synthetic_planning_dataset()["train"]
+
+
+# ------------------------------------------------------------------------------------------- dataset
+def test_deterministic_for_a_seed_and_different_across_seeds(small):
+    again = pd.build_synthetic_planning_dataset(200, 50, 50, seed=3)
+    for split in ("train", "dev", "test"):
+        assert small[split].to_list() == again[split].to_list()
+    assert [len(small[s]) for s in ("train", "dev", "test")] == [200, 50, 50]
+    other = pd.build_synthetic_planning_dataset(200, 50, 50, seed=4)
+    assert small["train"]["query"] != other["train"]["query"]
+    assert small["train"]["plan"] != other["train"]["plan"]
+    # Splits draw from their own generators: dev is not a prefix of train.
+    assert small["dev"]["query"] != small["train"]["query"][:50]
+    assert small["train"][7]["id"] == "planning_train_7"
+
+
+def _family_and_size(name):
+    family, size = name.rsplit("_", 1)
+    return family, SIZES[size]
+
+
+def test_every_row_satisfies_the_plan_invariants(small):
+    abstained = 0
+    for split in ("train", "dev", "test"):
+        for row in small[split]:
+            names, plan, steps = row["tool_names"], row["plan"], row["step_families"]
+            kind, value, load = row["budget_kind"], row["budget_value"], row["runtime_load"]
+            assert len(names) == len(row["tool_texts"]) == len(row["resource_vectors"]) == 16
+            assert len(row["latency"]) == len(row["compliant"]) == 16
+            assert len(set(names)) == 16 and all(len(v) == 6 for v in row["resource_vectors"])
+            assert all(text.startswith(f"{name}: ") for name, text in zip(names, row["tool_texts"]))
+            assert row["num_steps"] == len(steps) == len(set(steps)) and 1 <= len(steps) <= 3
+            assert set(steps) <= {_family_and_size(n)[0] for n in names}
+            assert 0.0 <= load <= 1.0 and kind in pd.BUDGET_KINDS
+            members = {}
+            for j, name in enumerate(names):
+                members.setdefault(_family_and_size(name)[0], []).append(j)
+            assert all(len(m) == 4 for m in members.values())
+            # compliant is the budget predicate at this load, recomputed from the size table.
+            columns = zip(names, row["compliant"], row["resource_vectors"], row["latency"])
+            for name, fits, vector, observed in columns:
+                size = _family_and_size(name)[1]
+                effective = rd._effective_latency(size, load)
+                assert fits == rd._satisfies(kind, value, size, effective)
+                expected = [size[1], size[2], size[3], effective, size[5], size[6]]
+                assert vector == pytest.approx(expected, abs=1e-5)
+                assert observed >= effective - 1e-5
+            if plan:
+                assert len(plan) == len(set(plan)) == len(steps)
+                assert all(0 <= t < 16 for t in plan)
+                assert [_family_and_size(names[t])[0] for t in plan] == steps
+                for t, family in zip(plan, steps):
+                    assert row["compliant"][t]
+                    rivals = [j for j in members[family] if row["compliant"][j]]
+                    assert row["resource_vectors"][t][5] == max(row["resource_vectors"][j][5] for j in rivals)
+            else:
+                abstained += 1
+                assert kind in ("latency", "memory", "cost")
+                assert any(not any(row["compliant"][j] for j in members[family]) for family in steps)
+    assert abstained > 0
+
+
+def test_query_states_the_steps_in_order_and_the_budget_value(small):
+    kinds = Counter()
+    for row in small["train"]:
+        query, kind, value = row["query"], row["budget_kind"], row["budget_value"]
+        kinds[kind] += 1
+        numbers = [float(n) for n in NUMBER.findall(query)]
+        if kind in ("latency", "memory", "cost"):
+            assert numbers == [value], query
+            assert "e" not in pd.format_budget_value(value) and value == float(f"{value:.1e}")
+            low, high = pd._BUDGET_RANGES[kind]
+            assert low <= value <= high
+        else:
+            assert numbers == [] and value == 0.0, query
+        assert query.endswith(pd._BUDGET_PHRASES[kind].format(v=pd.format_budget_value(value)))
+        assert query.count(", ") == row["num_steps"] + (kind == "cpu_only")
+    assert set(kinds) == set(pd.BUDGET_KINDS)
+    row = next(r for r in small["train"] if r["num_steps"] == 3 and r["budget_kind"] == "latency")
+    first, *follow_ups, budget = row["query"].split(", ")
+    assert len(follow_ups) == 2 and budget.startswith("with every step under ")
+    assert not first.startswith(pd._CONNECTORS)
+    assert all(part.startswith(pd._CONNECTORS) for part in follow_ups)
+
+
+@pytest.mark.parametrize(
+    "value, text",
+    [(350.0, "350"), (0.25, "0.25"), (1.5, "1.5"), (0.0042, "0.0042"), (5000.0, "5000"), (12.0, "12"),
+     (0.003, "0.003")],
+)  # fmt: skip
+def test_format_budget_value_has_no_trailing_zeros_or_exponent(value, text):
+    assert pd.format_budget_value(value) == text
+    assert float(text) == value
+
+
+def test_default_train_split_abstain_share_steps_and_budget_mix(default_train):
+    n = len(default_train)
+    abstain = sum(not plan for plan in default_train["plan"]) / n
+    assert 0.10 <= abstain <= 0.30
+    steps = Counter(default_train["num_steps"])
+    assert sorted(steps) == [1, 2, 3] and min(steps.values()) > 0.25 * n
+    kinds = Counter(default_train["budget_kind"])
+    assert 0.15 <= (kinds["none"] + kinds["cpu_only"]) / n <= 0.25
+    # The budget decides the size: every size is chosen somewhere, and a plan uses one size for all its steps.
+    chosen = Counter()
+    for names, plan in zip(default_train["tool_names"], default_train["plan"]):
+        sizes = {names[t].rsplit("_", 1)[1] for t in plan}
+        assert len(sizes) <= 1
+        chosen.update(sizes)
+    assert set(chosen) == set(SIZES)
+
+
+def test_num_steps_covers_one_to_max_steps():
+    ds = pd.build_synthetic_planning_dataset(200, 1, 1, num_families=5, max_steps=5, seed=1)["train"]
+    assert sorted(Counter(ds["num_steps"])) == [1, 2, 3, 4, 5]
+    assert all(len(names) == 20 for names in ds["tool_names"])
+    single = pd.build_synthetic_planning_dataset(5, 1, 1, num_families=1, max_steps=1)["train"]
+    assert single["num_steps"] == [1] * 5 and all(len(names) == 4 for names in single["tool_names"])
+
+
+def test_an_all_abstained_split_keeps_integer_plan_type():
+    train = pd.build_synthetic_planning_dataset(1, 1, 1, seed=5)["train"]
+    assert train["plan"] == [[]]
+    assert train.features["plan"].feature.dtype == "int64"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_train=0), "num_train"),
+        (dict(num_dev=-1), "num_dev"),
+        (dict(num_test=2.5), "num_test"),
+        (dict(num_train=True), "num_train"),
+        (dict(num_families=0), "num_families"),
+        (dict(num_families=len(rd._FAMILIES) + 1, max_steps=1), "num_families"),
+        (dict(max_steps=0), "max_steps"),
+        (dict(num_families=2, max_steps=3), "max_steps"),
+        (dict(max_steps=2.0), "max_steps"),
+    ],
+)
+def test_arguments_are_validated(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pd.build_synthetic_planning_dataset(**{"num_train": 3, "num_dev": 1, "num_test": 1, **kwargs})
+
+
+# ------------------------------------------------------------------------------------------- metrics
+def _rows():
+    # Four requests over 4 tools each: two plans, one single step, one abstained.
+    return [
+        {"plan": [2, 0], "compliant": [True, False, True, True]},
+        {"plan": [1, 3, 0], "compliant": [True, True, False, True]},
+        {"plan": [1], "compliant": [False, True, True, False]},
+        {"plan": [], "compliant": [False, False, False, False]},
+    ]
+
+
+def test_plan_metrics_on_hand_written_cases():
+    predicted = [[2, 0], [1, 2, 3], [], [3]]
+    m = pd.plan_metrics(predicted, _rows())
+    assert m["exact_match"] == 0.25
+    # Non-empty predictions: [2, 0] complies; [1, 2, 3] has one non-compliant tool of three; [3] has one of one.
+    assert m["budget_compliance"] == pytest.approx(1 / 3)
+    # Gold steps 2 + 3 + 1 = 6; hits: 2 (first) + 1 (index 0 of the second) + 0 + 0.
+    assert m["step_accuracy"] == pytest.approx(3 / 6)
+    # Abstains predicted on row 2 (gold non-empty: false positive), missed on row 3 (false negative).
+    assert m["abstain_precision"] == 0.0 and m["abstain_recall"] == 0.0 and m["abstain_f1"] == 0.0
+    assert m["length_accuracy"] == 0.5
+    assert set(m) == {"exact_match", "budget_compliance", "step_accuracy", "abstain_precision",
+                      "abstain_recall", "abstain_f1", "length_accuracy"}  # fmt: skip
+
+
+def test_plan_metrics_abstain_scores_and_perfect_predictions():
+    rows = _rows() + [{"plan": [], "compliant": [True]}, {"plan": [0], "compliant": [True]}]
+    # Abstain: tp = rows 3 and 4, fp = row 5, fn = none.
+    m = pd.plan_metrics([[2, 0], [1, 3, 0], [1], [], [], []], rows)
+    assert m["exact_match"] == pytest.approx(5 / 6)
+    assert m["abstain_precision"] == pytest.approx(2 / 3) and m["abstain_recall"] == 1.0
+    assert m["abstain_f1"] == pytest.approx(0.8)
+    assert m["budget_compliance"] == 1.0 and m["length_accuracy"] == pytest.approx(5 / 6)
+    assert m["step_accuracy"] == pytest.approx(6 / 7)
+    # Gold plans score 1 everywhere; a dataset split works like a list of rows.
+    perfect = pd.plan_metrics([row["plan"] for row in rows], rows)
+    assert all(v == 1.0 for v in perfect.values())
+    from datasets import Dataset
+
+    rows = [{"plan": [0, 1], "compliant": [True, True]}, {"plan": [], "compliant": [False, True]}]
+    split = Dataset.from_list(rows)
+    assert pd.plan_metrics([[0, 1], [1]], split) == {
+        "exact_match": 0.5, "budget_compliance": 1.0, "step_accuracy": 1.0, "abstain_precision": 0.0,
+        "abstain_recall": 0.0, "abstain_f1": 0.0, "length_accuracy": 0.5,
+    }  # fmt: skip
+
+
+def test_plan_metrics_without_non_empty_predictions_or_gold_steps():
+    rows = [{"plan": [], "compliant": [True, False]}, {"plan": [1], "compliant": [True, True]}]
+    m = pd.plan_metrics([[], []], rows)
+    # No tool called: compliance is vacuously 1.0; abstain precision 1/2, recall 1/1.
+    assert m["budget_compliance"] == 1.0 and m["step_accuracy"] == 0.0
+    assert m["abstain_precision"] == 0.5 and m["abstain_recall"] == 1.0
+    assert m["abstain_f1"] == pytest.approx(2 / 3)
+    # tp = row 0, fp = row 1 (gold [0]), fn = row 2 (gold abstains, a tool was called): P = R = F1 = 1/2.
+    mixed = [{"plan": plan, "compliant": [True]} for plan in ([], [0], [])]
+    m = pd.plan_metrics([[], [], [0]], mixed)
+    assert (m["abstain_precision"], m["abstain_recall"], m["abstain_f1"]) == (0.5, 0.5, 0.5)
+    assert m["exact_match"] == pytest.approx(1 / 3) and m["budget_compliance"] == 1.0
+    # An extra step keeps the gold steps right but the length and the plan wrong.
+    longer = pd.plan_metrics([[0, 1]], [{"plan": [0], "compliant": [True, True]}])
+    assert (longer["step_accuracy"], longer["length_accuracy"], longer["exact_match"]) == (1.0, 0.0, 0.0)
+    only_abstain = pd.plan_metrics([[0]], [{"plan": [], "compliant": [False]}])
+    assert only_abstain["step_accuracy"] == 1.0 and only_abstain["budget_compliance"] == 0.0
+    assert only_abstain["abstain_recall"] == 0.0 and only_abstain["abstain_f1"] == 0.0
+
+
+def test_plan_metrics_on_a_generated_split_scores_gold_as_perfect(small):
+    dev = small["dev"]
+    assert all(v == 1.0 for v in pd.plan_metrics(dev["plan"], dev).values())
+    always_abstain = pd.plan_metrics([[]] * len(dev), dev)
+    share = sum(not p for p in dev["plan"]) / len(dev)
+    assert always_abstain["exact_match"] == pytest.approx(share)
+    assert always_abstain["abstain_recall"] == 1.0
+    assert always_abstain["abstain_precision"] == pytest.approx(share)
+
+
+def test_plan_metrics_errors():
+    with pytest.raises(ValueError, match="2 predicted plans for 4 examples"):
+        pd.plan_metrics([[0], []], _rows())
+    with pytest.raises(ValueError, match="outside its 4 tools"):
+        pd.plan_metrics([[2, 4], [], [], []], _rows())
+    with pytest.raises(ValueError, match="outside"):
+        pd.plan_metrics([[-1], [], [], []], _rows())
+    with pytest.raises(ValueError, match="at least one"):
+        pd.plan_metrics([], [])
