@@ -20,7 +20,13 @@ from typing import TypeVar
 
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-__all__ = ["CACHE_NAME", "LEGACY_CACHE_NAME", "accepts_both_cache_names", "cache_output_field"]
+__all__ = [
+    "CACHE_NAME",
+    "LEGACY_CACHE_NAME",
+    "QuietCheckpointingAlias",
+    "accepts_both_cache_names",
+    "cache_output_field",
+]
 
 LEGACY_CACHE_NAME = "past_key_values"
 _NEW_CACHE_NAME = "cache"
@@ -93,3 +99,15 @@ def cache_output_field(cls: _C) -> _C:
 
     setattr(cls, _OTHER_CACHE_NAME, property(get, set_, doc=f"Alias of ``{CACHE_NAME}`` (the KV cache)."))
     return cls
+
+
+class QuietCheckpointingAlias:
+    """Answers the deprecated ``is_gradient_checkpointing`` without transformers' FutureWarning.
+
+    PEFT reads the alias on every ``get_peft_model``; the warning would tell users about a call they did not
+    write. Same value as ``is_activation_checkpointing``. Put it before ``PreTrainedModel`` in the bases.
+    """
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(getattr(module, "gradient_checkpointing", False) for module in self.modules())

@@ -60,7 +60,13 @@ from transformers.utils.generic import can_return_tuple
 
 from ..configuration.configuration_causal_qwen import INFERENCE_MODES, QWEN25_NUM_TOKEN_ID, CausalQwenConfig
 from ..remote_code import RemoteCodeMixin
-from ._compat import CACHE_NAME, LEGACY_CACHE_NAME, accepts_both_cache_names, cache_output_field
+from ._compat import (
+    CACHE_NAME,
+    LEGACY_CACHE_NAME,
+    QuietCheckpointingAlias,
+    accepts_both_cache_names,
+    cache_output_field,
+)
 from .cauchy import SCALE_EPS, cauchy_sample, linear_cauchy, softplus_inverse
 from .loss import CauchyHeads, chunk_rows, gated_loss
 from .numeric_embedding import ValueNormalizer, build_value_encoding, check_numeric_values, embed_numbers
@@ -295,16 +301,10 @@ def _as_dtype(loc: torch.Tensor, scale: torch.Tensor | None, weight: torch.Tenso
     return loc.to(weight.dtype), None if scale is None else scale.to(weight.dtype)
 
 
-class CausalQwenPreTrainedModel(Qwen2PreTrainedModel):
+class CausalQwenPreTrainedModel(QuietCheckpointingAlias, Qwen2PreTrainedModel):
     config_class = CausalQwenConfig
     config: CausalQwenConfig
     _keep_in_fp32_modules_strict = list(FP32_VALUE_PATH)
-
-    @property
-    def is_gradient_checkpointing(self) -> bool:
-        # PEFT reads this deprecated alias on every get_peft_model; answering it here spares users transformers'
-        # FutureWarning about a call they did not write (same value as ``is_activation_checkpointing``).
-        return any(getattr(module, "gradient_checkpointing", False) for module in self.modules())
 
     def _init_weights(self, module: nn.Module) -> None:
         # Leaf modules holding their own parameters carry their special init (transformers initialises

@@ -38,6 +38,7 @@ from transformers.utils import ModelOutput
 from ..configuration.configuration_tool_planner import ToolPlannerConfig
 from ..remote_code import RemoteCodeMixin
 from ._checks import check_finite
+from ._compat import QuietCheckpointingAlias
 from .cauchy import cauchy_interval, cauchy_nll, softplus_inverse
 from .modeling_causal_qwen import CausalQwenModel
 from .modeling_tool_router import ToolRouterModel
@@ -174,7 +175,7 @@ def _ordinal(mask: torch.Tensor) -> torch.Tensor:
     return mask.long().cumsum(-1) - 1
 
 
-class ToolPlannerPreTrainedModel(PreTrainedModel):
+class ToolPlannerPreTrainedModel(QuietCheckpointingAlias, PreTrainedModel):
     config_class = ToolPlannerConfig
     config: ToolPlannerConfig
     base_model_prefix = "planner"
@@ -182,12 +183,6 @@ class ToolPlannerPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["Qwen2DecoderLayer"]
     _supports_sdpa = True
-
-    @property
-    def is_gradient_checkpointing(self) -> bool:
-        # PEFT reads this deprecated alias on every get_peft_model (as for CausalQwen): answer it without the
-        # FutureWarning transformers attaches to it.
-        return any(getattr(module, "gradient_checkpointing", False) for module in self.modules())
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
