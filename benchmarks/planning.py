@@ -23,7 +23,6 @@ budget compliance (share of non-empty plans whose every tool meets the budget), 
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from pathlib import Path
@@ -35,72 +34,25 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import apply_threads, base_parser, markdown_table, mean_std, write_results  # noqa: E402
 
-BACKBONE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=512)  # fmt: skip
-PLANNERS = ("planner-causalqwen", "planner-qwen2-digits")
-
-
-def build_planner(kind: str, tokenizer, seed: int):
-    """A planner of ``kind`` over the MiniLM tool tower; returns (model, processor)."""
-    from causalqwen import CausalQwenConfig, ToolPlannerConfig, ToolPlannerModel, ToolRouterModel
-    from causalqwen.tokenization.processing_tool_planner import ToolPlannerProcessor, ToolTextCache
-    from causalqwen.training.baselines import BackendDigitsView
-    from causalqwen.training.minilm import load_router_tokenizer, minilm_path
-
-    torch.manual_seed(seed)
-    tower = ToolRouterModel.from_pretrained_encoder(str(minilm_path()), d_resource=32, num_attention_heads=4,
-                                                    dropout=0.0)  # fmt: skip
-    vocab = dict(vocab_size=151936, pad_token_id=tokenizer.pad_token_id)
-    if kind == "planner-causalqwen":
-        text = CausalQwenConfig(**BACKBONE, **vocab, num_token_id=tokenizer.num_token_id).to_dict()
-    else:
-        from transformers import Qwen2Config
-
-        text = Qwen2Config(**BACKBONE, **vocab).to_dict()
-    config = ToolPlannerConfig(router_config=tower.config.to_dict(), text_config=text, runtime_context_dim=1,
-                               max_plan_steps=3)  # fmt: skip
-    model = ToolPlannerModel(config)
-    model.tool_tower.load_state_dict(tower.state_dict())
-    # The text encoder is frozen (its states are cached per text); the rest of the tower trains with the planner.
-    model.tool_tower.tool_encoder.requires_grad_(False)
-    model.tool_tower.query_encoder.requires_grad_(False)
-    cache = ToolTextCache(model.tool_tower, load_router_tokenizer())
-    reader = tokenizer if kind == "planner-causalqwen" else BackendDigitsView(tokenizer)
-    return model, ToolPlannerProcessor(reader, None, config, tool_text_cache=cache)
+PLANNERS = {"planner-causalqwen": "causal_qwen", "planner-qwen2-digits": "qwen2"}
 
 
 def train_and_plan(
     kind: str, data, tokenizer, seed: int, steps: int, batch_size: int, lr: float
 ) -> dict[str, Any]:
-    from causalqwen.training.planner_data import plan_metrics
-    from causalqwen.training.planner_trainer import PlannerDataCollator, rows_tools
+    """Build (``build_planner``), train through the ``Trainer`` (``train_planner``) and decode the test split."""
+    import tempfile
 
-    model, processor = build_planner(kind, tokenizer, seed)
-    collator = PlannerDataCollator(processor)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: (
-            (s + 1) / warmup
-            if s < warmup
-            else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))
-        ),
-    )
-    train = data["train"]
-    order = np.random.default_rng(seed).permutation(len(train))
-    model.train()
-    start, losses = time.perf_counter(), []
-    for step in range(steps):
-        index = [int(order[(step * batch_size + i) % len(order)]) for i in range(batch_size)]
-        loss = model(**collator([train[i] for i in index])).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    from causalqwen.training.planner_data import plan_metrics
+    from causalqwen.training.planner_trainer import build_planner, rows_tools, train_planner
+
+    model, processor = build_planner(PLANNERS[kind], tokenizer=tokenizer, seed=seed)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        trainer = train_planner(model, processor, data["train"], folder, batch_size=batch_size, learning_rate=lr,
+                                max_steps=steps, seed=seed, logging_steps=20)  # fmt: skip
     train_s = time.perf_counter() - start
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     model.eval()
     test = data["test"]
     plans = []
@@ -109,9 +61,7 @@ def train_and_plan(
         decoded = model.plan(processor, [r["query"] for r in rows], [rows_tools(r) for r in rows],
                              runtime_context=[[r["runtime_load"]] for r in rows])  # fmt: skip
         plans.extend(p.tools for p in decoded)
-    metrics = plan_metrics(plans, test)
-    return {**metrics, "train_s": train_s, "first_loss": float(np.mean(losses[:20])),
-            "last_loss": float(np.mean(losses[-20:]))}  # fmt: skip
+    return {**plan_metrics(plans, test), "train_s": train_s, "first_loss": losses[0], "last_loss": losses[-1]}
 
 
 def _router_batches(rows, query_states, text_cache, lexical):
@@ -254,11 +204,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--seeds", default=None, help="comma list (default: 0,1,2; smoke: 0)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per planner")
-    parser.add_argument("--models", default=",".join(PLANNERS + ("router", "bm25")))
+    parser.add_argument("--models", default=",".join([*PLANNERS, "router", "bm25"]))
     args = parser.parse_args(argv)
     apply_threads(args.threads)
     from causalqwen.tokenization.tokenization_causal_qwen import CausalQwenTokenizer
     from causalqwen.training.planner_data import build_synthetic_planning_dataset
+    from causalqwen.training.planner_trainer import CPU_BACKBONE
 
     if args.smoke:
         sizes, steps, seeds = (64, 32, 32), args.steps or 4, [0]
@@ -272,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = build_synthetic_planning_dataset(*sizes, seed=0)
     tokenizer = CausalQwenTokenizer.from_qwen_vocab()
     results: dict[str, Any] = {"settings": {"sizes": sizes, "steps": steps, "seeds": seeds, "batch_size": 16,
-                                            "lr": 2e-3, "backbone": BACKBONE}, "models": {}}  # fmt: skip
+                                            "lr": 2e-3, "backbone": CPU_BACKBONE}, "models": {}}  # fmt: skip
     if "bm25" in models:
         results["models"].update(bm25_results(data, 3))
     if "router" in models:

@@ -393,3 +393,46 @@ def test_trainer_and_lora_train_the_backbone_adapters_and_the_heads(tmp_path):
     assert losses[-1] < 0.6 * losses[0]
     moved = [n for n, p in wrapped.named_parameters() if n in before and not torch.equal(p, before[n])]
     assert moved
+
+
+# ----------------------------------------------------------------------------- CLI
+@pytest.mark.realvocab
+@pytest.mark.parametrize(
+    "flags", [[], ["--backbone", "qwen2", "--lora", "--lora-r", "2"]], ids=["causal", "qwen2-lora"]
+)
+def test_cli_trains_saves_and_loads_a_planner(tmp_path, flags):
+    import json
+
+    from causalqwen.training.planner_cli import main
+    from causalqwen.training.planner_trainer import load_planner
+
+    assert main(["--quick", "--output-dir", str(tmp_path), *flags]) == 0
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["steps"] == 4 and len(summary["losses"]) == 4
+    assert {"exact_match", "budget_compliance", "abstain_f1"} <= set(summary["dev"])
+    model, proc = load_planner(tmp_path)
+    assert model.config.backbone_type == ("qwen2" if flags else "causal_qwen")
+    assert not any("lora" in name for name, _ in model.named_parameters())  # merged before saving
+    if not flags:
+        assert proc(["under 300 ms"], TOOLS[:1], runtime_context=[[0.1]])["numeric_values"][0].max() == 300
+    plan = model.plan(
+        proc, "summarize the report, with every step under 300 ms", TOOLS, runtime_context=[[0.3]]
+    )
+    assert len(plan.steps) <= model.config.max_plan_steps
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--backbone", "/no/such/dir"], "--backbone /no/such/dir: not causal_qwen or qwen2"),
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--router", "/no/such/router"], "--router /no/such/router: no such directory"),
+    ],
+)
+def test_cli_usage_errors_are_one_line(tmp_path, capsys, flags, message):
+    from causalqwen.training.planner_cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--output-dir", str(tmp_path), *flags])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModel, PreTrainedModel, Qwen2Model
+from transformers import AutoModel, PreTrainedConfig, PreTrainedModel, Qwen2Model
 from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
@@ -218,24 +219,31 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
     @classmethod
     def from_components(
         cls,
-        tool_tower: ToolRouterModel | str,
-        language_model: PreTrainedModel | str,
+        tool_tower: ToolRouterModel | str | Path,
+        language_model: PreTrainedModel | PreTrainedConfig | str | Path,
         **config_kwargs: Any,
     ) -> ToolPlannerModel:
         """A planner around a trained (or fresh) ToolRouter and a Qwen2 / CausalQwen checkpoint, models or local
         paths (read with ``local_files_only``). Their weights are copied; the projectors and heads start fresh.
-        A causal-LM checkpoint gives its base model (the planner reads hidden states, not token logits)."""
-        if isinstance(tool_tower, str):
-            tool_tower = ToolRouterModel.from_pretrained(tool_tower, local_files_only=True)
-        if isinstance(language_model, str):
-            language_model = AutoModel.from_pretrained(language_model, local_files_only=True)
-        base = getattr(language_model, "base_model", language_model)
+        A causal-LM checkpoint gives its base model (the planner reads hidden states, not token logits); a config
+        instead of a checkpoint gives a fresh backbone of that shape."""
+        if isinstance(tool_tower, (str, Path)):
+            tool_tower = ToolRouterModel.from_pretrained(str(tool_tower), local_files_only=True)
+        if isinstance(language_model, (str, Path)):
+            language_model = AutoModel.from_pretrained(str(language_model), local_files_only=True)
+        if isinstance(language_model, PreTrainedConfig):
+            # A config: a fresh backbone of that shape (the planner's init draws its weights).
+            text_config, base = language_model, None
+        else:
+            base = getattr(language_model, "base_model", language_model)
+            text_config = base.config
         config = ToolPlannerConfig(
-            router_config=tool_tower.config.to_dict(), text_config=base.config.to_dict(), **config_kwargs
+            router_config=tool_tower.config.to_dict(), text_config=text_config.to_dict(), **config_kwargs
         )
         model = cls(config)
         model.tool_tower.load_state_dict(tool_tower.state_dict())
-        model.language_model.load_state_dict(base.state_dict())
+        if base is not None:
+            model.language_model.load_state_dict(base.state_dict())
         return model
 
     def get_input_embeddings(self) -> nn.Module:

@@ -39,6 +39,7 @@ class BackendDigitsView:
     """
 
     def __init__(self, tok):
+        self.source = tok  # the number-parsing tokenizer this views (what a planner saves beside itself)
         self.backend = tok.backend_tokenizer
         self.pad_token_id = tok.pad_token_id
 

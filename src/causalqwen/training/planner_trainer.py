@@ -11,13 +11,20 @@ collator.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ..modeling.modeling_tool_planner import ToolPlannerModel
 from .lora import LORA_TARGET_MODULES, _peft
 
-__all__ = ["PlannerDataCollator", "apply_planner_lora", "planner_lora_config", "planner_training_args", "rows_tools",
-           "train_planner"]  # fmt: skip
+__all__ = ["CPU_BACKBONE", "PlannerDataCollator", "apply_planner_lora", "build_planner", "load_planner",
+           "planner_lora_config", "planner_training_args", "rows_tools", "train_planner"]  # fmt: skip
+
+# The CPU-sized backbone of the benchmark, the CLI and the quickstart (over the real Qwen2.5 vocabulary: only the
+# rows a request uses are read, so the 151,936-row embedding costs memory, not compute per token).
+CPU_BACKBONE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=512)  # fmt: skip
+BACKBONE_KINDS = ("causal_qwen", "qwen2")
 
 
 def rows_tools(row: dict[str, Any]) -> list[dict[str, Any]]:
@@ -98,6 +105,7 @@ def apply_planner_lora(
 def planner_training_args(output_dir, *, batch_size: int = 16, learning_rate: float = 1e-3, epochs: float = 1.0,
                           max_steps: int = -1, seed: int = 0, **overrides: Any):  # fmt: skip
     """``TrainingArguments`` for the planner: rows reach the collator whole, CPU-friendly defaults."""
+    import torch
     from transformers import TrainingArguments
 
     settings = dict(
@@ -119,6 +127,8 @@ def planner_training_args(output_dir, *, batch_size: int = 16, learning_rate: fl
         disable_tqdm=True,
         logging_steps=25,
         dataloader_num_workers=0,
+        # Pinning helps only a host-to-accelerator copy; on a CPU-only machine torch warns that it cannot.
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
     settings.update(overrides)
     return TrainingArguments(**settings)
@@ -136,3 +146,96 @@ def train_planner(model, processor, train_rows, output_dir, **training_kwargs: A
     )
     trainer.train()
     return trainer
+
+
+def _request_reader(model: ToolPlannerModel, tokenizer):
+    """The tokenizer the processor reads requests with: numbers as ``<NUM>`` for a CausalQwen backbone, digit text
+    (the same vocabulary without number parsing) for a plain Qwen2 one."""
+    from .baselines import BackendDigitsView
+
+    if model.config.backbone_type == "causal_qwen":
+        return tokenizer
+    return BackendDigitsView(tokenizer) if hasattr(tokenizer, "num_token_id") else tokenizer
+
+
+def _processor_for(model: ToolPlannerModel, tokenizer, freeze_text_encoder: bool):
+    from ..tokenization.processing_tool_planner import ToolPlannerProcessor, ToolTextCache
+    from .minilm import load_router_tokenizer
+
+    tool_tokenizer = load_router_tokenizer()
+    cache = ToolTextCache(model.tool_tower, tool_tokenizer) if freeze_text_encoder else None
+    return ToolPlannerProcessor(
+        _request_reader(model, tokenizer), tool_tokenizer, model.config, tool_text_cache=cache
+    )
+
+
+def _freeze_text_encoders(model: ToolPlannerModel) -> None:
+    model.tool_tower.tool_encoder.requires_grad_(False)
+    model.tool_tower.query_encoder.requires_grad_(False)
+
+
+def build_planner(backbone: str = "causal_qwen", *, router=None, tokenizer=None, seed: int = 0,
+                  max_plan_steps: int = 3, runtime_context_dim: int = 1, freeze_text_encoder: bool = True,
+                  **config_overrides: Any):  # fmt: skip
+    """A planner and its processor, ready to train: ``(model, processor)``.
+
+    ``backbone``: ``"causal_qwen"`` / ``"qwen2"`` (fresh, :data:`CPU_BACKBONE` over the real Qwen2.5 vocabulary),
+    or a local Qwen2 / CausalQwen checkpoint directory (its weights; a causal LM gives its base model).
+    ``router``: a trained ToolRouter (directory or model), default the v2 shape around the offline all-MiniLM-L6-v2
+    (``d_resource=32``, 4 heads). ``freeze_text_encoder`` keeps the tool tower's text encoders fixed and embeds
+    each distinct tool text once (``ToolTextCache``); the resource MLP and tool-set attention still train.
+    ``tokenizer`` defaults to the checkpoint's own, else ``CausalQwenTokenizer.from_qwen_vocab()``.
+    """
+    import torch
+
+    from ..configuration.configuration_causal_qwen import CausalQwenConfig
+    from ..modeling.modeling_tool_router import ToolRouterModel
+    from ..tokenization.tokenization_causal_qwen import CausalQwenTokenizer
+    from .minilm import minilm_path
+
+    torch.manual_seed(seed)
+    if router is None:
+        router = ToolRouterModel.from_pretrained_encoder(str(minilm_path()), d_resource=32, num_attention_heads=4,
+                                                         dropout=0.0)  # fmt: skip
+    settings = dict(
+        max_plan_steps=max_plan_steps, runtime_context_dim=runtime_context_dim, **config_overrides
+    )
+    if backbone in BACKBONE_KINDS:
+        tokenizer = tokenizer if tokenizer is not None else CausalQwenTokenizer.from_qwen_vocab()
+        vocab = dict(vocab_size=151936, pad_token_id=tokenizer.pad_token_id)
+        if backbone == "causal_qwen":
+            language_model = CausalQwenConfig(**CPU_BACKBONE, **vocab, num_token_id=tokenizer.num_token_id)
+        else:
+            from transformers import Qwen2Config
+
+            language_model = Qwen2Config(**CPU_BACKBONE, **vocab)
+        model = ToolPlannerModel.from_components(router, language_model, **settings)
+    else:
+        if not Path(backbone).is_dir():
+            raise ValueError(f"backbone must be one of {', '.join(BACKBONE_KINDS)} or a checkpoint directory, "
+                             f"got {backbone!r}")  # fmt: skip
+        model = ToolPlannerModel.from_components(router, backbone, **settings)
+        if tokenizer is None:
+            tokenizer = _checkpoint_tokenizer(backbone) or CausalQwenTokenizer.from_qwen_vocab()
+    if freeze_text_encoder:
+        _freeze_text_encoders(model)
+    return model, _processor_for(model, tokenizer, freeze_text_encoder)
+
+
+def _checkpoint_tokenizer(directory):
+    from transformers import AutoTokenizer
+
+    if not (Path(directory) / "tokenizer_config.json").is_file():
+        return None
+    return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+
+
+def load_planner(directory, *, freeze_text_encoder: bool = True):
+    """A planner saved with its backbone tokenizer (``causalqwen-train-planner`` does both): ``(model, processor)``."""
+    model = ToolPlannerModel.from_pretrained(str(directory), local_files_only=True).eval()
+    tokenizer = _checkpoint_tokenizer(directory)
+    if tokenizer is None:
+        raise ValueError(
+            f"{directory} has no tokenizer_config.json: save the backbone tokenizer beside the planner"
+        )
+    return model, _processor_for(model, tokenizer, freeze_text_encoder)
