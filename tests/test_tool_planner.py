@@ -35,7 +35,7 @@ TOOLS = [
 
 
 def text_config(backbone: str = "causal_qwen", **overrides) -> dict:
-    settings = dict(vocab_size=V + 3, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    settings = dict(vocab_size=V + 4, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2, max_position_embeddings=512, pad_token_id=TOK.pad_token_id)  # fmt: skip
     if backbone == "causal_qwen":
         return CausalQwenConfig(num_token_id=TOK.num_token_id, **settings, **overrides).to_dict()
@@ -49,6 +49,7 @@ def planner_config(backbone: str = "causal_qwen", **overrides) -> ToolPlannerCon
         tool_token_id=V,
         plan_token_id=V + 1,
         context_token_id=V + 2,
+        query_token_id=V + 3,
         runtime_context_dim=1,
     )
     return ToolPlannerConfig(**{**settings, **overrides})
@@ -96,7 +97,7 @@ def test_config_nests_the_router_and_the_backbone_and_round_trips():
     ("overrides", "message"),
     [
         ({"plan_tokn_id": 3}, "did you mean 'plan_token_id'"),
-        ({"tool_token_id": V + 3}, "tool_token_id must lie in"),
+        ({"tool_token_id": V + 4}, "tool_token_id must lie in"),
         ({"plan_token_id": V}, "placeholder ids must differ"),
         ({"tool_token_id": TOK.num_token_id}, "must differ from the backbone's <NUM>"),
         ({"max_plan_steps": 0}, "max_plan_steps must be positive"),
@@ -110,7 +111,7 @@ def test_config_rejects_bad_settings(overrides, message):
 
 def test_config_rejects_an_unknown_backbone():
     with pytest.raises(ValueError, match="text_config must be one of causal_qwen, qwen2"):
-        planner_config(text_config={"model_type": "llama", "vocab_size": V + 3})
+        planner_config(text_config={"model_type": "llama", "vocab_size": V + 4})
 
 
 # ----------------------------------------------------------------------------- forward
@@ -363,6 +364,29 @@ def test_frozen_tool_tower_with_cached_text_states_equals_token_ids():
     with torch.no_grad():
         torch.testing.assert_close(model(**cached).pointer_logits, model(**with_ids).pointer_logits,
                                    atol=1e-5, rtol=1e-5)  # fmt: skip
+
+
+def test_query_state_from_token_ids_equals_cached_embeddings_and_is_required():
+    model = tiny(use_query_state=True, freeze_tool_tower=True)
+    plans = [[0, 1], [], [2]]
+    with_ids = batch(model, plans=plans)
+    assert with_ids["query_input_ids"].shape[0] == 3 and (with_ids["input_ids"] == V + 3).sum() == 3
+    cached = processor(model, query_text_cache=ToolTextCache(model.tool_tower, RTOK, encoder="query"))(
+        QUERIES, TOOL_ROWS, runtime_context=[[0.5], [0.2], [0.9]], plans=plans
+    )
+    assert "query_embeddings" in cached and "query_input_ids" not in cached
+    cached.pop("tool_names")
+    cached.pop("raw_resource_vectors")
+    with torch.no_grad():
+        reference = model(**with_ids).pointer_logits
+        torch.testing.assert_close(model(**cached).pointer_logits, reference, atol=1e-5, rtol=1e-5)
+        moved = dict(cached, query_embeddings=cached["query_embeddings"].flip(0))
+        finite = torch.isfinite(reference)
+        assert (model(**moved).pointer_logits - reference)[finite].abs().max() > 1e-4
+    with pytest.raises(ValueError, match="use_query_state: pass query_input_ids"):
+        model(**{k: v for k, v in cached.items() if k != "query_embeddings"})
+    with pytest.raises(ValueError, match="use_query_state=False"):
+        tiny()(**batch(tiny(), plans=plans), query_embeddings=cached["query_embeddings"])
 
 
 def test_trainer_and_lora_train_the_backbone_adapters_and_the_heads(tmp_path):

@@ -8,10 +8,12 @@ the backbone's ``hidden_size``.
 
 The prompt the model reads (built by :class:`causalqwen.modeling.modeling_tool_planner.ToolPlannerProcessor`):
 
-    <request tokens> [<CTX>] <TOOL> x T <PLAN> x S
+    <request tokens> [<QUERY>] [<CTX>] <TOOL> x T <PLAN> x S
 
 ``tool_token_id`` / ``context_token_id`` are placeholder ids whose embeddings the model replaces with the projected
-tool states / runtime context (as vision-language models place image features); ``plan_token_id`` is a learned
+tool states / runtime context (as vision-language models place image features); with ``use_query_state`` the
+``query_token_id`` placeholder carries the tool tower's pooled query embedding (its pretrained sentence encoder's
+reading of the request, which a backbone trained from scratch lacks); ``plan_token_id`` is a learned
 token that asks for one plan step. The ids must lie inside the backbone's vocabulary; the defaults are Qwen2.5's
 unused reserved rows after ``<NUM>`` (151665), so a real Qwen2.5 vocabulary needs no resize.
 """
@@ -72,6 +74,8 @@ class ToolPlannerConfig(KnownKeysMixin, PreTrainedConfig):
     tool_token_id: int = 151666
     plan_token_id: int = 151667
     context_token_id: int = 151668
+    query_token_id: int = 151669
+    use_query_state: bool = False
     runtime_context_dim: int = 0
     max_plan_steps: int = 4
     pointer_size: int | None = None
@@ -111,6 +115,8 @@ class ToolPlannerConfig(KnownKeysMixin, PreTrainedConfig):
         ids = {"tool_token_id": self.tool_token_id, "plan_token_id": self.plan_token_id}
         if self.runtime_context_dim:
             ids["context_token_id"] = self.context_token_id
+        if self.use_query_state:
+            ids["query_token_id"] = self.query_token_id
         for name, value in ids.items():
             _check(0 <= value < vocab, f"{name} must lie in [0, vocab_size={vocab}), got {value}")
         _check(len(set(ids.values())) == len(ids), f"placeholder ids must differ, got {ids}")

@@ -207,6 +207,11 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
             if config.runtime_context_dim
             else None
         )
+        self.query_projector = (
+            ToolProjector(self.tool_tower.query_encoder.hidden_size, hidden, config.projector_hidden_act)
+            if config.use_query_state
+            else None
+        )
         # A module (not a bare parameter) so that PEFT can train it in full (modules_to_save).
         self.step_embedding = nn.Embedding(config.max_plan_steps + 1, hidden)
         self.pointer = PlanPointer(hidden, config.pointer_size)
@@ -308,6 +313,10 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
             check_finite(runtime_context, "runtime_context contains NaN or inf")
         elif runtime_context is not None:
             raise ValueError("runtime_context given but the config has runtime_context_dim=0")
+        if cfg.use_query_state and not bool(((input_ids == cfg.query_token_id).sum(-1) == 1).all()):
+            raise ValueError(
+                f"use_query_state: each request needs one <QUERY> token (id {cfg.query_token_id})"
+            )
         return tool_slots, plan_slots
 
     def _previous_tools(self, plan_labels, previous_tools, steps: int, like: torch.Tensor) -> torch.Tensor:
@@ -320,8 +329,22 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
             previous[:, 1:] = torch.where(before > STOP, before - 1, -1)
         return previous
 
+    def _query_state(self, query_input_ids, query_attention_mask, query_embeddings, batch: int):
+        """The tool tower's pooled query states [B, E] (``use_query_state``), from ids or given embeddings."""
+        if not self.config.use_query_state:
+            if query_input_ids is not None or query_embeddings is not None:
+                raise ValueError("query inputs given but the config has use_query_state=False")
+            return None
+        if query_input_ids is None and query_embeddings is None:
+            raise ValueError("use_query_state: pass query_input_ids (tool tower tokens) or query_embeddings")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_tool_tower):
+            states = self.tool_tower._encode_queries(query_input_ids, query_attention_mask, query_embeddings)
+        if states.shape[0] != batch:
+            raise ValueError(f"query states for {states.shape[0]} requests, input_ids has {batch}")
+        return states
+
     def _embed(self, input_ids, numeric_values, tool_embeds, tool_mask, tool_slots, plan_slots, previous,
-               runtime_context) -> torch.Tensor:  # fmt: skip
+               runtime_context, query_states=None) -> torch.Tensor:  # fmt: skip
         cfg = self.config
         embeds = self.language_model.get_input_embeddings()(input_ids)
         value_encoding = getattr(self.language_model, "value_encoding", None)
@@ -344,6 +367,8 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
         if self.context_projector is not None:
             context_slots = input_ids == cfg.context_token_id
             embeds[context_slots] = self.context_projector(runtime_context.to(embeds.dtype))
+        if self.query_projector is not None:
+            embeds[input_ids == cfg.query_token_id] = self.query_projector(query_states.to(embeds.dtype))
         return embeds
 
     # ----------------------------------------------------------------- forward
@@ -362,6 +387,9 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
         plan_labels: torch.LongTensor | None = None,
         previous_tools: torch.LongTensor | None = None,
         latency_labels: torch.Tensor | None = None,
+        query_input_ids: torch.LongTensor | None = None,
+        query_attention_mask: torch.Tensor | None = None,
+        query_embeddings: torch.Tensor | None = None,
         numeric_formats: torch.LongTensor | None = None,
         **kwargs,
     ) -> ToolPlannerOutput:
@@ -376,6 +404,8 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
         plan_labels ([B, S]): 0 = STOP, j + 1 = tool j, -100 = no step. previous_tools ([B, S]): the tool chosen
             before each step (-1 = none), default teacher-forced from ``plan_labels``.
         latency_labels ([B, T]): observed latency per tool (negative = not observed).
+        query_input_ids / query_attention_mask ([B, Lq], the tool tower's tokens) or query_embeddings ([B, E]):
+            the request for the tool tower's query encoder, placed at ``<QUERY>`` (``use_query_state``).
         numeric_formats: accepted so that the tokenizer's output can be passed through; not used.
         """
         tool_kwargs = dict(
@@ -404,8 +434,11 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
         if previous.shape != (input_ids.shape[0], steps):
             raise ValueError(f"previous_tools must be [B, {steps}], got {tuple(previous.shape)}")
         tool_embeds = self.tool_projector(states)
+        query_states = self._query_state(
+            query_input_ids, query_attention_mask, query_embeddings, input_ids.shape[0]
+        )
         embeds = self._embed(input_ids, numeric_values, tool_embeds, tool_mask, tool_slots, plan_slots, previous,
-                             runtime_context)  # fmt: skip
+                             runtime_context, query_states)  # fmt: skip
         hidden = self.language_model(
             inputs_embeds=embeds, attention_mask=attention_mask, **kwargs
         ).last_hidden_state
@@ -559,8 +592,9 @@ class _BeamDecoder:
                       tool_mask=self.batch["tool_mask"][rows], previous_tools=previous)  # fmt: skip
         if values is not None:
             inputs["numeric_values"] = values
-        if "runtime_context" in self.batch:
-            inputs["runtime_context"] = self.batch["runtime_context"][rows]
+        for key in ("runtime_context", "query_input_ids", "query_attention_mask", "query_embeddings"):
+            if key in self.batch:
+                inputs[key] = self.batch[key][rows]
         return inputs
 
     def _log_probs(self, rows: list[int], prefixes: list[list[int]]) -> torch.Tensor:

@@ -5,13 +5,15 @@ It plays the part a processor plays for a vision-language model: the backbone's 
 package's ``BackendDigitsView``, leaves them as digit text), placeholder tokens stand for the runtime context, the
 tools and the plan steps, and the tool tower's tokenizer reads the tool texts::
 
-    input_ids:  <request tokens> [<CTX>] <TOOL> x T <PLAN> x S
+    input_ids:  <request tokens> [<QUERY>] [<CTX>] <TOOL> x T <PLAN> x S
 
 A tool is ``{"name", "text", "resources"}`` (``resources``: the 6 raw resource fields of
 :data:`causalqwen.tool_index.RESOURCE_FIELDS`, missing = zeros), a ``(text, resources)`` pair, an OpenAI-style
 function spec, or a plain string; a :class:`~causalqwen.tool_index.ToolIndex` offers all of its tools. Resource
 vectors reach the model through ``log1p``, as in router training. With ``tool_text_cache`` (a frozen tool tower)
-the tool texts are embedded once each and the model gets ``tool_text_embeddings`` instead of token ids.
+the tool texts are embedded once each and the model gets ``tool_text_embeddings`` instead of token ids; with
+``use_query_state`` the tool tower's query encoder also reads the request (``query_input_ids``, or
+``query_embeddings`` through ``query_text_cache``).
 """
 
 from __future__ import annotations
@@ -28,10 +30,14 @@ RESOURCE_DIM = 6
 
 
 class ToolTextCache:
-    """Pooled tool-text states of a (frozen) tool tower, computed once per distinct text."""
+    """Pooled text states of a (frozen) tool tower's tool encoder (``encoder="query"``: its query encoder),
+    computed once per distinct text."""
 
-    def __init__(self, tool_tower, tokenizer, max_length: int = 128):
-        self.tool_tower, self.tokenizer, self.max_length = tool_tower, tokenizer, max_length
+    def __init__(self, tool_tower, tokenizer, max_length: int = 128, encoder: str = "tool"):
+        if encoder not in ("tool", "query"):
+            raise ValueError(f"encoder must be 'tool' or 'query', got {encoder!r}")
+        self.encoder = tool_tower.tool_encoder if encoder == "tool" else tool_tower.query_encoder
+        self.tokenizer, self.max_length = tokenizer, max_length
         self._states: dict[str, torch.Tensor] = {}
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
@@ -39,9 +45,7 @@ class ToolTextCache:
 
         missing = sorted({t for t in texts if t not in self._states})
         if missing:
-            states = embed_texts(
-                self.tool_tower.tool_encoder, self.tokenizer, missing, max_length=self.max_length
-            )
+            states = embed_texts(self.encoder, self.tokenizer, missing, max_length=self.max_length)
             self._states.update(zip(missing, states.cpu()))
         return torch.stack([self._states[t] for t in texts])
 
@@ -76,13 +80,15 @@ class ToolPlannerProcessor:
     """Builds planner batches; see the module docstring. Token ids come from the planner's config."""
 
     def __init__(self, tokenizer, tool_tokenizer, config, *, tool_text_cache: Callable | None = None,
-                 max_query_length: int = 256, max_tool_length: int = 64):  # fmt: skip
+                 query_text_cache: Callable | None = None, max_query_length: int = 256,
+                 max_tool_length: int = 64):  # fmt: skip
         self.tokenizer, self.tool_tokenizer = tokenizer, tool_tokenizer
         self.tool_token_id, self.plan_token_id = config.tool_token_id, config.plan_token_id
         self.context_token_id = config.context_token_id
         self.runtime_context_dim = config.runtime_context_dim
         self.max_plan_steps = config.max_plan_steps
-        self.tool_text_cache = tool_text_cache
+        self.tool_text_cache, self.query_text_cache = tool_text_cache, query_text_cache
+        self.query_token_id = config.query_token_id if config.use_query_state else None
         self.max_query_length, self.max_tool_length = max_query_length, max_tool_length
         self.pad_token_id = getattr(tokenizer, "pad_token_id", None) or 0
 
@@ -144,6 +150,8 @@ class ToolPlannerProcessor:
         rows_ids, rows_values, rows_labels = [], [], []
         for i, (query, tool_row) in enumerate(zip(queries, tool_rows)):
             ids, values = self._encode_query(query)
+            if self.query_token_id is not None:
+                ids, values = ids + [self.query_token_id], (values + [0.0] if values is not None else None)
             if context is not None:
                 ids, values = ids + [self.context_token_id], (values + [0.0] if values is not None else None)
             n_plan = num_plan_tokens if num_plan_tokens is not None else 1
@@ -172,6 +180,8 @@ class ToolPlannerProcessor:
         if context is not None:
             batch["runtime_context"] = context
         batch.update(self._tool_tensors(tool_rows))
+        if self.query_token_id is not None:
+            batch.update(self._query_tensors(queries))
         if plans is not None:
             steps = max(len(r) for r in rows_labels)
             batch["plan_labels"] = torch.tensor([r + [-100] * (steps - len(r)) for r in rows_labels])
@@ -197,6 +207,13 @@ class ToolPlannerProcessor:
         if not torch.isfinite(context).all():
             raise ValueError("runtime_context contains NaN or inf")
         return context
+
+    def _query_tensors(self, queries: list[str]) -> dict[str, torch.Tensor]:
+        if self.query_text_cache is not None:
+            return {"query_embeddings": self.query_text_cache(queries)}
+        enc = self.tool_tokenizer(queries, max_length=self.max_query_length, truncation=True, padding="longest",
+                                  return_tensors="pt")  # fmt: skip
+        return {"query_input_ids": enc["input_ids"], "query_attention_mask": enc["attention_mask"]}
 
     def _tool_tensors(self, tool_rows) -> dict[str, Any]:
         n_tools = max(len(r) for r in tool_rows)

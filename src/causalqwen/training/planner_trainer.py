@@ -62,8 +62,9 @@ class PlannerDataCollator:
 
 def _full_training_modules(model: ToolPlannerModel) -> list[str]:
     names = ["tool_projector", "step_embedding", "pointer", "latency_head"]
-    if model.context_projector is not None:
-        names.append("context_projector")
+    for optional in ("context_projector", "query_projector"):
+        if getattr(model, optional) is not None:
+            names.append(optional)
     if not model.config.freeze_tool_tower:
         names.append("tool_tower")
     encoding = getattr(model.language_model, "value_encoding", None)
@@ -163,10 +164,12 @@ def _processor_for(model: ToolPlannerModel, tokenizer, freeze_text_encoder: bool
     from .minilm import load_router_tokenizer
 
     tool_tokenizer = load_router_tokenizer()
-    cache = ToolTextCache(model.tool_tower, tool_tokenizer) if freeze_text_encoder else None
-    return ToolPlannerProcessor(
-        _request_reader(model, tokenizer), tool_tokenizer, model.config, tool_text_cache=cache
-    )
+    caches = {}
+    if freeze_text_encoder:
+        caches["tool_text_cache"] = ToolTextCache(model.tool_tower, tool_tokenizer)
+        if model.config.use_query_state:
+            caches["query_text_cache"] = ToolTextCache(model.tool_tower, tool_tokenizer, encoder="query")
+    return ToolPlannerProcessor(_request_reader(model, tokenizer), tool_tokenizer, model.config, **caches)
 
 
 def _freeze_text_encoders(model: ToolPlannerModel) -> None:
