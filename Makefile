@@ -15,7 +15,7 @@ export USE_HUB_KERNELS := 0
 export TOKENIZERS_PARALLELISM := false
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-slow lint format bench bench-routing clean
+.PHONY: venv demo test test-slow lint format bench bench-routing bench-planning clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -54,6 +54,13 @@ bench:
 bench-routing:
 	$(MAKE) venv EXTRAS=train,peft,router-data,dev,bench
 	$(BIN)/python benchmarks/routing.py
+
+# The planning benchmark (issue #17): ToolPlanner on CausalQwen vs on digits-as-text Qwen2 vs router v2 vs BM25,
+# synthetic multi-step plans under numeric budgets and BFCL multi-call questions; 3 seeds, ~25 min on 2 CPU cores.
+bench-planning:
+	$(MAKE) venv EXTRAS=train,peft,router-data,dev,bench
+	$(BIN)/python benchmarks/planning.py --quick
+	$(BIN)/python benchmarks/planning.py --quick --task bfcl
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -460,3 +460,14 @@ def test_cli_usage_errors_are_one_line(tmp_path, capsys, flags, message):
         main(["--output-dir", str(tmp_path), *flags])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_planner_model_card_names_the_backbone_and_loads_remotely():
+    from causalqwen.hub import render_model_card
+
+    card = render_model_card(planner_config(), metrics={"exact_match": 0.9375}, repo_id="dan/planner")
+    assert "- tool-planner" in str(card)  # a tag of the front matter
+    assert "| `backbone_type` | `causal_qwen` |" in card.text
+    assert "| `max_plan_steps` | `4` |" in card.text
+    assert "| exact_match | 0.9375 |" in card.text
+    assert 'AutoModel.from_pretrained("dan/planner", trust_remote_code=True)' in card.text

@@ -39,7 +39,7 @@ __all__ = [
     "write_code_bundle",
 ]
 
-CARD_KINDS = ("causal_qwen", "tool_router", "lora_adapter")
+CARD_KINDS = ("causal_qwen", "tool_router", "tool_planner", "lora_adapter")
 CARD_TEMPLATES_DIR = Path(__file__).resolve().parent / "hub_cards"
 
 # What transformers' dynamic_module_utils.get_relative_imports matches (a plain regex over the whole text,
@@ -446,6 +446,16 @@ _CONFIG_SUMMARY_KEYS = {
         "num_attention_heads",
         "use_ffn",
         "matching",
+    ),
+    "tool_planner": (
+        "backbone_type",
+        "hidden_size",
+        "max_plan_steps",
+        "runtime_context_dim",
+        "use_query_state",
+        "allow_repeated_tools",
+        "freeze_tool_tower",
+        "pointer_size",
     ),
 }
 

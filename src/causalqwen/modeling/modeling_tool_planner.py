@@ -297,27 +297,32 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
             raise ValueError(
                 f"at most max_plan_steps + 1 = {cfg.max_plan_steps + 1} <PLAN> tokens per request"
             )
-        if cfg.runtime_context_dim:
-            contexts = (input_ids == cfg.context_token_id).sum(-1)
-            if runtime_context is None or not bool((contexts == 1).all()):
-                raise ValueError(
-                    f"runtime_context_dim={cfg.runtime_context_dim}: each request needs runtime_context [B, "
-                    f"{cfg.runtime_context_dim}] and one <CTX> token (id {cfg.context_token_id}), got "
-                    f"{contexts.tolist()}"
-                )
-            if runtime_context.shape != (input_ids.shape[0], cfg.runtime_context_dim):
-                raise ValueError(
-                    f"runtime_context must be [B={input_ids.shape[0]}, {cfg.runtime_context_dim}], got "
-                    f"{tuple(runtime_context.shape)}"
-                )
-            check_finite(runtime_context, "runtime_context contains NaN or inf")
-        elif runtime_context is not None:
-            raise ValueError("runtime_context given but the config has runtime_context_dim=0")
+        self._check_runtime_context(input_ids, runtime_context)
         if cfg.use_query_state and not bool(((input_ids == cfg.query_token_id).sum(-1) == 1).all()):
             raise ValueError(
                 f"use_query_state: each request needs one <QUERY> token (id {cfg.query_token_id})"
             )
         return tool_slots, plan_slots
+
+    def _check_runtime_context(self, input_ids, runtime_context) -> None:
+        cfg = self.config
+        if not cfg.runtime_context_dim:
+            if runtime_context is not None:
+                raise ValueError("runtime_context given but the config has runtime_context_dim=0")
+            return
+        contexts = (input_ids == cfg.context_token_id).sum(-1)
+        if runtime_context is None or not bool((contexts == 1).all()):
+            raise ValueError(
+                f"runtime_context_dim={cfg.runtime_context_dim}: each request needs runtime_context [B, "
+                f"{cfg.runtime_context_dim}] and one <CTX> token (id {cfg.context_token_id}), got "
+                f"{contexts.tolist()}"
+            )
+        if runtime_context.shape != (input_ids.shape[0], cfg.runtime_context_dim):
+            raise ValueError(
+                f"runtime_context must be [B={input_ids.shape[0]}, {cfg.runtime_context_dim}], got "
+                f"{tuple(runtime_context.shape)}"
+            )
+        check_finite(runtime_context, "runtime_context contains NaN or inf")
 
     def _previous_tools(self, plan_labels, previous_tools, steps: int, like: torch.Tensor) -> torch.Tensor:
         """The tool chosen before each step [B, S] (-1: none): given, or teacher-forced from ``plan_labels``."""

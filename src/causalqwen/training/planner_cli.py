@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--router", type=Path, default=None, help="a trained ToolRouter directory (default: "
                         "a fresh v2 router around the offline all-MiniLM-L6-v2)")  # fmt: skip
-    parser.add_argument("--steps", type=int, default=600, help="training steps")
+    parser.add_argument("--steps", type=int, default=1000, help="training steps")
     parser.add_argument("--batch-size", type=int, default=16, help="requests per step")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine, 5%% warmup)")
     parser.add_argument(
