@@ -348,3 +348,13 @@ def test_no_cuda_kernel_advice_on_a_machine_without_cuda(tmp_path):
     )
     # ... and the package drops it where mamba-ssm (CUDA only) cannot be installed
     assert "reference PyTorch implementation" not in runs["filtered"].stderr
+
+
+def test_latency_head_starts_at_unit_scale_for_every_tool():
+    """The unit-scale init is carried by the scale layer (transformers skips a head without parameters of its
+    own, so an init written for the head never ran: the scale started at softplus(random) instead)."""
+    model = tiny()
+    with torch.no_grad():
+        out = model(**batch())
+    torch.testing.assert_close(out.latency_scale, torch.ones_like(out.latency_scale))
+    assert torch.equal(model.latency_head.scale.weight, torch.zeros_like(model.latency_head.scale.weight))

@@ -40,7 +40,8 @@ from ..configuration.configuration_tool_planner import ToolPlannerConfig
 from ..remote_code import RemoteCodeMixin
 from ._checks import check_finite
 from ._compat import QuietCheckpointingAlias
-from .cauchy import cauchy_interval, cauchy_nll, softplus_inverse
+from ._init import apply_special_init, unit_softplus_scale, unit_variance_rows, with_init
+from .cauchy import cauchy_interval, cauchy_nll
 from .modeling_causal_qwen import CausalQwenModel
 from .modeling_tool_router import ToolRouterModel
 from .numeric_embedding import embed_numbers
@@ -117,23 +118,6 @@ class ToolProjector(nn.Module):
         return self.linear_2(self.act(self.linear_1(states)))
 
 
-def _unit_variance_rows(linear: nn.Linear) -> None:
-    linear.weight.normal_(std=linear.in_features**-0.5)
-
-
-def _unit_softplus_scale(linear: nn.Linear) -> None:
-    linear.weight.zero_()
-    linear.bias.fill_(float(softplus_inverse(1.0)))
-
-
-def _with_init(linear: nn.Linear, init) -> nn.Linear:
-    """Attach a special init to a leaf layer. transformers initialises custom-code models module by module and
-    skips a module without parameters of its own (a head made of child layers): an init written for the head
-    would silently not run, so the layer carries it and ``_init_weights`` applies it."""
-    linear._planner_init = init
-    return linear
-
-
 class PlanPointer(nn.Module):
     """Scores STOP and every offered tool from a plan step's hidden state."""
 
@@ -141,8 +125,8 @@ class PlanPointer(nn.Module):
         super().__init__()
         # Unit-variance queries and keys: with both at the usual std 0.02 the bilinear score and its gradients
         # start near zero and the pointer barely learns.
-        self.query = _with_init(nn.Linear(hidden_size, pointer_size, bias=False), _unit_variance_rows)
-        self.key = _with_init(nn.Linear(hidden_size, pointer_size, bias=False), _unit_variance_rows)
+        self.query = with_init(nn.Linear(hidden_size, pointer_size, bias=False), unit_variance_rows)
+        self.key = with_init(nn.Linear(hidden_size, pointer_size, bias=False), unit_variance_rows)
         self.stop = nn.Linear(hidden_size, 1)
         self.scale = 1.0 / math.sqrt(pointer_size)
 
@@ -158,7 +142,7 @@ class PlannerLatencyHead(nn.Module):
         super().__init__()
         self.loc = nn.Linear(hidden_size, 1)
         # Unit latency scale at init, as the router's latency head is meant to start.
-        self.scale = _with_init(nn.Linear(hidden_size, 1), _unit_softplus_scale)
+        self.scale = with_init(nn.Linear(hidden_size, 1), unit_softplus_scale)
 
     def forward(self, tool_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.loc(tool_hidden).squeeze(-1), nn.functional.softplus(self.scale(tool_hidden)).squeeze(-1)
@@ -188,9 +172,7 @@ class ToolPlannerPreTrainedModel(QuietCheckpointingAlias, PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        special = getattr(module, "_planner_init", None)
-        if special is not None:
-            special(module)
+        apply_special_init(module)
 
 
 class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):

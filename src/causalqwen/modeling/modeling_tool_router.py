@@ -36,7 +36,8 @@ from transformers.utils import logging as hf_logging
 from ..configuration.configuration_tool_router import ToolRouterConfig
 from ..remote_code import RemoteCodeMixin
 from ._checks import check_finite
-from .cauchy import cauchy_nll, softplus_inverse
+from ._init import apply_special_init, unit_softplus_scale, with_init
+from .cauchy import cauchy_nll
 from .kan import KANLayer
 from .tool_set import ResourceMLP, ToolSetEncoder
 
@@ -271,7 +272,8 @@ class LatencyHead(nn.Module):
         in_dim = config.d_resource + config.runtime_context_dim
         self.net = nn.Sequential(nn.Linear(in_dim, config.latency_hidden_size), nn.GELU())
         self.loc = nn.Linear(config.latency_hidden_size, 1)
-        self.scale = nn.Linear(config.latency_hidden_size, 1)
+        # Unit latency scale at init (carried by the layer: see _init.py for why not in _init_weights).
+        self.scale = with_init(nn.Linear(config.latency_hidden_size, 1), unit_softplus_scale)
 
     def forward(self, resource_states: torch.Tensor, runtime_context: torch.Tensor | None):
         x = resource_states
@@ -290,13 +292,11 @@ class ToolRouterPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
+        apply_special_init(module)
         if isinstance(module, ToolRouterModel):
             # CLIP-style learnable temperature, stored as log(1/T).
             module.logit_scale.fill_(-torch.log(torch.tensor(float(self.config.init_temperature))).item())
             module.null_tool.normal_(std=self.config.initializer_range)
-        elif isinstance(module, LatencyHead):
-            module.scale.weight.zero_()
-            module.scale.bias.fill_(float(softplus_inverse(1.0)))
         elif isinstance(module, KANLayer):
             module.reset_parameters()
         elif isinstance(module, FusionKAN):
