@@ -99,18 +99,22 @@ def decode(model, processor, rows) -> list[list[int]]:
     return plans
 
 
-def train_and_plan(
-    kind: str, task: Task, tokenizer, seed: int, steps: int, batch_size: int, lr: float
-) -> dict:
-    """Build (``build_planner``), train through the ``Trainer`` (``train_planner``) and decode the test split."""
+def train_and_plan(kind: str, task: Task, tokenizer, seed: int, steps: int, batch_size: int, lr: float,
+                   backbone: str | None = None, lora: bool = False) -> dict:  # fmt: skip
+    """Build (``build_planner``), train through the ``Trainer`` (``train_planner``) and decode the test split.
+    ``backbone`` (a checkpoint directory) replaces the fresh CPU-sized backbone; ``lora`` adapts it with LoRA."""
     import tempfile
 
-    from causalqwen.training.planner_trainer import build_planner, train_planner
+    from causalqwen.training.planner_trainer import apply_planner_lora, build_planner, train_planner
 
-    model, processor = build_planner(PLANNERS[kind], tokenizer=tokenizer, seed=seed, **task.planner_settings)
+    settings = dict(task.planner_settings)
+    if backbone is None:
+        settings["tokenizer"] = tokenizer
+    model, processor = build_planner(backbone or PLANNERS[kind], seed=seed, **settings)
+    trained = apply_planner_lora(model) if lora else model
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
-        trainer = train_planner(model, processor, task.data["train"], folder, batch_size=batch_size,
+        trainer = train_planner(trained, processor, task.data["train"], folder, batch_size=batch_size,
                                 learning_rate=lr, max_steps=steps, seed=seed, logging_steps=min(20, steps))  # fmt: skip
     train_s = time.perf_counter() - start
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -255,6 +259,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=None, help="training steps per planner")
     parser.add_argument("--models", default=None, help="default: both planners, router, bm25 (bfcl: "
                         "planner-causalqwen, router, bm25)")  # fmt: skip
+    parser.add_argument("--backbone", default=None, help="a Qwen2 / CausalQwen checkpoint directory for the "
+                        "planner (default: the fresh CPU-sized backbone of each planner kind)")  # fmt: skip
+    parser.add_argument("--lora", action="store_true", help="LoRA on the planner's backbone")
     args = parser.parse_args(argv)
     apply_threads(args.threads)
     from causalqwen.tokenization.tokenization_causal_qwen import CausalQwenTokenizer
@@ -263,9 +270,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.smoke:
         sizes, steps, seeds = (64, 32, 32), args.steps or 4, [0]
     elif args.quick:
-        sizes, steps, seeds = (2000, 300, 500), args.steps or 600, [0, 1, 2]
+        sizes, steps, seeds = (2000, 300, 500), args.steps or 1000, [0, 1, 2]
     else:
-        sizes, steps, seeds = (4000, 300, 500), args.steps or 1500, [0, 1, 2, 3, 4]
+        sizes, steps, seeds = (4000, 300, 500), args.steps or 2000, [0, 1, 2, 3, 4]
     if args.seeds:
         seeds = [int(s) for s in args.seeds.split(",")]
     default_models = [*PLANNERS, "router", "bm25"] if args.task == "synthetic" else ["planner-causalqwen", "router",
@@ -277,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tokenizer = CausalQwenTokenizer.from_qwen_vocab()
     results: dict[str, Any] = {"settings": {"task": args.task, "sizes": {k: len(v) for k, v in task.data.items()},
                                             "steps": steps, "seeds": seeds, "batch_size": 16, "lr": 2e-3,
-                                            "backbone": CPU_BACKBONE, "planner": task.planner_settings},
+                                            "backbone": args.backbone or CPU_BACKBONE, "lora": args.lora, "planner": task.planner_settings},
                                "models": {}}  # fmt: skip
     if "bm25" in models:
         results["models"].update(bm25_results(task))
@@ -289,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for kind in (m for m in models if m in PLANNERS):
         per_seed = []
         for seed in seeds:
-            run = train_and_plan(kind, task, tokenizer, seed, steps, 16, 2e-3)
+            run = train_and_plan(kind, task, tokenizer, seed, steps, 16, 2e-3, args.backbone, args.lora)
             print(f"{kind} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in run.items()), flush=True)
             per_seed.append(run)
         results["models"][kind] = {"per_seed": per_seed}
