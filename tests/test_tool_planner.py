@@ -126,7 +126,9 @@ def test_forward_shapes_masks_and_teacher_forcing():
         torch.isinf(out.pointer_logits[1, 0, 3:]).all() and torch.isfinite(out.pointer_logits[1, 0, :3]).all()
     )
     assert out.latency_loc.shape == out.latency_scale.shape == (3, 4)
-    torch.testing.assert_close(out.latency_scale, torch.ones_like(out.latency_scale))  # the unit-scale init ran
+    torch.testing.assert_close(
+        out.latency_scale, torch.ones_like(out.latency_scale)
+    )  # the unit-scale init ran
     assert model.pointer.query.weight.std() > 0.1  # unit-variance pointer rows, not the default 0.02
     assert torch.isfinite(out.loss) and out.pointer_loss > 0
     # Teacher forcing: the step after a tool reads that tool; another previous tool changes the step's scores.

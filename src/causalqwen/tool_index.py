@@ -63,13 +63,18 @@ def embed_texts(encoder: TextEncoder, tokenizer, texts: Sequence[str], *, max_le
     return torch.cat(pieces)
 
 
-def budget_mask(resource_vectors: torch.Tensor, budget: dict[str, float] | None) -> torch.Tensor:
+def budget_mask(
+    resource_vectors: torch.Tensor, budget: dict[str, float] | None, *, has_resources: bool = True
+) -> torch.Tensor:
     """[..., T] True where a tool's resource vector ([..., T, 6]) is within every given budget (field name of
-    :data:`RESOURCE_FIELDS` -> maximum)."""
+    :data:`RESOURCE_FIELDS` -> maximum). ``has_resources=False`` (tools given without resource vectors) refuses
+    any budget."""
     keep = torch.ones(resource_vectors.shape[:-1], dtype=torch.bool, device=resource_vectors.device)
     for key, limit in (budget or {}).items():
         if key not in RESOURCE_FIELDS:
             raise ValueError(f"unknown budget field {key!r}; choose from {RESOURCE_FIELDS}")
+        if not has_resources:
+            raise ValueError("a budget needs an index built with resource_vectors")
         if not math.isfinite(float(limit)):
             raise ValueError(f"budget {key}={limit} is not finite")
         keep &= resource_vectors[..., RESOURCE_FIELDS.index(key)] <= float(limit)
@@ -171,9 +176,7 @@ class ToolIndex:
     # ----------------------------------------------------------------- routing
     def _budget_mask(self, budget: dict[str, float] | None) -> torch.Tensor:
         """Tools whose resource vector is within every given budget (field name -> maximum)."""
-        if budget and not self.has_resources:
-            raise ValueError("a budget needs an index built with resource_vectors")
-        return budget_mask(self.resource_vectors, budget)
+        return budget_mask(self.resource_vectors, budget, has_resources=self.has_resources)
 
     def _candidate_mask(self, candidates: Sequence[int | str] | None) -> torch.Tensor:
         if candidates is None:
