@@ -4,9 +4,10 @@ Data flow (B requests, T offered tools, S plan steps, H the backbone width)::
 
     left panel    tools -> ToolRouterModel.encode_tools -> tool states [B, T, d_model]   (or given: tool_states=)
                   tool_projector (MLP) -> [B, T, H];  runtime_context [B, C] -> context_projector -> [B, H]
-    center panel  input_ids  = request tokens, [<CTX>], <TOOL> x T, <PLAN> x S
+    center panel  input_ids  = request tokens, [<QUERY>], [<CTX>], <TOOL> x T, <PLAN> x S
                   embeddings: request tokens as the backbone embeds them (CausalQwen fuses each <NUM> with its
                   value), <TOOL>_j := projected state of tool j, <CTX> := projected context,
+                  <QUERY> := the tool tower's pooled query state, projected (``use_query_state``),
                   <PLAN>_t := embed(<PLAN>) + step_embedding[t] + projected state of the tool chosen at step t-1
                   -> Qwen2 / CausalQwen backbone (causal) -> hidden states [B, L, H]
     right panel   pointer: logits[b, t] = [stop(h_plan_t), q(h_plan_t) . k(h_tool_j) / sqrt(P) for j < T]
