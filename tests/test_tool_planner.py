@@ -474,3 +474,34 @@ def test_planner_model_card_names_the_backbone_and_loads_remotely():
     assert "| `max_plan_steps` | `4` |" in card.text
     assert "| exact_match | 0.9375 |" in card.text
     assert 'AutoModel.from_pretrained("dan/planner", trust_remote_code=True)' in card.text
+
+
+def test_plan_reads_a_tool_index_like_the_same_tools_given_as_dicts():
+    from causalqwen.tool_index import ToolIndex
+
+    model = tiny(seed=1)
+    proc = processor(model)
+    texts = [t["text"] if isinstance(t, dict) else t[0] for t in TOOLS]
+    resources = [t["resources"] if isinstance(t, dict) else t[1] for t in TOOLS]
+    index = ToolIndex.build(model.tool_tower, RTOK, texts, resources)
+    as_dicts = [{"name": n, "text": t, "resources": r} for n, t, r in zip(index.names, texts, resources)]
+    from_index = model.plan(proc, QUERIES[:2], index, runtime_context=[[0.5], [0.2]], num_beams=2)
+    from_dicts = model.plan(proc, QUERIES[:2], as_dicts, runtime_context=[[0.5], [0.2]], num_beams=2)
+    assert [p.tools for p in from_index] == [p.tools for p in from_dicts]
+    assert [s.name for p in from_index for s in p.steps] == [s.name for p in from_dicts for s in p.steps]
+    assert all(s.name in index.names for p in from_index for s in p.steps)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    plans = [[0, 1], [], [2]]
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny(seed=2).train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            assert model.is_activation_checkpointing and model.language_model.gradient_checkpointing
+        model(**batch(model, plans=plans)).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)
