@@ -53,7 +53,7 @@ from accelerate import PartialState
 
 from ..configuration.configuration_causal_qwen import VALUE_NORMALIZATIONS, CausalQwenConfig
 from ..modeling.modeling_causal_qwen import CausalQwenForNumericCausalLM
-from .cli_errors import UsageError, add_debug_flag, exit_on_usage_error
+from .cli_errors import UsageError, add_debug_flag, exit_on_usage_error, require_positive
 from .collator import NumericDataCollator
 from .data import SYNTHETIC_KINDS, build_synthetic_dataset, build_table_dataset, tokenize_numeric_dataset
 from .evaluation import cauchy_interval_coverage, predict_values, regression_metrics
@@ -136,9 +136,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
-    for name in ("steps", "batch_size", "grad_accum", "rows", "logging_steps", "lora_r", "max_length"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    require_positive(
+        args, "steps", "batch_size", "grad_accum", "rows", "logging_steps", "lora_r", "max_length"
+    )
     if not args.lr > 0:
         raise UsageError(f"--lr must be positive, got {args.lr}")
     if args.lora and args.freeze_backbone:

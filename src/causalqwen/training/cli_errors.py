@@ -11,13 +11,20 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["UsageError", "add_debug_flag", "exit_on_usage_error"]
+__all__ = ["UsageError", "add_debug_flag", "exit_on_usage_error", "require_positive"]
 
 T = TypeVar("T")
 
 
 class UsageError(Exception):
     """A problem with the command line or its inputs; the message is shown as is."""
+
+
+def require_positive(args, *names: str) -> None:
+    """A :class:`UsageError` naming the first flag among ``names`` (argparse dests) whose value is below 1."""
+    for name in names:
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
 
 
 def add_debug_flag(parser) -> None:

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cli_errors import UsageError, add_debug_flag, exit_on_usage_error
+from .cli_errors import UsageError, add_debug_flag, exit_on_usage_error, require_positive
 
 QUICK_ROWS = {"train": 48, "dev": 16, "test": 16}
 QUICK_STEPS = 4
@@ -67,9 +67,7 @@ def _run(argv: list[str]) -> int:
     from .planner_trainer import BACKBONE_KINDS, apply_planner_lora, build_planner, rows_tools, train_planner
 
     args = build_parser().parse_args(argv)
-    for name in ("steps", "batch_size", "train_rows", "lora_r"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    require_positive(args, "steps", "batch_size", "train_rows", "lora_r")
     if args.backbone not in BACKBONE_KINDS and not Path(args.backbone).is_dir():
         raise UsageError(
             f"--backbone {args.backbone}: not {' or '.join(BACKBONE_KINDS)} and no such directory"

@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from .cli_errors import UsageError, add_debug_flag, exit_on_usage_error
+from .cli_errors import UsageError, add_debug_flag, exit_on_usage_error, require_positive
 from .router_data import build_bfcl_dataset, build_synthetic_routing_dataset
 from .router_trainer import train_router
 from .router_v2 import train_router_v2
@@ -120,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    require_positive(args, "batch_size")
     if args.bfcl_wheel is not None and not args.bfcl_wheel.is_file():
         raise UsageError(f"--bfcl-wheel {args.bfcl_wheel}: no such file")
     dataset = load_dataset_for(args)
