@@ -1,9 +1,5 @@
 """ToolPlanner (issue #17): config, layout checks, round trips, batching, building from parts, learning, LoRA."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel, Qwen2Config
@@ -226,27 +222,14 @@ def test_save_and_auto_load_are_bit_identical(tmp_path):
 
 
 def test_remote_code_load_without_the_package(tmp_path):
+    from remote_helpers import forward_as_remote_code
+
     model = tiny()
     model.save_pretrained(tmp_path)
     inputs = batch(model, plans=[[0, 1], [], [2]])
     with torch.no_grad():
         expected = model(**inputs).pointer_logits
-    torch.save(inputs, tmp_path / "inputs.pt")
-    script = (
-        "import sys, torch\n"
-        "from transformers import AutoModel\n"
-        f"m = AutoModel.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()\n"
-        "assert 'causalqwen' not in sys.modules, 'package was imported'\n"
-        f"inputs = torch.load({str(tmp_path / 'inputs.pt')!r})\n"
-        "with torch.no_grad():\n"
-        f"    torch.save(m(**inputs).pointer_logits, {str(tmp_path / 'out.pt')!r})\n"
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "USE_HUB_KERNELS": "0", "PYTHONPATH": ""}
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+    assert torch.equal(forward_as_remote_code(tmp_path, inputs, "pointer_logits"), expected)
 
 
 def test_from_saved_router_and_causal_qwen_gives_their_states(tmp_path):

@@ -293,26 +293,13 @@ def test_loss_falls_and_routing_beats_chance():
 
 
 def test_remote_code_load_without_the_package(tmp_path):
-    import subprocess
-    import sys
+    from remote_helpers import forward_as_remote_code
 
     model = tiny(matching="kan")
     model.save_pretrained(tmp_path)
     with torch.no_grad():
         expected = model(**batch()).scores
-    torch.save(batch(), tmp_path / "inputs.pt")
-    script = (
-        "import sys, torch\n"
-        "from transformers import AutoModel\n"
-        f"m = AutoModel.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()\n"
-        "assert 'causalqwen' not in sys.modules, 'package was imported'\n"
-        f"inputs = torch.load({str(tmp_path / 'inputs.pt')!r})\n"
-        "with torch.no_grad():\n"
-        f"    torch.save(m(**inputs).scores, {str(tmp_path / 'scores.pt')!r})\n"
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "USE_HUB_KERNELS": "0", "PYTHONPATH": ""}
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, env=env, capture_output=True)
-    assert torch.equal(torch.load(tmp_path / "scores.pt"), expected)
+    assert torch.equal(forward_as_remote_code(tmp_path, batch(), "scores"), expected)
 
 
 MAMBA_ADVICE = """
