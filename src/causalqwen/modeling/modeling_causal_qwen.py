@@ -469,6 +469,69 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         )
         return heads, loc_U, scale_U
 
+    def _gated_loss(self, hidden, labels, numeric_targets, mode: str, temp: float, scale_weight=None,
+                    cls_reduction: str | None = None):  # fmt: skip
+        """The gated loss of hidden states [B, S, H] against unshifted ``labels`` and raw-unit value targets."""
+        if mode == "deterministic":
+            raise ValueError(
+                "labels with inference_mode='deterministic': that mode is a point mass (scale 0), so the One-vs-Rest "
+                "and Cauchy losses would be scored at the scale floor and mean nothing. Compute losses in "
+                "'standard' (the default), 'exogenous', 'endogenous' or 'sampling'; decode in 'deterministic' "
+                "(inference_mode= per call)"
+            )
+        if numeric_targets is not None:
+            check_numeric_values(numeric_targets, labels)
+            numeric_targets = self.normalizer(numeric_targets.float())
+        return gated_loss(
+            hidden,
+            labels,
+            numeric_targets,
+            lambda h, *weight: self._heads(h, mode, temp, *weight)[0],
+            self.action.ovr_thresholds,
+            num_token_id=self.config.num_token_id,
+            gate_alpha=float(self.config.gate_alpha),
+            reg_lambda=float(self.config.reg_lambda),
+            chunk_size=chunk_rows(self.config.loss_chunk_size, self.config.vocab_size),
+            cls_reduction=cls_reduction or self.config.cls_reduction,
+            head_inputs=() if scale_weight is None else (scale_weight,),
+            parameters=self._head_parameters(),
+        )
+
+    def _head_outputs(self, hidden, mode: str, temp: float, scale_weight=None) -> dict[str, torch.Tensor]:
+        """The head fields of :class:`CausalQwenOutput` (logits, token and value Cauchy parameters, U) for hidden
+        states [..., H]."""
+        heads, loc_U, scale_U = self._heads(hidden, mode, temp, scale_weight)
+        if heads.scale_S is None:
+            # A point mass; expanded views cost no memory.
+            scale_S = heads.loc_S.new_zeros(()).expand_as(heads.loc_S)
+            scale_Y = heads.loc_Y.new_zeros(()).expand_as(heads.loc_Y)
+            logits = heads.loc_S
+        else:
+            scale_S, scale_Y = heads.scale_S, heads.scale_Y
+            thresholds = self.action.ovr_thresholds.to(heads.loc_S.dtype)  # logits in the token head dtype
+            logits = (heads.loc_S - thresholds) / scale_S.clamp_min(SCALE_EPS)
+        value_loc, value_scale = self.normalizer.inverse_cauchy(heads.loc_Y, scale_Y)
+        # Post-hoc calibration (calibrate_value_scale); outputs only, never the loss.
+        if self.config.value_scale_factor != 1.0:
+            value_scale = value_scale * self.config.value_scale_factor
+        return dict(logits=logits, loc_S=heads.loc_S, scale_S=scale_S, value_loc=value_loc,
+                    value_scale=value_scale, loc_U=loc_U, scale_U=scale_U)  # fmt: skip
+
+    def hidden_state_loss(self, hidden: torch.Tensor, labels: torch.LongTensor, numeric_labels=None,
+                          cls_reduction: str | None = None):  # fmt: skip
+        """The gated loss (``GatedLoss``: total, cls, reg) of last hidden states [B, S, H] computed elsewhere
+        (e.g. a composite model that builds its own ``inputs_embeds``), in ``config.inference_mode``; ``labels``
+        unshifted, ``numeric_labels`` the raw values at ``<NUM>`` labels; ``cls_reduction`` overrides the
+        config's for this loss."""
+        mode, temp = self._resolve_mode(None, None)
+        scale_weight = None if mode == "deterministic" else self._token_scale_weight()
+        return self._gated_loss(hidden, labels, numeric_labels, mode, temp, scale_weight, cls_reduction)
+
+    def hidden_state_heads(self, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The head fields of :class:`CausalQwenOutput` for last hidden states [..., H] computed elsewhere."""
+        mode, temp = self._resolve_mode(None, None)
+        return self._head_outputs(hidden, mode, temp)
+
     @can_return_tuple
     @accepts_both_cache_names
     def forward(
@@ -518,32 +581,9 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
 
         loss = loss_cls = loss_reg = None
         scale_weight = None if mode == "deterministic" else self._token_scale_weight()
-        if labels is not None and mode == "deterministic":
-            raise ValueError(
-                "labels with inference_mode='deterministic': that mode is a point mass (scale 0), so the One-vs-Rest "
-                "and Cauchy losses would be scored at the scale floor and mean nothing. Compute losses in "
-                "'standard' (the default), 'exogenous', 'endogenous' or 'sampling'; decode in 'deterministic' "
-                "(inference_mode= per call)"
-            )
         if labels is not None:
             targets = numeric_labels if numeric_labels is not None else numeric_values
-            if targets is not None:
-                check_numeric_values(targets, labels)
-                targets = self.normalizer(targets.float())
-            result = gated_loss(
-                hidden,
-                labels,
-                targets,
-                lambda h, *weight: self._heads(h, mode, temp, *weight)[0],
-                self.action.ovr_thresholds,
-                num_token_id=self.config.num_token_id,
-                gate_alpha=float(self.config.gate_alpha),
-                reg_lambda=float(self.config.reg_lambda),
-                chunk_size=chunk_rows(self.config.loss_chunk_size, self.config.vocab_size),
-                cls_reduction=self.config.cls_reduction,
-                head_inputs=() if scale_weight is None else (scale_weight,),
-                parameters=self._head_parameters(),
-            )
+            result = self._gated_loss(hidden, labels, targets, mode, temp, scale_weight)
             loss, loss_cls, loss_reg = result.total, result.cls, result.reg
 
         if return_logits is None:
@@ -558,33 +598,11 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
                 attentions=outputs.attentions,
             )
 
-        heads, loc_U, scale_U = self._heads(
-            slice_logits_to_keep(hidden, logits_to_keep), mode, temp, scale_weight
-        )
-        if heads.scale_S is None:
-            # A point mass; expanded views cost no memory.
-            scale_S = heads.loc_S.new_zeros(()).expand_as(heads.loc_S)
-            scale_Y = heads.loc_Y.new_zeros(()).expand_as(heads.loc_Y)
-            logits = heads.loc_S
-        else:
-            scale_S, scale_Y = heads.scale_S, heads.scale_Y
-            thresholds = self.action.ovr_thresholds.to(heads.loc_S.dtype)  # logits in the token head dtype
-            logits = (heads.loc_S - thresholds) / scale_S.clamp_min(SCALE_EPS)
-        value_loc, value_scale = self.normalizer.inverse_cauchy(heads.loc_Y, scale_Y)
-        # Post-hoc calibration (calibrate_value_scale); outputs only, never the loss.
-        if self.config.value_scale_factor != 1.0:
-            value_scale = value_scale * self.config.value_scale_factor
         return CausalQwenOutput(
             loss=loss,
             loss_cls=loss_cls,
             loss_reg=loss_reg,
-            logits=logits,
-            loc_S=heads.loc_S,
-            scale_S=scale_S,
-            value_loc=value_loc,
-            value_scale=value_scale,
-            loc_U=loc_U,
-            scale_U=scale_U,
+            **self._head_outputs(slice_logits_to_keep(hidden, logits_to_keep), mode, temp, scale_weight),
             **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
