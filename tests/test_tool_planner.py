@@ -31,7 +31,7 @@ TOOLS = [
 
 
 def text_config(backbone: str = "causal_qwen", **overrides) -> dict:
-    settings = dict(vocab_size=V + 4, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    settings = dict(vocab_size=V + 6, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2, max_position_embeddings=512, pad_token_id=TOK.pad_token_id)  # fmt: skip
     if backbone == "causal_qwen":
         return CausalQwenConfig(num_token_id=TOK.num_token_id, **settings, **overrides).to_dict()
@@ -46,6 +46,8 @@ def planner_config(backbone: str = "causal_qwen", **overrides) -> ToolPlannerCon
         plan_token_id=V + 1,
         context_token_id=V + 2,
         query_token_id=V + 3,
+        call_token_id=V + 4,
+        call_end_token_id=V + 5,
         runtime_context_dim=1,
     )
     return ToolPlannerConfig(**{**settings, **overrides})
@@ -93,7 +95,7 @@ def test_config_nests_the_router_and_the_backbone_and_round_trips():
     ("overrides", "message"),
     [
         ({"plan_tokn_id": 3}, "did you mean 'plan_token_id'"),
-        ({"tool_token_id": V + 4}, "tool_token_id must lie in"),
+        ({"tool_token_id": V + 6}, "tool_token_id must lie in"),
         ({"plan_token_id": V}, "placeholder ids must differ"),
         ({"tool_token_id": TOK.num_token_id}, "must differ from the backbone's <NUM>"),
         ({"max_plan_steps": 0}, "max_plan_steps must be positive"),
@@ -408,7 +410,13 @@ def test_trainer_and_lora_train_the_backbone_adapters_and_the_heads(tmp_path):
 # ----------------------------------------------------------------------------- CLI
 @pytest.mark.realvocab
 @pytest.mark.parametrize(
-    "flags", [[], ["--backbone", "qwen2", "--lora", "--lora-r", "2"]], ids=["causal", "qwen2-lora"]
+    "flags",
+    [
+        [],
+        ["--backbone", "qwen2", "--lora", "--lora-r", "2"],
+        ["--backbone", "qwen2", "--lora", "--arguments"],
+    ],
+    ids=["causal", "qwen2-lora", "qwen2-lora-arguments"],
 )
 def test_cli_trains_saves_and_loads_a_planner(tmp_path, flags):
     import json
@@ -429,6 +437,9 @@ def test_cli_trains_saves_and_loads_a_planner(tmp_path, flags):
         proc, "summarize the report, with every step under 300 ms", TOOLS, runtime_context=[[0.3]]
     )
     assert len(plan.steps) <= model.config.max_plan_steps
+    writes = "--arguments" in flags
+    assert model.config.generate_arguments is writes and ("argument_match" in summary["dev"]) is writes
+    assert all(isinstance(step.arguments, str) is writes for step in plan.steps)
 
 
 @pytest.mark.parametrize(
@@ -488,3 +499,194 @@ def test_activation_checkpointing_gives_the_same_gradients():
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- arguments (generate_arguments)
+ARG_PLANS = [[0, 1], [1], []]
+ARG_TEXTS = [['{"lang": "French"}', '{"max_ms": 300}'], ['{"n": 2}'], []]
+
+
+def argument_batch(model, plans=ARG_PLANS, texts=ARG_TEXTS):
+    out = processor(model)(QUERIES, TOOL_ROWS, runtime_context=[[0.5], [0.2], [0.9]], plans=plans,
+                           arguments=texts)  # fmt: skip
+    out.pop("tool_names")
+    out.pop("raw_resource_vectors")
+    return out
+
+
+@pytest.mark.parametrize("backbone", ["causal_qwen", "qwen2"])
+def test_argument_layout_labels_and_loss(backbone):
+    model = tiny(backbone, generate_arguments=True)
+    inputs = argument_batch(model)
+    ids, labels = inputs["input_ids"], inputs["argument_labels"]
+    call, end = model.config.call_token_id, model.config.call_end_token_id
+    assert (ids == call).sum(-1).tolist() == [2, 1, 0] and (ids == end).sum(-1).tolist() == [2, 1, 0]
+    # Labelled: every argument token and each <END_CALL>; never a <CALL>, the request, a tool or a plan slot.
+    labelled = labels != -100
+    assert torch.equal(labels[labelled], ids[labelled]) and not bool(labelled[ids == call].any())
+    assert bool(labelled[ids == end].all()) and int(labelled[2].sum()) == 0
+    first_call = int((ids[0] == call).nonzero()[0])
+    assert not bool(labelled[0, :first_call].any())
+    with torch.no_grad():
+        out = model(**inputs)
+        plain = tiny(backbone, generate_arguments=True)(
+            **{k: v for k, v in inputs.items() if k != "argument_labels"}
+        )
+    assert out.argument_loss is not None and float(out.argument_loss) > 0
+    expected = out.pointer_loss + 0.1 * out.latency_loss if out.latency_loss is not None else out.pointer_loss
+    assert torch.allclose(out.loss, expected + out.argument_loss)
+    # Calls come after every plan slot: the pointer never sees argument text.
+    assert torch.equal(out.pointer_logits, plain.pointer_logits)
+    if backbone == "causal_qwen":
+        # The <NUM> in '{"max_ms": 300}' is a value the gated loss regresses on.
+        assert float(inputs["numeric_values"][0][(ids[0] == TOK.num_token_id)][-1]) == 300.0
+
+
+@pytest.mark.parametrize("backbone", ["causal_qwen", "qwen2"])
+def test_argument_writer_is_the_teacher_forced_argmax(backbone):
+    """What plan() writes re-reads, token by token, as the model's own argmax under teacher forcing."""
+    from causalqwen.modeling.modeling_tool_planner import _ArgumentWriter, _request_inputs
+
+    model = tiny(backbone, seed=2, generate_arguments=True, max_argument_tokens=6)
+    proc = processor(model)
+    raw = proc(QUERIES, TOOL_ROWS, runtime_context=[[0.5], [0.2], [0.9]], num_plan_tokens=0)
+    raw.pop("tool_names")
+    raw.pop("raw_resource_vectors")
+    with torch.no_grad():
+        states = model._tool_states(None, {k: raw.get(k) for k in ("tool_input_ids", "tool_attention_mask",
+                                                                    "resource_vectors", "tool_mask")})  # fmt: skip
+        written = _ArgumentWriter(model, proc, raw, states).write(ARG_PLANS)
+        assert [len(calls) for calls in written] == [2, 1, 0]
+        cfg = model.config
+        for row in (0, 1):
+            plan = ARG_PLANS[row]
+            tail, values = [cfg.plan_token_id] * (len(plan) + 1), [0.0] * (len(plan) + 1)
+            for call_ids, call_values in written[row]:
+                assert 0 < len(call_ids) <= 6 and cfg.tool_token_id not in call_ids
+                tail += [cfg.call_token_id, *call_ids, cfg.call_end_token_id]
+                values += [0.0, *call_values, 0.0]
+            extra = dict(tool_states=states[[row]], previous_tools=torch.tensor([[-1, *plan]]),
+                         call_tools=torch.tensor([plan]))  # fmt: skip
+            inputs = _request_inputs(raw, [row], [tail], [values], extra)
+            hidden = model(**inputs).hidden_states[0]
+            start = int(raw["attention_mask"][row].sum()) + len(plan) + 1
+            position = start
+            for call_ids, call_values in written[row]:
+                tokens, predicted = model._next_argument_tokens(hidden[position : position + len(call_ids)])
+                assert tokens.tolist() == call_ids  # the token after <CALL> and after each written token
+                for token, value, mine in zip(call_ids, call_values, predicted.tolist()):
+                    assert value == (mine if token == TOK.num_token_id else 0.0)
+                position += len(call_ids) + 2  # the ids, then <END_CALL> (or a cut at max tokens) and <CALL>
+
+
+def test_tiny_planner_learns_to_write_arguments():
+    model = tiny("qwen2", generate_arguments=True).train()
+    inputs = argument_batch(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(120):
+        out = model(**inputs)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(out.argument_loss.item())
+    model.eval()
+    plans = model.plan(processor(model), QUERIES, TOOL_ROWS, runtime_context=[[0.5], [0.2], [0.9]])
+    assert losses[-1] < 0.05 * losses[0]
+    assert [p.tools for p in plans] == ARG_PLANS
+    assert [[s.arguments for s in p.steps] for p in plans] == ARG_TEXTS
+    assert model.plan(processor(model), QUERIES[1], TOOLS[:2], runtime_context=[[0.2]], write_arguments=False
+                      ).steps[0].arguments is None  # fmt: skip
+
+
+def test_causal_qwen_argument_loss_falls_and_trains_the_value_head():
+    model = tiny("causal_qwen", generate_arguments=True).train()
+    inputs = argument_batch(model)
+    head = model.language_model.value_head.weight.detach().clone()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(40):
+        out = model(**inputs)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(out.argument_loss.item())
+    assert losses[-1] < 0.1 * losses[0]
+    assert not torch.equal(head, model.language_model.value_head.weight)
+
+
+def test_argument_inputs_raise_clear_errors():
+    plain, model = tiny(), tiny(generate_arguments=True)
+    with pytest.raises(ValueError, match="generate_arguments=False"):
+        argument_batch(plain)
+    with pytest.raises(ValueError, match="2 planned tools need 2 argument texts"):
+        argument_batch(model, texts=[["{}"], ["{}"], []])
+    with pytest.raises(ValueError, match="arguments need plans"):
+        processor(model)(QUERIES, TOOL_ROWS, runtime_context=[[0.5], [0.2], [0.9]], arguments=ARG_TEXTS)
+    inputs = argument_batch(model)
+    with pytest.raises(ValueError, match="generate_arguments=False"):
+        plain(**{k: v for k, v in inputs.items() if k != "argument_labels"})
+    with pytest.raises(ValueError, match="each <CALL> needs its tool"):
+        model(**dict(inputs, call_tools=torch.tensor([[0, -1], [1, -1], [-1, -1]])))
+    with pytest.raises(ValueError, match="call_tools point outside"):
+        model(**dict(inputs, call_tools=torch.tensor([[0, 7], [1, -1], [-1, -1]])))
+    with pytest.raises(ValueError, match="argument_labels must be \\[B, L\\]"):
+        model(**dict(inputs, argument_labels=inputs["argument_labels"][:, :-1]))
+    with pytest.raises(ValueError, match="write_arguments=True needs"):
+        plain.plan(processor(plain), QUERIES[0], TOOLS, runtime_context=[[0.5]], write_arguments=True)
+    with pytest.raises(ValueError, match="call_token_id must lie in"):
+        planner_config(generate_arguments=True, call_token_id=V + 9)
+
+
+@pytest.mark.parametrize("backbone,tied", [("causal_qwen", False), ("qwen2", True)])
+def test_argument_planner_saves_loads_and_builds_from_a_causal_lm(tmp_path, backbone, tied):
+    from transformers import Qwen2ForCausalLM
+
+    torch.manual_seed(4)
+    config = text_config(backbone, tie_word_embeddings=tied)
+    lm_class = CausalQwenForNumericCausalLM if backbone == "causal_qwen" else Qwen2ForCausalLM
+    lm = lm_class(CausalQwenConfig(**config) if backbone == "causal_qwen" else Qwen2Config(**config)).eval()
+    lm.save_pretrained(tmp_path / "lm")
+    router = ToolRouterModel(router_config_for(RTOK, **TINY_ROUTER))
+    ids = dict(tool_token_id=V, plan_token_id=V + 1, context_token_id=V + 2, call_token_id=V + 4,
+               call_end_token_id=V + 5, runtime_context_dim=1)  # fmt: skip
+    model = ToolPlannerModel.from_components(
+        router, str(tmp_path / "lm"), generate_arguments=True, **ids
+    ).eval()
+    # The causal LM's head comes along: its weights, hence its predictions, are the planner's argument head.
+    assert all(torch.equal(v, lm.state_dict()[k]) for k, v in model.language_model.state_dict().items())
+    if tied:
+        assert model.language_model.lm_head.weight is model.backbone.embed_tokens.weight
+    model.save_pretrained(tmp_path / "planner")
+    loaded = AutoModel.from_pretrained(tmp_path / "planner").eval()
+    state, again = model.state_dict(), loaded.state_dict()
+    assert state.keys() == again.keys() and all(torch.equal(state[k], again[k]) for k in state)
+    if tied:
+        assert loaded.language_model.lm_head.weight is loaded.backbone.embed_tokens.weight
+    inputs = argument_batch(model)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).argument_loss, loaded(**inputs).argument_loss)
+
+
+def test_lora_on_an_argument_planner_adapts_the_layers_and_the_new_head_rows():
+    pytest.importorskip("peft")
+    from causalqwen.training.planner_trainer import PlannerDataCollator, apply_planner_lora
+
+    model = tiny("causal_qwen", generate_arguments=True).train()
+    wrapped = apply_planner_lora(model, r=4)
+    trainable = {n for n, p in wrapped.named_parameters() if p.requires_grad}
+    assert any("language_model.model.layers.0.self_attn.q_proj.lora_A" in n for n in trainable)
+    assert any("abduction" in n for n in trainable) and any("value_head" in n for n in trainable)
+    assert any("trainable_tokens" in n for n in trainable)
+    assert not any(n.endswith("language_model.lm_head.weight") for n in trainable)
+    rows = [{"query": QUERIES[i], "tool_names": [f"tool{j}" for j in range(len(TOOL_ROWS[i]))],
+             "tool_texts": [t["text"] if isinstance(t, dict) else t[0] for t in TOOL_ROWS[i]],
+             "resource_vectors": [t["resources"] if isinstance(t, dict) else t[1] for t in TOOL_ROWS[i]],
+             "plan": ARG_PLANS[i], "arguments": ARG_TEXTS[i], "runtime_load": 0.5} for i in range(3)]  # fmt: skip
+    inputs = PlannerDataCollator(processor(model))(rows)
+    assert "argument_labels" in inputs
+    out = wrapped(**inputs)
+    out.loss.backward()
+    assert out.argument_loss is not None
+    grads = [p.grad for n, p in wrapped.named_parameters() if "lora_B" in n]
+    assert grads and all(g is not None for g in grads)

@@ -8,13 +8,15 @@ the backbone's ``hidden_size``.
 
 The prompt the model reads (built by :class:`causalqwen.modeling.modeling_tool_planner.ToolPlannerProcessor`):
 
-    <request tokens> [<QUERY>] [<CTX>] <TOOL> x T <PLAN> x S
+    <request tokens> [<QUERY>] [<CTX>] <TOOL> x T <PLAN> x S [<CALL> argument tokens <END_CALL>] x (plan tools)
 
 ``tool_token_id`` / ``context_token_id`` are placeholder ids whose embeddings the model replaces with the projected
 tool states / runtime context (as vision-language models place image features); with ``use_query_state`` the
 ``query_token_id`` placeholder carries the tool tower's pooled query embedding (its pretrained sentence encoder's
 reading of the request, which a backbone trained from scratch lacks); ``plan_token_id`` is a learned
-token that asks for one plan step. The ids must lie inside the backbone's vocabulary; the defaults are Qwen2.5's
+token that asks for one plan step. With ``generate_arguments`` the backbone is the causal-LM class (its LM head
+writes each chosen call's arguments after a ``call_token_id`` that carries the chosen tool, ended by
+``call_end_token_id``). The ids must lie inside the backbone's vocabulary; the defaults are Qwen2.5's
 unused reserved rows after ``<NUM>`` (151665), so a real Qwen2.5 vocabulary needs no resize.
 """
 
@@ -28,7 +30,7 @@ from transformers import AutoConfig, PreTrainedConfig, Qwen2Config
 from transformers.configuration_utils import SubConfigSpec
 
 from ._keys import KnownKeysMixin
-from .configuration_causal_qwen import CausalQwenConfig
+from .configuration_causal_qwen import CLS_REDUCTIONS, CausalQwenConfig
 from .configuration_tool_router import ToolRouterConfig
 
 __all__ = ["BACKBONE_TYPES", "ToolPlannerConfig"]
@@ -61,6 +63,12 @@ class ToolPlannerConfig(KnownKeysMixin, PreTrainedConfig):
     cut there without a STOP). ``allow_repeated_tools=False`` masks tools already in the plan (training and
     decoding alike); BFCL's parallel calls repeat one function, so repeats are allowed by default.
     ``freeze_tool_tower`` keeps the router's weights fixed (no gradient), e.g. when it was trained first.
+    ``generate_arguments`` adds ``argument_weight * LM loss`` on the argument text (the backbone's own loss: the
+    gated One-vs-Rest + Cauchy loss for CausalQwen, cross-entropy for Qwen2); ``max_argument_tokens`` bounds
+    the tokens decoded per call. ``argument_cls_reduction`` overrides the CausalQwen token loss's reduction on
+    the arguments (``None``: the backbone's own ``cls_reduction``, the exact One-vs-Rest sum by default).
+    Measured on a tiny planner memorising three calls (docs/tool_planner.md): with ``"balanced"`` the token loss
+    falls fast but greedy decoding writes one frequent token over and over; with the sum it falls slowly.
     """
 
     model_type = "tool_planner"
@@ -75,6 +83,12 @@ class ToolPlannerConfig(KnownKeysMixin, PreTrainedConfig):
     plan_token_id: int = 151667
     context_token_id: int = 151668
     query_token_id: int = 151669
+    call_token_id: int = 151670
+    call_end_token_id: int = 151671
+    generate_arguments: bool = False
+    argument_weight: float | int = 1.0
+    max_argument_tokens: int = 48
+    argument_cls_reduction: str | None = None
     use_query_state: bool = False
     runtime_context_dim: int = 0
     max_plan_steps: int = 4
@@ -117,6 +131,9 @@ class ToolPlannerConfig(KnownKeysMixin, PreTrainedConfig):
             ids["context_token_id"] = self.context_token_id
         if self.use_query_state:
             ids["query_token_id"] = self.query_token_id
+        if self.generate_arguments:
+            ids["call_token_id"] = self.call_token_id
+            ids["call_end_token_id"] = self.call_end_token_id
         for name, value in ids.items():
             _check(0 <= value < vocab, f"{name} must lie in [0, vocab_size={vocab}), got {value}")
         _check(len(set(ids.values())) == len(ids), f"placeholder ids must differ, got {ids}")
@@ -130,6 +147,15 @@ class ToolPlannerConfig(KnownKeysMixin, PreTrainedConfig):
         )
         _check(self.max_plan_steps > 0, f"max_plan_steps must be positive, got {self.max_plan_steps}")
         _check(self.pointer_size > 0, f"pointer_size must be positive, got {self.pointer_size}")
-        for name in ("pointer_weight", "latency_weight"):
+        _check(
+            self.max_argument_tokens > 0,
+            f"max_argument_tokens must be positive, got {self.max_argument_tokens}",
+        )
+        _check(
+            self.argument_cls_reduction is None or self.argument_cls_reduction in CLS_REDUCTIONS,
+            f"argument_cls_reduction must be None or one of {', '.join(CLS_REDUCTIONS)}, got "
+            f"{self.argument_cls_reduction!r}",
+        )
+        for name in ("pointer_weight", "latency_weight", "argument_weight"):
             value = getattr(self, name)
             _check(math.isfinite(value) and value >= 0, f"{name} must be finite and >= 0, got {value}")

@@ -4,22 +4,32 @@ Data flow (B requests, T offered tools, S plan steps, H the backbone width)::
 
     left panel    tools -> ToolRouterModel.encode_tools -> tool states [B, T, d_model]   (or given: tool_states=)
                   tool_projector (MLP) -> [B, T, H];  runtime_context [B, C] -> context_projector -> [B, H]
-    center panel  input_ids  = request tokens, [<QUERY>], [<CTX>], <TOOL> x T, <PLAN> x S
+    center panel  input_ids  = request tokens, [<QUERY>], [<CTX>], <TOOL> x T, <PLAN> x S,
+                               [<CALL> argument tokens <END_CALL>] per planned tool (``generate_arguments``)
                   embeddings: request tokens as the backbone embeds them (CausalQwen fuses each <NUM> with its
                   value), <TOOL>_j := projected state of tool j, <CTX> := projected context,
                   <QUERY> := the tool tower's pooled query state, projected (``use_query_state``),
                   <PLAN>_t := embed(<PLAN>) + step_embedding[t] + projected state of the tool chosen at step t-1
+                  <CALL>_k := embed(<CALL>) + step_embedding[k] + projected state of the plan's k-th tool
                   -> Qwen2 / CausalQwen backbone (causal) -> hidden states [B, L, H]
     right panel   pointer: logits[b, t] = [stop(h_plan_t), q(h_plan_t) . k(h_tool_j) / sqrt(P) for j < T]
                   -> [B, S, 1 + T]  (column 0 = STOP; STOP at step 0 = abstain)
                   latency: Cauchy(loc, scale) per tool from h_tool_j  [B, T]
+                  arguments (``generate_arguments``): the backbone's own LM head on the argument tokens (CausalQwen:
+                  One-vs-Rest tokens + a Cauchy value per ``<NUM>``; Qwen2: softmax over digit text)
 
 The tools come after the request, so each tool position attends to the request (its budget as a ``<NUM>`` value
 with a CausalQwen backbone) and to the runtime context: the backbone can decide per tool whether it fits before
 the pointer reads it. Plan steps are teacher-forced in training (``plan_labels`` give the previous step's tool)
 and decoded one step at a time by :meth:`ToolPlannerModel.plan`.
 
-Labels: ``plan_labels`` [B, S] hold ``0`` for STOP, ``j + 1`` for tool ``j`` and ``-100`` for padding; a plan of
+Arguments are written after the whole plan ("plan, then fill the calls"): the ``<PLAN>`` slots come before every
+``<CALL>``, so with causal attention the pointer never sees argument text and a plan is decoded (greedy or beam)
+before any argument, exactly as it is trained; each call's arguments see the request, the tools, the whole plan
+and the calls written before it. Two calls of one tool (BFCL's parallel calls) differ by their step embedding.
+
+Labels: ``argument_labels`` [B, L] are unshifted token ids of the argument text and each ``<END_CALL>``, ``-100``
+elsewhere (the model shifts). ``plan_labels`` [B, S] hold ``0`` for STOP, ``j + 1`` for tool ``j`` and ``-100`` for padding; a plan of
 ``n`` tools is ``n + 1`` steps (the tools, then STOP). ``latency_labels`` [B, T] are observed latencies, negative
 where unobserved.
 """
@@ -33,7 +43,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModel, PreTrainedConfig, PreTrainedModel, Qwen2Model
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    PreTrainedConfig,
+    PreTrainedModel,
+    Qwen2ForCausalLM,
+    Qwen2Model,
+)
 from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
@@ -43,7 +60,7 @@ from ._checks import check_finite
 from ._compat import QuietCheckpointingAlias
 from ._init import apply_special_init, unit_softplus_scale, unit_variance_rows, with_init
 from .cauchy import cauchy_interval, cauchy_nll
-from .modeling_causal_qwen import CausalQwenModel
+from .modeling_causal_qwen import CausalQwenForNumericCausalLM, CausalQwenModel
 from .modeling_tool_router import ToolRouterModel
 from .numeric_embedding import embed_numbers
 
@@ -51,6 +68,11 @@ STOP = 0
 IGNORE_INDEX = -100
 # Backbone classes by text_config.model_type: explicit, so remote code needs no Auto registration.
 BACKBONES: dict[str, type[PreTrainedModel]] = {"causal_qwen": CausalQwenModel, "qwen2": Qwen2Model}
+# With generate_arguments the backbone is its causal-LM class: the same base model under ``.model`` plus its head.
+CAUSAL_LMS: dict[str, type[PreTrainedModel]] = {
+    "causal_qwen": CausalQwenForNumericCausalLM,
+    "qwen2": Qwen2ForCausalLM,
+}
 
 
 @dataclass
@@ -58,7 +80,8 @@ class ToolPlannerOutput(ModelOutput):
     """Outputs of :class:`ToolPlannerModel`.
 
     Args:
-        loss: pointer CE (mean over labelled steps) + ``latency_weight`` x latency NLL, when labels are given.
+        loss: pointer CE (mean over labelled steps) + ``latency_weight`` x latency NLL + ``argument_weight`` x
+            the backbone's LM loss on argument text, for the labels given.
         pointer_logits ([B, S, 1 + T]): column 0 scores STOP, column ``j + 1`` tool ``j``; ``-inf`` where a tool is
             padding (or already chosen with ``allow_repeated_tools=False``); 0 on padded steps.
         step_mask ([B, S]): which plan steps exist in each row.
@@ -70,6 +93,7 @@ class ToolPlannerOutput(ModelOutput):
     loss: torch.Tensor | None = None
     pointer_loss: torch.Tensor | None = None
     latency_loss: torch.Tensor | None = None
+    argument_loss: torch.Tensor | None = None
     pointer_logits: torch.Tensor | None = None
     step_mask: torch.Tensor | None = None
     latency_loc: torch.Tensor | None = None
@@ -81,13 +105,15 @@ class ToolPlannerOutput(ModelOutput):
 @dataclass
 class PlanStep:
     """One decoded step: the chosen tool (index into the request's tools, and its name when known), the pointer's
-    probability for it, and its latency as a Cauchy median with a central interval."""
+    probability for it, its latency as a Cauchy median with a central interval, and the call's arguments as text
+    (``generate_arguments``; numbers written from the value head with a CausalQwen backbone)."""
 
     tool: int
     name: str | None
     score: float
     latency: float
     latency_interval: tuple[float, float]
+    arguments: str | None = None
 
 
 @dataclass
@@ -182,7 +208,8 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
     def __init__(self, config: ToolPlannerConfig):
         super().__init__(config)
         self.tool_tower = ToolRouterModel(config.router_config)
-        self.language_model = BACKBONES[config.text_config.model_type](config.text_config)
+        classes = CAUSAL_LMS if config.generate_arguments else BACKBONES
+        self.language_model = classes[config.text_config.model_type](config.text_config)
         hidden = config.text_config.hidden_size
         self.tool_projector = ToolProjector(config.router_config.d_model, hidden, config.projector_hidden_act)
         self.context_projector = (
@@ -213,26 +240,36 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
     ) -> ToolPlannerModel:
         """A planner around a trained (or fresh) ToolRouter and a Qwen2 / CausalQwen checkpoint, models or local
         paths (read with ``local_files_only``). Their weights are copied; the projectors and heads start fresh.
-        A causal-LM checkpoint gives its base model (the planner reads hidden states, not token logits); a config
-        instead of a checkpoint gives a fresh backbone of that shape."""
+        A causal-LM checkpoint gives its base model (the planner reads hidden states, not token logits), or, with
+        ``generate_arguments=True``, the whole causal LM (its head writes the arguments; a base model there gets a
+        fresh head); a config instead of a checkpoint gives a fresh backbone of that shape."""
+        with_head = bool(config_kwargs.get("generate_arguments", False))
         if isinstance(tool_tower, (str, Path)):
             tool_tower = ToolRouterModel.from_pretrained(str(tool_tower), local_files_only=True)
         if isinstance(language_model, (str, Path)):
-            language_model = AutoModel.from_pretrained(str(language_model), local_files_only=True)
+            loader = AutoModelForCausalLM if with_head else AutoModel
+            language_model = loader.from_pretrained(str(language_model), local_files_only=True)
         if isinstance(language_model, PreTrainedConfig):
             # A config: a fresh backbone of that shape (the planner's init draws its weights).
-            text_config, base = language_model, None
+            text_config, source = language_model, None
         else:
             base = getattr(language_model, "base_model", language_model)
             text_config = base.config
+            source = language_model if with_head and base is not language_model else base
         config = ToolPlannerConfig(
             router_config=tool_tower.config.to_dict(), text_config=text_config.to_dict(), **config_kwargs
         )
         model = cls(config)
         model.tool_tower.load_state_dict(tool_tower.state_dict())
-        if base is not None:
-            model.language_model.load_state_dict(base.state_dict())
+        if source is not None:
+            target = model.language_model if source is not base else model.backbone
+            target.load_state_dict(source.state_dict())
         return model
+
+    @property
+    def backbone(self) -> PreTrainedModel:
+        """The Qwen2 / CausalQwen base model (its last hidden states feed the heads)."""
+        return self.language_model.model if self.config.generate_arguments else self.language_model
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
@@ -331,11 +368,44 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
             raise ValueError(f"query states for {states.shape[0]} requests, input_ids has {batch}")
         return states
 
+    def _call_tools(self, input_ids, plan_labels, call_tools) -> torch.Tensor | None:
+        """The tool of each ``<CALL>`` [B, K] (-1 = none): given, or the labelled plan's tools in order."""
+        call_slots = input_ids == self.config.call_token_id
+        calls = call_slots.sum(-1)
+        if not bool(calls.any()):
+            if call_tools is not None:
+                raise ValueError("call_tools given but input_ids has no <CALL> token")
+            return None
+        if not self.config.generate_arguments:
+            raise ValueError(
+                f"input_ids hold <CALL> tokens (id {self.config.call_token_id}) but the config has "
+                "generate_arguments=False"
+            )
+        if call_tools is None:
+            if plan_labels is None:
+                raise ValueError("<CALL> tokens need call_tools [B, K] or plan_labels to take the tools from")
+            tools = [[int(t) - 1 for t in row if t > STOP] for row in plan_labels.tolist()]
+            width = max(len(row) for row in tools)
+            call_tools = torch.tensor(
+                [row + [-1] * (width - len(row)) for row in tools], device=input_ids.device
+            )
+        given = (call_tools >= 0).sum(-1)
+        if (
+            call_tools.dim() != 2
+            or call_tools.shape[0] != input_ids.shape[0]
+            or not torch.equal(given, calls)
+        ):
+            raise ValueError(
+                f"each <CALL> needs its tool: <CALL> tokens per request {calls.tolist()}, call_tools "
+                f"{call_tools.tolist()}"
+            )
+        return call_tools
+
     def _embed(self, input_ids, numeric_values, tool_embeds, tool_mask, tool_slots, plan_slots, previous,
-               runtime_context, query_states=None) -> torch.Tensor:  # fmt: skip
+               runtime_context, query_states=None, call_tools=None) -> torch.Tensor:  # fmt: skip
         cfg = self.config
-        embeds = self.language_model.get_input_embeddings()(input_ids)
-        value_encoding = getattr(self.language_model, "value_encoding", None)
+        embeds = self.backbone.get_input_embeddings()(input_ids)
+        value_encoding = getattr(self.backbone, "value_encoding", None)
         if value_encoding is not None:
             embeds = embed_numbers(
                 embeds, input_ids, numeric_values, cfg.text_config.num_token_id, value_encoding
@@ -352,6 +422,14 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
         chosen = tool_embeds[rows, prev.clamp(min=0)] * (prev >= 0)[:, None].to(embeds.dtype)
         embeds = embeds.clone()
         embeds[plan_slots] = embeds[plan_slots] + self.step_embedding(step).to(embeds.dtype) + chosen
+        if call_tools is not None:
+            call_slots = input_ids == cfg.call_token_id
+            rows, step = torch.nonzero(call_slots)[:, 0], _ordinal(call_slots)[call_slots]
+            tool = call_tools[rows, step]
+            if bool(((tool < 0) | (tool >= tool_mask.sum(-1)[rows])).any()):
+                raise ValueError("call_tools point outside the request's offered tools")
+            embeds[call_slots] = (embeds[call_slots] + self.step_embedding(step).to(embeds.dtype)
+                                  + tool_embeds[rows, tool])  # fmt: skip
         if self.context_projector is not None:
             context_slots = input_ids == cfg.context_token_id
             embeds[context_slots] = self.context_projector(runtime_context.to(embeds.dtype))
@@ -375,6 +453,8 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
         plan_labels: torch.LongTensor | None = None,
         previous_tools: torch.LongTensor | None = None,
         latency_labels: torch.Tensor | None = None,
+        argument_labels: torch.LongTensor | None = None,
+        call_tools: torch.LongTensor | None = None,
         query_input_ids: torch.LongTensor | None = None,
         query_attention_mask: torch.Tensor | None = None,
         query_embeddings: torch.Tensor | None = None,
@@ -392,6 +472,10 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
         plan_labels ([B, S]): 0 = STOP, j + 1 = tool j, -100 = no step. previous_tools ([B, S]): the tool chosen
             before each step (-1 = none), default teacher-forced from ``plan_labels``.
         latency_labels ([B, T]): observed latency per tool (negative = not observed).
+        argument_labels ([B, L]): unshifted ids of the argument text and its ``<END_CALL>`` (-100 elsewhere);
+            ``<NUM>`` targets are the ``numeric_values`` at those positions (``generate_arguments``).
+        call_tools ([B, K]): the tool of each ``<CALL>`` in order (-1 = padding), default the tools of
+            ``plan_labels``.
         query_input_ids / query_attention_mask ([B, Lq], the tool tower's tokens) or query_embeddings ([B, E]):
             the request for the tool tower's query encoder, placed at ``<QUERY>`` (``use_query_state``).
         numeric_formats: accepted so that the tokenizer's output can be passed through; not used.
@@ -425,9 +509,10 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
         query_states = self._query_state(
             query_input_ids, query_attention_mask, query_embeddings, input_ids.shape[0]
         )
+        call_tools = self._call_tools(input_ids, plan_labels, call_tools)
         embeds = self._embed(input_ids, numeric_values, tool_embeds, tool_mask, tool_slots, plan_slots, previous,
-                             runtime_context, query_states)  # fmt: skip
-        hidden = self.language_model(
+                             runtime_context, query_states, call_tools)  # fmt: skip
+        hidden = self.backbone(
             inputs_embeds=embeds, attention_mask=attention_mask, **kwargs
         ).last_hidden_state
         step_mask = torch.arange(steps, device=hidden.device)[None, :] < plan_slots.sum(-1, keepdim=True)
@@ -442,17 +527,16 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
         latency_loc, latency_scale = self.latency_head(tool_hidden)
         pointer_loss = self._pointer_loss(logits, plan_labels, tool_mask) if plan_labels is not None else None
         latency_loss = self._latency_loss(latency_loc, latency_scale, latency_labels, tool_mask)
-        loss = None
-        if pointer_loss is not None or latency_loss is not None:
-            loss = hidden.new_zeros(())
-            if pointer_loss is not None:
-                loss = loss + self.config.pointer_weight * pointer_loss
-            if latency_loss is not None:
-                loss = loss + self.config.latency_weight * latency_loss
+        argument_loss = self._argument_loss(hidden, argument_labels, numeric_values)
+        weighted = [(self.config.pointer_weight, pointer_loss), (self.config.latency_weight, latency_loss),
+                    (self.config.argument_weight, argument_loss)]  # fmt: skip
+        terms = [weight * term for weight, term in weighted if term is not None]
+        loss = torch.stack(terms).sum() if terms else None
         return ToolPlannerOutput(
             loss=loss,
             pointer_loss=pointer_loss,
             latency_loss=latency_loss,
+            argument_loss=argument_loss,
             pointer_logits=logits,
             step_mask=step_mask,
             latency_loc=latency_loc,
@@ -493,6 +577,50 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
             return None
         return cauchy_nll(latency_labels[observed].to(loc.dtype), loc[observed], scale[observed]).mean()
 
+    def _argument_loss(self, hidden, argument_labels, numeric_values) -> torch.Tensor | None:
+        """The backbone's own LM loss on the argument tokens (None when no token is labelled)."""
+        if argument_labels is None:
+            return None
+        if not self.config.generate_arguments:
+            raise ValueError("argument_labels given but the config has generate_arguments=False")
+        if argument_labels.shape != hidden.shape[:2]:
+            raise ValueError(
+                f"argument_labels must be [B, L] = {tuple(hidden.shape[:2])}, got {tuple(argument_labels.shape)}"
+            )
+        if not bool((argument_labels[:, 1:] != IGNORE_INDEX).any()):
+            return None
+        head = self.language_model
+        if isinstance(head, CausalQwenForNumericCausalLM):
+            reduction = self.config.argument_cls_reduction
+            return head.hidden_state_loss(hidden, argument_labels, numeric_values, reduction).total
+        # Qwen2: cross-entropy on the labelled positions only (never [B, L, V] logits).
+        labels = argument_labels[:, 1:]
+        scored = labels != IGNORE_INDEX
+        logits = head.lm_head(hidden[:, :-1][scored]).float()
+        return nn.functional.cross_entropy(logits, labels[scored])
+
+    def _next_argument_tokens(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy next token [N] and, for ``<NUM>``, its value (the Cauchy median) [N] from hidden states [N, H];
+        placeholders (``<TOOL>``, ``<PLAN>``, ``<CALL>``, ...) are never written into arguments."""
+        head, cfg = self.language_model, self.config
+        if isinstance(head, CausalQwenForNumericCausalLM):
+            outs = head.hidden_state_heads(hidden)
+            logits, values = outs["logits"].float(), outs["value_loc"].float()
+        else:
+            logits, values = (
+                head.lm_head(hidden).float(),
+                hidden.new_zeros(hidden.shape[0], dtype=torch.float32),
+            )
+        blocked = [
+            cfg.tool_token_id,
+            cfg.plan_token_id,
+            cfg.context_token_id,
+            cfg.query_token_id,
+            cfg.call_token_id,
+        ]
+        logits[:, [b for b in blocked if b < logits.shape[-1]]] = float("-inf")
+        return logits.argmax(-1), values
+
     # ----------------------------------------------------------------- decoding
     @torch.no_grad()
     def plan(
@@ -506,13 +634,20 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
         max_steps: int | None = None,
         num_beams: int = 1,
         interval: float = 0.9,
+        write_arguments: bool | None = None,
     ) -> Plan | list[Plan]:
         """Decode a plan per request. ``tools``: one tool list for every query, a list of tool lists (one per
         query), or a :class:`~causalqwen.tool_index.ToolIndex`; a tool is ``{"name", "text", "resources"}``, a
         ``(text, resources)`` pair or an index tool (see :class:`ToolPlannerProcessor`). ``budget`` (resource field
         -> maximum, as ``ToolIndex.route``) masks the tools that exceed it before the pointer chooses; the budgets
         written in the query are the model's to read. ``num_beams > 1`` searches plans by the sum of step
-        log-probabilities. Returns one :class:`Plan` for a string query, a list otherwise."""
+        log-probabilities. ``write_arguments`` (default: ``config.generate_arguments``) then writes each step's
+        arguments greedily (:class:`_ArgumentWriter`). Returns one :class:`Plan` for a string query, a list
+        otherwise."""
+        if write_arguments is None:
+            write_arguments = self.config.generate_arguments
+        if write_arguments and not self.config.generate_arguments:
+            raise ValueError("write_arguments=True needs a planner built with generate_arguments=True")
         single = isinstance(queries, str)
         queries = [queries] if single else list(queries)
         steps_cap = min(max_steps or self.config.max_plan_steps, self.config.max_plan_steps)
@@ -522,14 +657,17 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
         allowed = batch["tool_mask"] & processor.budget_mask(raw, budget).to(self.device)
         states = self._tool_states(None, {k: batch.get(k) for k in _TOOL_KEYS})
         decoder = _BeamDecoder(self, batch, states, allowed, steps_cap, num_beams)
+        decoded = decoder.run()
+        chosen_tools = [chosen for chosen, _, _ in decoded]
+        texts = _ArgumentWriter(self, processor, batch, states).run(chosen_tools) if write_arguments else None
         plans = []
-        for row, (chosen, probs, stop_prob) in enumerate(decoder.run()):
+        for row, (chosen, probs, stop_prob) in enumerate(decoded):
             loc, scale = decoder.latency[row]
             steps = []
-            for tool, prob in zip(chosen, probs):
+            for k, (tool, prob) in enumerate(zip(chosen, probs)):
                 low, high = cauchy_interval(loc[tool], scale[tool], interval)
                 steps.append(PlanStep(tool, names[row][tool] if names else None, prob, float(loc[tool]),
-                                      (float(low), float(high))))  # fmt: skip
+                                      (float(low), float(high)), texts[row][k] if texts else None))  # fmt: skip
             plans.append(Plan(steps, stop_prob))
         return plans[0] if single else plans
 
@@ -541,6 +679,35 @@ _TOOL_KEYS = (
     "resource_vectors",
     "tool_mask",
 )
+
+
+def _request_inputs(batch: dict, rows: list[int], tails: list[list[int]], tail_values: list[list[float]],
+                    extra: dict[str, torch.Tensor]) -> dict[str, Any]:  # fmt: skip
+    """Model inputs for the request rows ``rows`` of a processed batch (request, tools), each followed by its
+    tail of tokens (plan slots, calls) with their ``<NUM>`` values, right padded; ``extra``: per-row inputs
+    already built (tool states, previous tools, call tools)."""
+    base_ids, base_mask = batch["input_ids"], batch["attention_mask"]
+    lengths = base_mask.sum(-1)
+    width = int(max(lengths[r] + len(t) for r, t in zip(rows, tails)))
+    ids = base_ids.new_zeros(len(rows), width)
+    mask = torch.zeros_like(ids)
+    base_values = batch.get("numeric_values")
+    values = None if base_values is None else base_values.new_zeros(len(rows), width)
+    for i, (r, tail) in enumerate(zip(rows, tails)):
+        n = int(lengths[r])
+        ids[i, :n] = base_ids[r, :n]
+        ids[i, n : n + len(tail)] = torch.tensor(tail, dtype=ids.dtype)
+        mask[i, : n + len(tail)] = 1
+        if values is not None:
+            values[i, :n] = base_values[r, :n]
+            values[i, n : n + len(tail)] = torch.tensor(tail_values[i], dtype=values.dtype)
+    inputs = dict(input_ids=ids, attention_mask=mask, tool_mask=batch["tool_mask"][rows], **extra)
+    if values is not None:
+        inputs["numeric_values"] = values
+    for key in ("runtime_context", "query_input_ids", "query_attention_mask", "query_embeddings"):
+        if key in batch:
+            inputs[key] = batch[key][rows]
+    return inputs
 
 
 class _BeamDecoder:
@@ -558,32 +725,15 @@ class _BeamDecoder:
 
     def _step_inputs(self, rows: list[int], prefixes: list[list[int]]) -> dict[str, Any]:
         """The request rows ``rows``, each followed by ``len(prefix) + 1`` plan tokens (right padded)."""
-        base_ids, base_mask = self.batch["input_ids"], self.batch["attention_mask"]
-        lengths = base_mask.sum(-1)
-        width = int(max(lengths[r] + len(p) + 1 for r, p in zip(rows, prefixes)))
-        ids = base_ids.new_zeros(len(rows), width)
-        mask = torch.zeros_like(ids)
-        previous = torch.full((len(rows), 1 + max(len(p) for p in prefixes)), -1, dtype=torch.long,
-                              device=ids.device)  # fmt: skip
-        values = None
-        if "numeric_values" in self.batch:
-            values = self.batch["numeric_values"].new_zeros(len(rows), width)
-        for i, (r, prefix) in enumerate(zip(rows, prefixes)):
-            n = int(lengths[r])
-            ids[i, :n] = base_ids[r, :n]
-            ids[i, n : n + len(prefix) + 1] = self.plan_id
-            mask[i, : n + len(prefix) + 1] = 1
-            if values is not None:
-                values[i, :n] = self.batch["numeric_values"][r, :n]
+        device = self.batch["input_ids"].device
+        previous = torch.full(
+            (len(rows), 1 + max(len(p) for p in prefixes)), -1, dtype=torch.long, device=device
+        )
+        for i, prefix in enumerate(prefixes):
             previous[i, 1 : 1 + len(prefix)] = torch.tensor(prefix, dtype=torch.long)
-        inputs = dict(input_ids=ids, attention_mask=mask, tool_states=self.states[rows],
-                      tool_mask=self.batch["tool_mask"][rows], previous_tools=previous)  # fmt: skip
-        if values is not None:
-            inputs["numeric_values"] = values
-        for key in ("runtime_context", "query_input_ids", "query_attention_mask", "query_embeddings"):
-            if key in self.batch:
-                inputs[key] = self.batch[key][rows]
-        return inputs
+        tails = [[self.plan_id] * (len(p) + 1) for p in prefixes]
+        return _request_inputs(self.batch, rows, tails, [[0.0] * len(t) for t in tails],
+                               dict(tool_states=self.states[rows], previous_tools=previous))  # fmt: skip
 
     def _log_probs(self, rows: list[int], prefixes: list[list[int]]) -> torch.Tensor:
         """Log-probabilities [N, 1 + T] of STOP and each tool at the next step of each (row, prefix)."""
@@ -639,6 +789,73 @@ class _BeamDecoder:
             prefix, _, probs, stop_prob = max(finished[r], key=lambda f: f[1])
             results.append((prefix, probs, stop_prob))
         return results
+
+
+class _ArgumentWriter:
+    """Greedy argument text for decoded plans: for the k-th call of every plan at once, the request is re-read
+    with the plan's ``<PLAN>`` slots, the calls written so far and ``<CALL>``_k, and one token is added per pass
+    until ``<END_CALL>`` or ``max_argument_tokens`` (arguments are short; no KV cache, as in
+    :class:`_BeamDecoder`). A ``<NUM>`` gets the value head's median as its value."""
+
+    def __init__(self, model: ToolPlannerModel, processor, batch: dict, states: torch.Tensor):
+        self.model, self.processor, self.batch, self.states = model, processor, batch, states
+        cfg = model.config
+        self.plan_id, self.call_id, self.end_id = cfg.plan_token_id, cfg.call_token_id, cfg.call_end_token_id
+
+    def _inputs(self, rows, plans, written, current) -> dict[str, Any]:
+        tails, tail_values = [], []
+        for r in rows:
+            ids, values = [self.plan_id] * (len(plans[r]) + 1), [0.0] * (len(plans[r]) + 1)
+            for call_ids, call_values in written[r]:
+                ids += [self.call_id, *call_ids, self.end_id]
+                values += [0.0, *call_values, 0.0]
+            ids += [self.call_id, *current[r][0]]
+            values += [0.0, *current[r][1]]
+            tails.append(ids)
+            tail_values.append(values)
+        device = self.batch["input_ids"].device
+        steps = 1 + max(len(plans[r]) for r in rows)
+        previous = torch.full((len(rows), steps), -1, dtype=torch.long, device=device)
+        calls = torch.full((len(rows), steps), -1, dtype=torch.long, device=device)
+        for i, r in enumerate(rows):
+            previous[i, 1 : 1 + len(plans[r])] = torch.tensor(plans[r], dtype=torch.long)
+            k = len(written[r]) + 1
+            calls[i, :k] = torch.tensor(plans[r][:k], dtype=torch.long)
+        extra = dict(tool_states=self.states[rows], previous_tools=previous, call_tools=calls)
+        return _request_inputs(self.batch, rows, tails, tail_values, extra)
+
+    def run(self, plans: list[list[int]]) -> list[list[str]]:
+        """Per request, the argument text of each planned call, in plan order."""
+        return [
+            [self.processor.decode_arguments(ids, values) for ids, values in row] for row in self.write(plans)
+        ]
+
+    def write(self, plans: list[list[int]]) -> list[list[tuple[list[int], list[float]]]]:
+        """Per request and planned call, the written token ids (without ``<END_CALL>``) and their values."""
+        written: list[list[tuple[list[int], list[float]]]] = [[] for _ in plans]
+        num_id = getattr(self.model.config.text_config, "num_token_id", None)
+        for k in range(max((len(p) for p in plans), default=0)):
+            rows = [r for r, p in enumerate(plans) if len(p) > k]
+            current = {r: ([], []) for r in rows}
+            live = list(rows)
+            for _ in range(self.model.config.max_argument_tokens):
+                inputs = self._inputs(live, plans, written, current)
+                hidden = self.model(**inputs).hidden_states
+                last = inputs["attention_mask"].sum(-1) - 1
+                tokens, values = self.model._next_argument_tokens(hidden[torch.arange(len(live)), last])
+                ended = []
+                for r, token, value in zip(live, tokens.tolist(), values.tolist()):
+                    if token == self.end_id:
+                        ended.append(r)
+                        continue
+                    current[r][0].append(token)
+                    current[r][1].append(value if token == num_id else 0.0)
+                live = [r for r in live if r not in ended]
+                if not live:
+                    break
+            for r in rows:
+                written[r].append(current[r])
+        return written
 
 
 __all__ = [

@@ -5,7 +5,7 @@ It plays the part a processor plays for a vision-language model: the backbone's 
 package's ``BackendDigitsView``, leaves them as digit text), placeholder tokens stand for the runtime context, the
 tools and the plan steps, and the tool tower's tokenizer reads the tool texts::
 
-    input_ids:  <request tokens> [<QUERY>] [<CTX>] <TOOL> x T <PLAN> x S
+    input_ids:  <request tokens> [<QUERY>] [<CTX>] <TOOL> x T <PLAN> x S [<CALL> arguments <END_CALL>] x calls
 
 A tool is ``{"name", "text", "resources"}`` (``resources``: the 6 raw resource fields of
 :data:`causalqwen.tool_index.RESOURCE_FIELDS`, missing = zeros), a ``(text, resources)`` pair, an OpenAI-style
@@ -13,7 +13,8 @@ function spec, or a plain string; a :class:`~causalqwen.tool_index.ToolIndex` of
 vectors reach the model through ``log1p``, as in router training. With ``tool_text_cache`` (a frozen tool tower)
 the tool texts are embedded once each and the model gets ``tool_text_embeddings`` instead of token ids; with
 ``use_query_state`` the tool tower's query encoder also reads the request (``query_input_ids``, or
-``query_embeddings`` through ``query_text_cache``).
+``query_embeddings`` through ``query_text_cache``). With ``arguments`` (one text per planned call, for a planner
+with ``generate_arguments``) each call follows the plan slots and ``argument_labels`` mark its tokens.
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ class ToolPlannerProcessor:
         self.context_token_id = config.context_token_id
         self.runtime_context_dim = config.runtime_context_dim
         self.max_plan_steps = config.max_plan_steps
+        self.call_token_id = config.call_token_id if config.generate_arguments else None
+        self.call_end_token_id = config.call_end_token_id
         self.tool_text_cache, self.query_text_cache = tool_text_cache, query_text_cache
         self.query_token_id = config.query_token_id if config.use_query_state else None
         self.max_query_length, self.max_tool_length = max_query_length, max_tool_length
@@ -115,7 +118,10 @@ class ToolPlannerProcessor:
     def _encode_query(self, query: str) -> tuple[list[int], list[float] | None]:
         if not isinstance(query, str) or not query.strip():
             raise ValueError(f"a query must be non-empty text, got {query!r:.80}")
-        encoded = self.tokenizer(query, add_special_tokens=False)
+        return self._encode_text(query)
+
+    def _encode_text(self, text: str) -> tuple[list[int], list[float] | None]:
+        encoded = self.tokenizer(text, add_special_tokens=False)
         ids = list(encoded["input_ids"])[: self.max_query_length]
         values = encoded.get("numeric_values")
         return ids, (list(values)[: self.max_query_length] if values is not None else None)
@@ -135,9 +141,12 @@ class ToolPlannerProcessor:
         plans: Sequence[Sequence[int]] | None = None,
         latencies: Sequence[Sequence[float]] | None = None,
         num_plan_tokens: int | None = None,
+        arguments: Sequence[Sequence[str]] | None = None,
     ) -> dict[str, Any]:
         """A padded batch. With ``plans`` (tool indices per query, ``[]`` = abstain) it holds ``len(plan) + 1``
-        plan tokens and ``plan_labels`` per row; otherwise ``num_plan_tokens`` (default 1) plan tokens. Also
+        plan tokens and ``plan_labels`` per row; otherwise ``num_plan_tokens`` (default 1) plan tokens. With
+        ``arguments`` (needs ``plans``: one text per planned tool, e.g. JSON) the calls follow and
+        ``argument_labels`` [B, L] hold their token ids and each ``<END_CALL>`` (-100 elsewhere). Also
         returns ``tool_names`` (per row) and ``raw_resource_vectors`` for decoding; drop them before ``forward``.
         """
         queries = [queries] if isinstance(queries, str) else list(queries)
@@ -147,7 +156,8 @@ class ToolPlannerProcessor:
         if plans is not None and len(plans) != len(queries):
             raise ValueError(f"{len(plans)} plans for {len(queries)} queries")
         context = self._context(runtime_context, len(queries))
-        rows_ids, rows_values, rows_labels = [], [], []
+        self._check_arguments(arguments, plans, len(queries))
+        rows_ids, rows_values, rows_labels, rows_argument_labels = [], [], [], []
         for i, (query, tool_row) in enumerate(zip(queries, tool_rows)):
             ids, values = self._encode_query(query)
             if self.query_token_id is not None:
@@ -166,8 +176,18 @@ class ToolPlannerProcessor:
                 rows_labels.append([t + 1 for t in plan] + [0])
                 n_plan = len(plan) + 1
             extra = [self.tool_token_id] * len(tool_row) + [self.plan_token_id] * n_plan
-            rows_ids.append(ids + extra)
-            rows_values.append(values + [0.0] * len(extra) if values is not None else None)
+            ids, values = ids + extra, (values + [0.0] * len(extra) if values is not None else None)
+            labels = [-100] * len(ids)
+            for text in arguments[i] if arguments is not None else ():
+                call_ids, call_values = self._encode_text(text)
+                call_ids = [self.call_token_id, *call_ids, self.call_end_token_id]
+                labels += [-100, *call_ids[1:]]
+                ids = ids + call_ids
+                if values is not None:
+                    values = values + [0.0, *call_values, 0.0]
+            rows_ids.append(ids)
+            rows_values.append(values)
+            rows_argument_labels.append(labels)
         width = max(len(r) for r in rows_ids)
         batch: dict[str, Any] = {
             "input_ids": torch.tensor([r + [self.pad_token_id] * (width - len(r)) for r in rows_ids]),
@@ -182,6 +202,10 @@ class ToolPlannerProcessor:
         batch.update(self._tool_tensors(tool_rows))
         if self.query_token_id is not None:
             batch.update(self._query_tensors(queries))
+        if arguments is not None:
+            batch["argument_labels"] = torch.tensor(
+                [r + [-100] * (width - len(r)) for r in rows_argument_labels]
+            )
         if plans is not None:
             steps = max(len(r) for r in rows_labels)
             batch["plan_labels"] = torch.tensor([r + [-100] * (steps - len(r)) for r in rows_labels])
@@ -193,6 +217,26 @@ class ToolPlannerProcessor:
                 [[float(v) for v in r] + [-1.0] * (n_tools - len(r)) for r in latencies]
             )
         return batch
+
+    def _check_arguments(self, arguments, plans, n: int) -> None:
+        if arguments is None:
+            return
+        if self.call_token_id is None:
+            raise ValueError("arguments given but the planner has generate_arguments=False")
+        if plans is None or len(arguments) != n:
+            raise ValueError(f"arguments need plans and one list of texts per query ({n})")
+        for i, (texts, plan) in enumerate(zip(arguments, plans)):
+            if isinstance(texts, str) or len(texts) != len(plan):
+                raise ValueError(
+                    f"query {i}: {len(plan)} planned tools need {len(plan)} argument texts, got {texts!r:.80}"
+                )
+
+    def decode_arguments(self, ids: Sequence[int], values: Sequence[float]) -> str:
+        """Argument text of generated ids (numbers from ``values`` where the tokenizer takes them)."""
+        if getattr(self.tokenizer, "num_token_id", None) is not None:
+            # A numeric tokenizer (CausalQwenTokenizer) writes each <NUM> from its value.
+            return self.tokenizer.decode(list(ids), numeric_values=list(values))
+        return self.tokenizer.decode(list(ids))
 
     def _context(self, runtime_context, n: int) -> torch.Tensor | None:
         if not self.runtime_context_dim:

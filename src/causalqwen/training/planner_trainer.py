@@ -36,7 +36,8 @@ def rows_tools(row: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 class PlannerDataCollator:
-    """Rows -> a padded planner batch with ``plan_labels`` (and ``latency_labels`` when rows have ``latency``)."""
+    """Rows -> a padded planner batch with ``plan_labels`` (``latency_labels`` when rows have ``latency``;
+    ``argument_labels`` when they have ``arguments``, one text per planned tool, and the planner writes them)."""
 
     def __init__(self, processor):
         self.processor = processor
@@ -48,12 +49,16 @@ class PlannerDataCollator:
                 [float(row.get("runtime_load", 0.0))] * self.processor.runtime_context_dim for row in rows
             ]
         latencies = [row["latency"] for row in rows] if all("latency" in row for row in rows) else None
+        arguments = None
+        if self.processor.call_token_id is not None and all("arguments" in row for row in rows):
+            arguments = [row["arguments"] for row in rows]
         batch = self.processor(
             [row["query"] for row in rows],
             [rows_tools(row) for row in rows],
             runtime_context=context,
             plans=[row["plan"] for row in rows],
             latencies=latencies,
+            arguments=arguments,
         )
         batch.pop("tool_names")
         batch.pop("raw_resource_vectors")
@@ -67,9 +72,12 @@ def _full_training_modules(model: ToolPlannerModel) -> list[str]:
             names.append(optional)
     if not model.config.freeze_tool_tower:
         names.append("tool_tower")
-    encoding = getattr(model.language_model, "value_encoding", None)
+    encoding = getattr(model.backbone, "value_encoding", None)
     if encoding is not None and any(True for _ in encoding.parameters()):
         names.append("value_encoding")
+    if model.config.generate_arguments and model.config.backbone_type == "causal_qwen":
+        # CausalQwen's own head modules, as its LoRA recipe trains them (training/lora.py).
+        names += ["abduction", "action", "value_head"]
     return names
 
 
@@ -79,7 +87,9 @@ def planner_lora_config(
     """LoRA on the backbone's attention and MLP projections only (not the tool tower's encoder); the planner's
     own modules (projectors, step embedding, pointer, latency head, the ``<NUM>`` value encoding, and the tool
     tower unless it is frozen) are trained in full: they start from scratch, a low-rank update of them means
-    nothing."""
+    nothing. With ``generate_arguments`` the LM head stays frozen as in any LoRA fine-tune, except the rows of
+    ``<END_CALL>`` (and ``<NUM>``), new prediction targets (``trainable_token_indices``, as ``lora_config_for``);
+    CausalQwen's abduction, action and value heads are trained in full."""
     if not isinstance(model, ToolPlannerModel):
         raise TypeError(f"planner LoRA needs a ToolPlannerModel, got {type(model).__name__}")
     if not (isinstance(r, int) and r > 0):
@@ -89,9 +99,15 @@ def planner_lora_config(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        target_modules=rf"language_model\.layers\.\d+\.(self_attn|mlp)\.({targets})",
+        target_modules=rf"language_model\.(model\.)?layers\.\d+\.(self_attn|mlp)\.({targets})",
         modules_to_save=_full_training_modules(model),
     )
+    if model.config.generate_arguments:
+        rows = [int(model.config.call_end_token_id)]
+        num_id = getattr(model.config.text_config, "num_token_id", None)
+        rows += [int(num_id)] if num_id is not None else []
+        tied = bool(model.config.text_config.tie_word_embeddings)
+        settings["trainable_token_indices"] = rows if tied else {"embed_tokens": rows, "lm_head": rows}
     settings.update(overrides)
     return _peft().LoraConfig(**settings)
 
