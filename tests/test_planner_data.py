@@ -84,6 +84,43 @@ def test_every_row_satisfies_the_plan_invariants(small):
     assert abstained > 0
 
 
+def test_arguments_restate_the_language_and_the_budget_as_written(small):
+    import json
+
+    for row in small["train"]:
+        assert len(row["arguments"]) == len(row["plan"])
+        number = pd.format_budget_value(row["budget_value"])
+        for family, text in zip(row["step_families"], row["arguments"]):
+            fields = json.loads(text)
+            key = pd._BUDGET_ARGUMENTS.get(row["budget_kind"])
+            if key:
+                # The number as the request writes it, so the text can be copied.
+                assert f'"{key}": {number}' in text and f" {number} " in row["query"] + " "
+                assert fields[key] == row["budget_value"]
+            assert ("target" in fields) == (family == "translate")
+            if family == "translate":
+                assert fields["target"] in row["query"]
+            assert (fields.get("device") == "cpu") == (row["budget_kind"] == "cpu_only")
+
+
+def test_argument_metrics_count_tools_and_tolerate_number_digits():
+    rows = [{"plan": [2, 0], "arguments": ['{"target": "French", "timeout_ms": 350}', '{"timeout_ms": 350}']},
+            {"plan": [], "arguments": []}, {"plan": [1], "arguments": ['{"max_cost": 0.25}']}]  # fmt: skip
+    predicted = [[2, 1], [], [1]]
+    texts = [['{"target": "French", "timeout_ms": 349.9}', '{"timeout_ms": 350}'], [], ['{"max_cost": 0.3}']]
+    # 3 gold steps: step 1 of row 0 has the wrong tool; row 0 step 0 is within 1 %, row 2 is 20 % off.
+    assert pd.argument_metrics(predicted, texts, rows) == {"argument_exact": 0.0, "argument_match": 1 / 3}
+    gold = [r["arguments"] for r in rows]
+    assert pd.argument_metrics([r["plan"] for r in rows], gold, rows) == {"argument_exact": 1.0,
+                                                                          "argument_match": 1.0}  # fmt: skip
+    assert not pd.arguments_equal("{not json", "{}") and not pd.arguments_equal(None, "{}")
+    assert not pd.arguments_equal('{"a": true}', '{"a": 1}') and pd.arguments_equal(
+        '{"a": [1, "x"]}', '{"a": [1.001, "x"]}'
+    )
+    with pytest.raises(ValueError, match="2 argument texts"):
+        pd.argument_metrics([[2]], [["{}", "{}"]], rows[:1])
+
+
 def test_query_states_the_steps_in_order_and_the_budget_value(small):
     kinds = Counter()
     for row in small["train"]:
@@ -267,7 +304,13 @@ def test_bfcl_planning_rows_keep_repeated_calls_and_drop_long_training_answers(t
         {"id": "parallel_1", "question": q("weather in 4 cities"), "function": [WEATHER]},
     ]
     answers["parallel"] = [
-        {"id": "parallel_0", "ground_truth": [{"get_weather": {}}, {"get_weather": {}}]},
+        {
+            "id": "parallel_0",
+            "ground_truth": [
+                {"get_weather": {"city": ["Oslo", "oslo"], "unit": ["", "C"]}},
+                {"get_weather": {"city": ["Rome"], "days": [3]}},
+            ],
+        },
         {"id": "parallel_1", "ground_truth": [{"get_weather": {}}] * 4},
     ]
     files["live_parallel"] = [{"id": "live_parallel_0-0-0", "question": q("mail Ann and Bo, weather in Oslo"),
@@ -281,6 +324,9 @@ def test_bfcl_planning_rows_keep_repeated_calls_and_drop_long_training_answers(t
     rows = {r["id"]: r for split in ("train", "dev") for r in ds[split]}
     assert "parallel_1" not in rows  # 4 calls > max_steps
     assert rows["parallel_0"]["plan"] == [1, 1] and rows["parallel_0"]["calls"] == ["get_weather"] * 2
+    # The first accepted value of each argument; "may be left out" ("" first) is left out.
+    assert rows["parallel_0"]["arguments"] == ['{"city": "Oslo"}', '{"city": "Rome", "days": 3}']
+    assert rows["irrelevance_0"]["arguments"] == []
     assert rows["irrelevance_0"]["plan"] == [] and rows["simple_python_2"]["plan"] == [0]
     test = ds["test"]
     assert test["id"] == ["live_parallel_0-0-0", "live_irrelevance_0-0-0"]

@@ -5,6 +5,7 @@ Examples::
     causalqwen-train-planner --output-dir runs/planner                          # CausalQwen backbone, ~1-2 min on 2 CPUs
     causalqwen-train-planner --backbone qwen2 --output-dir runs/planner_digits  # plain Qwen2 reading digits
     causalqwen-train-planner --backbone /models/Qwen2.5-7B --router runs/router --lora --output-dir runs/p7b
+    causalqwen-train-planner --arguments --output-dir runs/planner_args         # also writes each call's arguments
     causalqwen-train-planner --quick --output-dir /tmp/planner                  # seconds: a smoke run for tests
 
 Trains through the ``Trainer`` (``train_planner``), evaluates plans on the dev split (``plan_metrics``), and
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lora", action="store_true", help="LoRA on the backbone (a checkpoint backbone)")
     parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
     parser.add_argument("--freeze-tool-tower", action="store_true", help="keep the whole tool tower fixed")
+    parser.add_argument("--arguments", action="store_true", help="also learn to write each call's arguments "
+                        "through the backbone's LM head (generate_arguments)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_STEPS} steps on a small subset (tests)")
     add_debug_flag(parser)
     return parser
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str]) -> int:
-    from .planner_data import build_synthetic_planning_dataset, plan_metrics
+    from .planner_data import argument_metrics, build_synthetic_planning_dataset, plan_metrics
     from .planner_trainer import BACKBONE_KINDS, apply_planner_lora, build_planner, rows_tools, train_planner
 
     args = build_parser().parse_args(argv)
@@ -82,7 +85,7 @@ def _run(argv: list[str]) -> int:
     data = build_synthetic_planning_dataset(*sizes, seed=args.seed)
     model, processor = build_planner(
         args.backbone, router=None if args.router is None else str(args.router), seed=args.seed,
-        freeze_tool_tower=args.freeze_tool_tower,
+        freeze_tool_tower=args.freeze_tool_tower, generate_arguments=args.arguments,
     )  # fmt: skip
     trained = apply_planner_lora(model, r=args.lora_r) if args.lora else model
     start = time.perf_counter()
@@ -100,6 +103,10 @@ def _run(argv: list[str]) -> int:
     plans = model.plan(processor, [r["query"] for r in rows], [rows_tools(r) for r in rows],
                        runtime_context=[[r["runtime_load"]] for r in rows])  # fmt: skip
     metrics = plan_metrics([p.tools for p in plans], dev)
+    if args.arguments:
+        metrics.update(
+            argument_metrics([p.tools for p in plans], [[s.arguments for s in p.steps] for p in plans], dev)
+        )
     model.save_pretrained(args.output_dir)
     # A digits-reading backbone reads through a view of the same vocabulary: save the tokenizer it views.
     getattr(processor.tokenizer, "source", processor.tokenizer).save_pretrained(args.output_dir)
@@ -113,8 +120,9 @@ def _run(argv: list[str]) -> int:
     (args.output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     print(
         f"trained {summary['steps']} steps in {seconds:.1f}s; dev exact match {metrics['exact_match']:.3f}, "
-        f"budget compliance {metrics['budget_compliance']:.3f}, abstain F1 {metrics['abstain_f1']:.3f}; "
-        f"saved to {args.output_dir}"
+        f"budget compliance {metrics['budget_compliance']:.3f}, abstain F1 {metrics['abstain_f1']:.3f}"
+        + (f", argument match {metrics['argument_match']:.3f}" if args.arguments else "")
+        + f"; saved to {args.output_dir}"
     )
     return 0
 

@@ -23,7 +23,13 @@ budget_kind    str                    ``latency``, ``memory``, ``cost``, ``cpu_o
 budget_value   float                  ms, GB or $/1k calls; 0.0 for ``cpu_only`` and ``none``
 compliant      list[bool]             per tool: it meets the budget at this load (family ignored)
 num_steps      int                    ``k``, the number of requested steps
+arguments      list[str]              per plan step, its call's arguments as JSON text; ``[]`` when abstained
 ============== ====================== ===========================================================
+
+A step's arguments restate what the request fixes for it: the target language of a translation and the budget
+(``{"target": "French", "timeout_ms": 350}``, ``{"max_memory_gb": 4.5}``, ``{"device": "cpu"}``, ``{}``), with the
+number written as the request writes it, so a planner has to copy words and numbers from the request into the
+call (:func:`argument_metrics` scores them).
 
 Budget values are drawn log-uniformly and rounded to 2 significant digits, so a model has to compare numbers
 rather than recognise a handful of values. Because every family comes in the same sizes, whether a step can be
@@ -33,6 +39,7 @@ smallest size misses the budget, and every step of a plan uses the same size.
 
 from __future__ import annotations
 
+import json
 import math
 import operator
 import random
@@ -55,6 +62,9 @@ __all__ = [
     "BUDGET_KINDS",
     "MISSING_LATENCY",
     "build_bfcl_planning_dataset",
+    "argument_metrics",
+    "arguments_equal",
+    "bfcl_call_arguments",
     "build_synthetic_planning_dataset",
     "multiset_exact_match",
     "format_budget_value",
@@ -123,7 +133,8 @@ def _draw_budget(rng: random.Random) -> tuple[str, float]:
     return kind, _round_significant(math.exp(rng.uniform(math.log(low), math.log(high))))
 
 
-def _request_text(rng: random.Random, steps: Sequence[str], kind: str, value: float) -> str:
+def _request_text(rng: random.Random, steps: Sequence[str], kind: str, value: float) -> tuple[str, str]:
+    """The request and the language its translation step (if any) names."""
     lang = rng.choice(_LANGUAGES)
     parts = [rng.choice(_FIRST_STEPS[steps[0]]).format(x=rng.choice(_TOPICS), lang=lang)]
     for family in steps[1:]:
@@ -131,7 +142,21 @@ def _request_text(rng: random.Random, steps: Sequence[str], kind: str, value: fl
         follow_up = rng.choice(_FOLLOW_UPS[family]).format(lang=lang)
         parts.append(f"{rng.choice(_CONNECTORS)} {follow_up}")
     parts.append(_BUDGET_PHRASES[kind].format(v=format_budget_value(value)))
-    return ", ".join(parts)
+    return ", ".join(parts), lang
+
+
+# The argument a budget kind puts in every call (JSON key); cpu_only and none carry no number.
+_BUDGET_ARGUMENTS = {"latency": "timeout_ms", "memory": "max_memory_gb", "cost": "max_cost"}
+
+
+def _step_arguments(family: str, kind: str, value: float, lang: str) -> str:
+    """A step's call arguments as JSON text, numbers written as the request writes them."""
+    fields = [f'"target": {json.dumps(lang)}'] if family == "translate" else []
+    if kind in _BUDGET_ARGUMENTS:
+        fields.append(f'"{_BUDGET_ARGUMENTS[kind]}": {format_budget_value(value)}')
+    elif kind == "cpu_only":
+        fields.append('"device": "cpu"')
+    return "{" + ", ".join(fields) + "}"
 
 
 def _planning_example(rng: random.Random, index: int, split: str, num_families: int, max_steps: int) -> dict:
@@ -141,7 +166,7 @@ def _planning_example(rng: random.Random, index: int, split: str, num_families: 
     steps = families[:num_steps]
     load = round(rng.random(), 3)
     kind, value = _draw_budget(rng)
-    query = _request_text(rng, steps, kind, value)
+    query, lang = _request_text(rng, steps, kind, value)
     order = [(f, s) for f in families for s in _SIZES]
     rng.shuffle(order)
     names, texts, resources, latencies, compliant = [], [], [], [], []
@@ -173,6 +198,7 @@ def _planning_example(rng: random.Random, index: int, split: str, num_families: 
         "budget_value": value,
         "compliant": compliant,
         "num_steps": num_steps,
+        "arguments": [_step_arguments(steps[i], kind, value, lang) for i in range(len(plan))],
     }
 
 
@@ -195,6 +221,7 @@ def _features():
             "budget_value": Value("float64"),
             "compliant": Sequence(Value("bool")),
             "num_steps": Value("int64"),
+            "arguments": Sequence(Value("string")),
         }
     )
 
@@ -319,7 +346,8 @@ def build_bfcl_planning_dataset(wheel=None, *, dev_fraction: float = 0.15, seed:
     indices into the offered functions, repeats kept; ``[]`` for irrelevance), ``calls`` (their names) and
     ``compliant`` (all true: BFCL states no budgets). Train/dev rows with more than ``max_steps`` calls are
     dropped (a planner capped at ``max_steps`` could only learn a wrong STOP from them); test rows are all kept,
-    so a longer answer counts as a miss. The split is ``build_bfcl_dataset``'s (same seed, same rows)."""
+    so a longer answer counts as a miss. ``arguments`` holds each call's arguments as JSON text
+    (:func:`bfcl_call_arguments`). The split is ``build_bfcl_dataset``'s (same seed, same rows)."""
     import zipfile
 
     from datasets import Dataset, DatasetDict
@@ -336,9 +364,10 @@ def build_bfcl_planning_dataset(wheel=None, *, dev_fraction: float = 0.15, seed:
     routing = build_bfcl_dataset(path, dev_fraction=dev_fraction, seed=seed, train_categories=train_categories,
                                  test_categories=test_categories)  # fmt: skip
     with zipfile.ZipFile(path) as archive:
-        calls = {}
+        calls, arguments = {}, {}
         for category in (*train_categories, *test_categories):
             calls.update(read_bfcl_calls(archive, category))
+            arguments.update(read_bfcl_call_arguments(archive, category))
     splits = {}
     for split, rows in routing.items():
         planned = []
@@ -347,11 +376,80 @@ def build_bfcl_planning_dataset(wheel=None, *, dev_fraction: float = 0.15, seed:
             if split != "test" and len(names) > max_steps:
                 continue
             plan = [row["tool_names"].index(name) for name in names]
-            planned.append(
-                {**row, "plan": plan, "calls": names, "compliant": [True] * len(row["tool_names"])}
-            )
+            planned.append({**row, "plan": plan, "calls": names, "compliant": [True] * len(row["tool_names"]),
+                            "arguments": arguments.get(row["id"], [])})  # fmt: skip
         splits[split] = Dataset.from_list(planned)
     return DatasetDict(splits)
+
+
+def arguments_equal(predicted: str | None, gold: str, rel_tol: float = 0.01) -> bool:
+    """Two JSON argument texts name the same fields with equal values, numbers within ``rel_tol`` (relative): a
+    numeric head writes the value it predicts, which may differ from the request's in the last digits."""
+    try:
+        mine, theirs = json.loads(predicted or ""), json.loads(gold)
+    except ValueError:
+        return False
+    return _json_close(mine, theirs, rel_tol)
+
+
+def _json_close(a: Any, b: Any, rel_tol: float) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-12)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_json_close(a[k], b[k], rel_tol) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_json_close(x, y, rel_tol) for x, y in zip(a, b))
+    return a == b
+
+
+def argument_metrics(predicted: Sequence[Sequence[int]], arguments: Sequence[Sequence[str | None]], examples: Any,
+                     rel_tol: float = 0.01) -> dict[str, float]:  # fmt: skip
+    """Scores of written arguments over every gold plan step (a step whose tool is wrong counts as a miss):
+
+    * ``argument_exact``: right tool at that position and the argument text equal to the gold text;
+    * ``argument_match``: right tool and :func:`arguments_equal` (same JSON fields, numbers within ``rel_tol``).
+    """
+    plans, gold_arguments = _column(examples, "plan"), _column(examples, "arguments")
+    if not len(predicted) == len(arguments) == len(plans):
+        raise ValueError(
+            f"{len(predicted)} plans and {len(arguments)} argument lists for {len(plans)} examples"
+        )
+    steps = exact = match = 0
+    for plan, texts, gold, gold_texts in zip(predicted, arguments, plans, gold_arguments):
+        if len(texts) != len(plan):
+            raise ValueError(f"a plan of {len(plan)} steps has {len(texts)} argument texts")
+        for i, (tool, text) in enumerate(zip(gold, gold_texts)):
+            steps += 1
+            if i < len(plan) and plan[i] == tool:
+                exact += texts[i] == text
+                match += arguments_equal(texts[i], text, rel_tol)
+    return {"argument_exact": _ratio(exact, steps, 1.0), "argument_match": _ratio(match, steps, 1.0)}
+
+
+def bfcl_call_arguments(ground_truth: Any, row_id: str) -> list[str]:
+    """Each answer call's arguments as JSON text, in answer order. BFCL lists the accepted values of every
+    argument; the first is taken, and an argument whose first accepted value is ``""`` (BFCL's "may be left
+    out") is left out."""
+    if not isinstance(ground_truth, list):
+        raise ValueError(f"{row_id}: 'ground_truth' must be a list")
+    texts = []
+    for call in ground_truth:
+        for accepted in call.values():
+            chosen = {name: values[0] for name, values in accepted.items() if values and values[0] != ""}
+            texts.append(json.dumps(chosen, ensure_ascii=False))
+    return texts
+
+
+def read_bfcl_call_arguments(archive, category: str) -> dict[str, list[str]]:
+    """``{row id: argument texts of the answer's calls}`` of one BFCL category (``{}`` for irrelevance)."""
+    from .router_data import BFCL_DATA_PREFIX, _read_jsonl
+
+    if "irrelevance" in category:
+        return {}
+    answers = _read_jsonl(archive, f"{BFCL_DATA_PREFIX}possible_answer/BFCL_v4_{category}.json")
+    return {answer["id"]: bfcl_call_arguments(answer.get("ground_truth"), answer["id"]) for answer in answers}
 
 
 def multiset_exact_match(predicted: Sequence[Sequence[int]], examples: Any) -> float:
