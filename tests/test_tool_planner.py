@@ -465,7 +465,7 @@ def test_planner_model_card_names_the_backbone_and_loads_remotely():
     card = render_model_card(planner_config(), metrics={"exact_match": 0.9375}, repo_id="dan/planner")
     assert "- tool-planner" in str(card)  # a tag of the front matter
     assert "| `backbone_type` | `causal_qwen` |" in card.text
-    assert "| `max_plan_steps` | `4` |" in card.text
+    assert "| `max_plan_steps` | `4` |" in card.text and "| `generate_arguments` | `False` |" in card.text
     assert "| exact_match | 0.9375 |" in card.text
     assert 'AutoModel.from_pretrained("dan/planner", trust_remote_code=True)' in card.text
 

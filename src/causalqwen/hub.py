@@ -456,6 +456,7 @@ _CONFIG_SUMMARY_KEYS = {
         "allow_repeated_tools",
         "freeze_tool_tower",
         "pointer_size",
+        "generate_arguments",
     ),
 }
 
