@@ -276,6 +276,22 @@ def bm25_results(task: Task) -> dict[str, dict[str, Any]]:
     }
 
 
+def parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs as planner config settings; a VALUE that is not JSON is kept as text."""
+    import json
+
+    settings = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE")
+        try:
+            settings[key] = json.loads(value)
+        except ValueError:
+            settings[key] = value
+    return settings
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--task", choices=("synthetic", "bfcl"), default="synthetic")
@@ -288,6 +304,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--lora", action="store_true", help="LoRA on the planner's backbone")
     parser.add_argument("--arguments", action="store_true", help="planners also write each call's arguments "
                         "(generate_arguments); only the planners run")  # fmt: skip
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a ToolPlannerConfig "
+                        "setting for the planners (VALUE read as JSON, else as text), e.g. argument_weight=0.1")  # fmt: skip
     args = parser.parse_args(argv)
     apply_threads(args.threads)
     from causalqwen.tokenization.tokenization_causal_qwen import CausalQwenTokenizer
@@ -309,6 +327,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     task = build_task(args.task, sizes)
     if args.arguments:
         task = with_arguments(task)
+    task.planner_settings.update(parse_settings(args.set))
     if args.smoke and args.task == "bfcl":
         task.data = {split: rows.select(range(min(32, len(rows)))) for split, rows in task.data.items()}
     tokenizer = CausalQwenTokenizer.from_qwen_vocab()

@@ -468,7 +468,7 @@ def test_planning_smoke_with_arguments_scores_the_written_calls(tmp_path):
 
     out = tmp_path / "planning_arguments.json"
     results = planning.main(["--smoke", "--steps", "2", "--arguments", "--models", "planner-qwen2-digits",
-                             "--out", str(out)])  # fmt: skip
+                             "--set", "argument_weight=0.5", "--out", str(out)])  # fmt: skip
     assert set(results["models"]) == {"planner-qwen2-digits"}
     run = results["models"]["planner-qwen2-digits"]["per_seed"][0]
     assert 0.0 <= run["argument_match"] <= 1.0 and run["argument_exact"] <= run["argument_match"]
@@ -476,4 +476,6 @@ def test_planning_smoke_with_arguments_scores_the_written_calls(tmp_path):
     assert (
         saved["settings"]["arguments"] is True and saved["settings"]["planner"]["generate_arguments"] is True
     )
+    assert saved["settings"]["planner"]["argument_weight"] == 0.5
+    assert planning.parse_settings(["a=1", "b=balanced", "c=null"]) == {"a": 1, "b": "balanced", "c": None}
     assert saved["table"]["headers"][-3:] == ["argument match (1 %)", "argument exact", "train s"]
