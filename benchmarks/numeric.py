@@ -357,6 +357,11 @@ MODEL_SPECS = {
         ModelSpec("cq-balanced", "causal", (("cls_reduction", "balanced"),)),
         ModelSpec("cq-isotropic", "causal", (("isotropic_scale", True),)),
         ModelSpec("cq-mse", "causal", mse=True),
+        # The from-scratch token-head prior (docs/causal_qwen.md "Training from scratch"): thresholds C = 8 start
+        # every token improbable and gamma 0.1 a sharp U; without it a large-vocabulary CausalQwen learns no text.
+        ModelSpec("cq-prior", "causal", (("ovr_threshold_init", 8.0), ("gamma_init", 0.1))),
+        ModelSpec("cq-threshold8", "causal", (("ovr_threshold_init", 8.0),)),
+        ModelSpec("cq-gamma0.1", "causal", (("gamma_init", 0.1),)),
         ModelSpec("qwen2-digits", "digits"),
         # The digits baseline at its own best learning rate (3e-3, the previous budget): LR 1e-3 was chosen
         # for CausalQwen, and it costs the digits model (synthetic-linear MAE 14.5 against 5.0 at 3e-3).

@@ -124,9 +124,11 @@ def decode(model, processor, rows):
 
 
 def train_and_plan(kind: str, task: Task, tokenizer, seed: int, steps: int, batch_size: int, lr: float,
-                   backbone: str | None = None, lora: bool = False) -> dict:  # fmt: skip
+                   backbone: str | None = None, lora: bool = False,
+                   backbone_settings: dict | None = None) -> dict:  # fmt: skip
     """Build (``build_planner``), train through the ``Trainer`` (``train_planner``) and decode the test split.
-    ``backbone`` (a checkpoint directory) replaces the fresh CPU-sized backbone; ``lora`` adapts it with LoRA."""
+    ``backbone`` (a checkpoint directory) replaces the fresh CPU-sized backbone; ``lora`` adapts it with LoRA;
+    ``backbone_settings`` are config settings of the fresh backbone."""
     import tempfile
 
     from causalqwen.training.planner_trainer import apply_planner_lora, build_planner, train_planner
@@ -134,6 +136,7 @@ def train_and_plan(kind: str, task: Task, tokenizer, seed: int, steps: int, batc
     settings = dict(task.planner_settings)
     if backbone is None:
         settings["tokenizer"] = tokenizer
+        settings["backbone_settings"] = backbone_settings
     model, processor = build_planner(backbone or PLANNERS[kind], seed=seed, **settings)
     trained = apply_planner_lora(model) if lora else model
     start = time.perf_counter()
@@ -276,15 +279,15 @@ def bm25_results(task: Task) -> dict[str, dict[str, Any]]:
     }
 
 
-def parse_settings(pairs: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs as planner config settings; a VALUE that is not JSON is kept as text."""
+def parse_settings(pairs: list[str], flag: str = "--set") -> dict[str, Any]:
+    """``KEY=VALUE`` pairs as config settings; a VALUE that is not JSON is kept as text."""
     import json
 
     settings = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE")
+            raise SystemExit(f"{flag} {pair!r}: expected KEY=VALUE")
         try:
             settings[key] = json.loads(value)
         except ValueError:
@@ -306,6 +309,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "(generate_arguments); only the planners run")  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a ToolPlannerConfig "
                         "setting for the planners (VALUE read as JSON, else as text), e.g. argument_weight=0.1")  # fmt: skip
+    parser.add_argument("--backbone-set", action="append", default=[], metavar="KEY=VALUE", help="a config "
+                        "setting of the fresh backbone (CausalQwenConfig / Qwen2Config), e.g. "
+                        "ovr_threshold_init=8.0; every planner kind run must accept the key")  # fmt: skip
     args = parser.parse_args(argv)
     apply_threads(args.threads)
     from causalqwen.tokenization.tokenization_causal_qwen import CausalQwenTokenizer
@@ -328,12 +334,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.arguments:
         task = with_arguments(task)
     task.planner_settings.update(parse_settings(args.set))
+    backbone_settings = parse_settings(args.backbone_set, "--backbone-set")
+    if backbone_settings and args.backbone:
+        raise SystemExit(
+            "--backbone-set configures the fresh backbone; --backbone brings a checkpoint's config"
+        )
     if args.smoke and args.task == "bfcl":
         task.data = {split: rows.select(range(min(32, len(rows)))) for split, rows in task.data.items()}
     tokenizer = CausalQwenTokenizer.from_qwen_vocab()
     results: dict[str, Any] = {"settings": {"task": args.task, "sizes": {k: len(v) for k, v in task.data.items()},
                                             "steps": steps, "seeds": seeds, "batch_size": 16, "lr": 2e-3,
-                                            "backbone": args.backbone or CPU_BACKBONE, "lora": args.lora, "planner": task.planner_settings,
+                                            "backbone": args.backbone or {**CPU_BACKBONE, **backbone_settings}, "lora": args.lora, "planner": task.planner_settings,
                                             "arguments": args.arguments},
                                "models": {}}  # fmt: skip
     if "bm25" in models:
@@ -346,7 +357,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for kind in (m for m in models if m in PLANNERS):
         per_seed = []
         for seed in seeds:
-            run = train_and_plan(kind, task, tokenizer, seed, steps, 16, 2e-3, args.backbone, args.lora)
+            run = train_and_plan(kind, task, tokenizer, seed, steps, 16, 2e-3, args.backbone, args.lora,
+                                 backbone_settings)  # fmt: skip
             print(f"{kind} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in run.items()), flush=True)
             per_seed.append(run)
         results["models"][kind] = {"per_seed": per_seed}

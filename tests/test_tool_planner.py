@@ -690,3 +690,18 @@ def test_lora_on_an_argument_planner_adapts_the_layers_and_the_new_head_rows():
     assert out.argument_loss is not None
     grads = [p.grad for n, p in wrapped.named_parameters() if "lora_B" in n]
     assert grads and all(g is not None for g in grads)
+
+
+def test_build_planner_backbone_settings_configure_the_fresh_backbone_only(tmp_path):
+    from causalqwen.configuration.configuration_causal_qwen import FROM_SCRATCH_TOKEN_PRIOR
+    from causalqwen.training.planner_trainer import build_planner
+
+    model, _ = build_planner("causal_qwen", tokenizer=TOK, backbone_settings=FROM_SCRATCH_TOKEN_PRIOR)
+    text = model.config.text_config
+    assert (text.ovr_threshold_init, text.gamma_init, text.hidden_size) == (8.0, 0.1, 64)
+    with pytest.raises(ValueError, match="gamma_init"):
+        build_planner("causal_qwen", tokenizer=TOK, backbone_settings={"gama_init": 0.1})
+    with pytest.raises(ValueError, match=r"\['ovr_threshold_init'\] are not Qwen2Config settings"):
+        build_planner("qwen2", tokenizer=TOK, backbone_settings={"ovr_threshold_init": 8.0})
+    with pytest.raises(ValueError, match="apply to a fresh backbone only"):
+        build_planner(str(tmp_path), backbone_settings={"gamma_init": 0.1})

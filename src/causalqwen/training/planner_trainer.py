@@ -195,7 +195,7 @@ def _freeze_text_encoders(model: ToolPlannerModel) -> None:
 
 def build_planner(backbone: str = "causal_qwen", *, router=None, tokenizer=None, seed: int = 0,
                   max_plan_steps: int = 3, runtime_context_dim: int = 1, freeze_text_encoder: bool = True,
-                  **config_overrides: Any):  # fmt: skip
+                  backbone_settings: dict[str, Any] | None = None, **config_overrides: Any):  # fmt: skip
     """A planner and its processor, ready to train: ``(model, processor)``.
 
     ``backbone``: ``"causal_qwen"`` / ``"qwen2"`` (fresh, :data:`CPU_BACKBONE` over the real Qwen2.5 vocabulary),
@@ -204,6 +204,8 @@ def build_planner(backbone: str = "causal_qwen", *, router=None, tokenizer=None,
     (``d_resource=32``, 4 heads). ``freeze_text_encoder`` keeps the tool tower's text encoders fixed and embeds
     each distinct tool text once (``ToolTextCache``); the resource MLP and tool-set attention still train.
     ``tokenizer`` defaults to the checkpoint's own, else ``CausalQwenTokenizer.from_qwen_vocab()``.
+    ``backbone_settings``: config settings of the fresh backbone over :data:`CPU_BACKBONE` (e.g.
+    ``{"ovr_threshold_init": 8.0}``); a checkpoint brings its own config, so they are refused with one.
     """
     import torch
 
@@ -221,18 +223,26 @@ def build_planner(backbone: str = "causal_qwen", *, router=None, tokenizer=None,
     )
     if backbone in BACKBONE_KINDS:
         tokenizer = tokenizer if tokenizer is not None else CausalQwenTokenizer.from_qwen_vocab()
-        vocab = dict(vocab_size=151936, pad_token_id=tokenizer.pad_token_id)
+        shape = {**CPU_BACKBONE, "vocab_size": 151936, "pad_token_id": tokenizer.pad_token_id,
+                 **(backbone_settings or {})}  # fmt: skip
         if backbone == "causal_qwen":
-            language_model = CausalQwenConfig(**CPU_BACKBONE, **vocab, num_token_id=tokenizer.num_token_id)
+            language_model = CausalQwenConfig(**shape, num_token_id=tokenizer.num_token_id)
         else:
             from transformers import Qwen2Config
 
-            language_model = Qwen2Config(**CPU_BACKBONE, **vocab)
+            # Qwen2Config keeps unknown keys silently; CausalQwenConfig refuses them by name.
+            unknown = sorted(set(backbone_settings or ()) - set(Qwen2Config().to_dict()))
+            if unknown:
+                raise ValueError(f"backbone_settings {unknown} are not Qwen2Config settings")
+            language_model = Qwen2Config(**shape)
         model = ToolPlannerModel.from_components(router, language_model, **settings)
     else:
         if not Path(backbone).is_dir():
             raise ValueError(f"backbone must be one of {', '.join(BACKBONE_KINDS)} or a checkpoint directory, "
                              f"got {backbone!r}")  # fmt: skip
+        if backbone_settings:
+            raise ValueError(f"backbone_settings {sorted(backbone_settings)} apply to a fresh backbone only; "
+                             f"the checkpoint {backbone} brings its own config")  # fmt: skip
         model = ToolPlannerModel.from_components(router, backbone, **settings)
         if tokenizer is None:
             tokenizer = _checkpoint_tokenizer(backbone) or CausalQwenTokenizer.from_qwen_vocab()
