@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
 from causalqwen import CausalQwenConfig, CausalQwenForNumericCausalLM  # noqa: E402
+from causalqwen.configuration.configuration_causal_qwen import FROM_SCRATCH_TOKEN_PRIOR  # noqa: E402
 from causalqwen.training.baselines import (  # noqa: E402
     BackendDigitsView,
     feature_matrix,
@@ -359,9 +360,13 @@ MODEL_SPECS = {
         ModelSpec("cq-mse", "causal", mse=True),
         # The from-scratch token-head prior (docs/causal_qwen.md "Training from scratch"): thresholds C = 8 start
         # every token improbable and gamma 0.1 a sharp U; without it a large-vocabulary CausalQwen learns no text.
-        ModelSpec("cq-prior", "causal", (("ovr_threshold_init", 8.0), ("gamma_init", 0.1))),
-        ModelSpec("cq-threshold8", "causal", (("ovr_threshold_init", 8.0),)),
-        ModelSpec("cq-gamma0.1", "causal", (("gamma_init", 0.1),)),
+        ModelSpec("cq-prior", "causal", tuple(FROM_SCRATCH_TOKEN_PRIOR.items())),
+        ModelSpec(
+            "cq-threshold8",
+            "causal",
+            (("ovr_threshold_init", FROM_SCRATCH_TOKEN_PRIOR["ovr_threshold_init"]),),
+        ),
+        ModelSpec("cq-gamma0.1", "causal", (("gamma_init", FROM_SCRATCH_TOKEN_PRIOR["gamma_init"]),)),
         ModelSpec("qwen2-digits", "digits"),
         # The digits baseline at its own best learning rate (3e-3, the previous budget): LR 1e-3 was chosen
         # for CausalQwen, and it costs the digits model (synthetic-linear MAE 14.5 against 5.0 at 3e-3).

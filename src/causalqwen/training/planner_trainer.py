@@ -209,33 +209,14 @@ def build_planner(backbone: str = "causal_qwen", *, router=None, tokenizer=None,
     """
     import torch
 
-    from ..configuration.configuration_causal_qwen import CausalQwenConfig
     from ..modeling.modeling_tool_router import ToolRouterModel
     from ..tokenization.tokenization_causal_qwen import CausalQwenTokenizer
     from .minilm import minilm_path
 
-    torch.manual_seed(seed)
-    if router is None:
-        router = ToolRouterModel.from_pretrained_encoder(str(minilm_path()), d_resource=32, num_attention_heads=4,
-                                                         dropout=0.0)  # fmt: skip
-    settings = dict(
-        max_plan_steps=max_plan_steps, runtime_context_dim=runtime_context_dim, **config_overrides
-    )
+    # The backbone is checked (and a fresh one configured) before the router's encoder is loaded.
     if backbone in BACKBONE_KINDS:
         tokenizer = tokenizer if tokenizer is not None else CausalQwenTokenizer.from_qwen_vocab()
-        shape = {**CPU_BACKBONE, "vocab_size": 151936, "pad_token_id": tokenizer.pad_token_id,
-                 **(backbone_settings or {})}  # fmt: skip
-        if backbone == "causal_qwen":
-            language_model = CausalQwenConfig(**shape, num_token_id=tokenizer.num_token_id)
-        else:
-            from transformers import Qwen2Config
-
-            # Qwen2Config keeps unknown keys silently; CausalQwenConfig refuses them by name.
-            unknown = sorted(set(backbone_settings or ()) - set(Qwen2Config().to_dict()))
-            if unknown:
-                raise ValueError(f"backbone_settings {unknown} are not Qwen2Config settings")
-            language_model = Qwen2Config(**shape)
-        model = ToolPlannerModel.from_components(router, language_model, **settings)
+        language_model = _fresh_backbone_config(backbone, tokenizer, backbone_settings or {})
     else:
         if not Path(backbone).is_dir():
             raise ValueError(f"backbone must be one of {', '.join(BACKBONE_KINDS)} or a checkpoint directory, "
@@ -243,12 +224,41 @@ def build_planner(backbone: str = "causal_qwen", *, router=None, tokenizer=None,
         if backbone_settings:
             raise ValueError(f"backbone_settings {sorted(backbone_settings)} apply to a fresh backbone only; "
                              f"the checkpoint {backbone} brings its own config")  # fmt: skip
-        model = ToolPlannerModel.from_components(router, backbone, **settings)
+        language_model = backbone
         if tokenizer is None:
             tokenizer = _checkpoint_tokenizer(backbone) or CausalQwenTokenizer.from_qwen_vocab()
+    torch.manual_seed(seed)
+    if router is None:
+        router = ToolRouterModel.from_pretrained_encoder(str(minilm_path()), d_resource=32, num_attention_heads=4,
+                                                         dropout=0.0)  # fmt: skip
+    settings = dict(
+        max_plan_steps=max_plan_steps, runtime_context_dim=runtime_context_dim, **config_overrides
+    )
+    model = ToolPlannerModel.from_components(router, language_model, **settings)
     if freeze_text_encoder:
         _freeze_text_encoders(model)
     return model, _processor_for(model, tokenizer, freeze_text_encoder)
+
+
+def _fresh_backbone_config(kind: str, tokenizer, backbone_settings: dict[str, Any]):
+    """The config of a fresh :data:`CPU_BACKBONE` over the real Qwen2.5 vocabulary, ``backbone_settings`` on top."""
+    from ..configuration.configuration_causal_qwen import CausalQwenConfig
+
+    shape = {
+        **CPU_BACKBONE,
+        "vocab_size": 151936,
+        "pad_token_id": tokenizer.pad_token_id,
+        **backbone_settings,
+    }
+    if kind == "causal_qwen":
+        return CausalQwenConfig(**shape, num_token_id=tokenizer.num_token_id)
+    from transformers import Qwen2Config
+
+    # Qwen2Config keeps unknown keys silently; CausalQwenConfig refuses them by name.
+    unknown = sorted(set(backbone_settings) - set(Qwen2Config().to_dict()))
+    if unknown:
+        raise ValueError(f"backbone_settings {unknown} are not Qwen2Config settings")
+    return Qwen2Config(**shape)
 
 
 def _checkpoint_tokenizer(directory):
