@@ -16,10 +16,11 @@ learning rate, seeds) in the same training loop:
   training mean);
 * scikit-learn ``linear`` and ``gbm`` (gradient boosting) on the raw feature values.
 
-Metrics on the clean test set: MAE, RMSE, R^2, median AE, 50%/90% interval coverage, ``<NUM>`` decision
-accuracy (is ``<NUM>`` the argmax where the target number starts); per task a reliability diagram
-(``numeric_reliability_<task>.png``: nominal vs observed coverage at 10 %...90 %, mean over seeds) of every
-model with Cauchy intervals. Label-noise sweep: a fraction of the
+Metrics on the clean test set: MAE, RMSE, R^2, median AE, 50%/90% interval coverage (CausalQwen models: the
+intervals calibrated on their own training rows, ``fit_interval_table``, as the CLI and the demo ship them, and
+the raw Cauchy's as ``cover50_raw``/``cover90_raw``), ``<NUM>`` decision accuracy (is ``<NUM>`` the argmax where
+the target number starts); per task a reliability diagram (``numeric_reliability_<task>.png``: nominal vs
+observed coverage at 10 %...90 %, mean over seeds, calibrated and raw) of every model with Cauchy intervals. Label-noise sweep: a fraction of the
 training targets is shuffled among themselves; mean +- std over seeds.
 
     python benchmarks/numeric.py --quick                       # what `make bench` runs
@@ -46,6 +47,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
 from causalqwen import CausalQwenConfig, CausalQwenForNumericCausalLM  # noqa: E402
 from causalqwen.configuration.configuration_causal_qwen import FROM_SCRATCH_TOKEN_PRIOR  # noqa: E402
+from causalqwen.modeling.cauchy import interval_half_width  # noqa: E402
 from causalqwen.training.baselines import (  # noqa: E402
     BackendDigitsView,
     feature_matrix,
@@ -53,7 +55,11 @@ from causalqwen.training.baselines import (  # noqa: E402
     predict_digits,
     target_prefix,
 )
-from causalqwen.training.evaluation import regression_metrics  # noqa: E402
+from causalqwen.training.evaluation import (  # noqa: E402
+    cauchy_interval_coverage,
+    fit_interval_table,
+    regression_metrics,
+)
 from common import (  # noqa: E402
     RESULTS_DIR,
     apply_threads,
@@ -70,7 +76,9 @@ from common import (  # noqa: E402
 IGNORE_INDEX = -100
 # Half-widths of central Cauchy intervals in units of the scale: tan(pi * coverage / 2).
 INTERVAL_LEVELS = (0.5, 0.9)
-METRICS = ("mae", "rmse", "r2", "median_ae", "cover50", "cover90", "num_acc")
+# cover50/cover90: the intervals a user gets (calibrated on the training rows for CausalQwen models); the _raw
+# columns: the trained Cauchy's own intervals.
+METRICS = ("mae", "rmse", "r2", "median_ae", "cover50", "cover90", "cover50_raw", "cover90_raw", "num_acc")
 
 BACKBONE = dict(
     hidden_size=64,
@@ -472,10 +480,12 @@ def metrics(y: np.ndarray, pred: np.ndarray, intervals: dict[float, tuple] | Non
 RELIABILITY_LEVELS = tuple(round(0.1 * k, 1) for k in range(1, 10))
 
 
-def coverage_curve(y: np.ndarray, pred: np.ndarray, scale: np.ndarray) -> list[float]:
-    """Observed coverage of the central Cauchy interval at each nominal level of :data:`RELIABILITY_LEVELS`."""
-    z = np.abs(y - pred) / np.maximum(scale, 1e-30)
-    return [float(np.mean(z <= math.tan(math.pi * level / 2))) for level in RELIABILITY_LEVELS]
+def coverage_curve(
+    y: np.ndarray, pred: np.ndarray, scale: np.ndarray, table: dict | None = None
+) -> list[float]:
+    """Observed coverage of the central interval at each nominal level of :data:`RELIABILITY_LEVELS`: the
+    Cauchy's own, or the calibrated one of a fitted ``table``."""
+    return list(cauchy_interval_coverage(y, pred, scale, RELIABILITY_LEVELS, table).values())
 
 
 def plot_reliability(task: str, task_results: dict[str, Any], out_dir: Path) -> Path | None:
@@ -489,16 +499,23 @@ def plot_reliability(task: str, task_results: dict[str, Any], out_dir: Path) -> 
         print("matplotlib is not installed: no reliability diagram (pip install '.[bench]')")
         return None
     curves = {
-        name: np.mean([run["coverage_curve"] for run in res["per_seed"]], axis=0)
+        name: {
+            kind: np.mean([run[f"coverage_curve{kind}"] for run in res["per_seed"]], axis=0)
+            for kind in ("", "_raw")
+        }
         for name, res in task_results["0.0"].items()
         if res["per_seed"] and "coverage_curve" in res["per_seed"][0]
     }
     if not curves:
         return None
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="ideal")
     for name, curve in curves.items():
-        ax.plot(RELIABILITY_LEVELS, curve, marker="o", markersize=3, label=name)
+        (line,) = ax.plot(
+            RELIABILITY_LEVELS, curve[""], marker="o", markersize=3, label=f"{name} (calibrated)"
+        )
+        ax.plot(RELIABILITY_LEVELS, curve["_raw"], color=line.get_color(), linestyle=":", marker="x",
+                markersize=3, label=f"{name} (raw Cauchy)")  # fmt: skip
     ax.set(xlabel="nominal coverage of the central interval", ylabel="observed coverage (test)", title=task)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
@@ -512,9 +529,10 @@ def plot_reliability(task: str, task_results: dict[str, Any], out_dir: Path) -> 
     return path
 
 
-def cauchy_intervals(pred: np.ndarray, scale: np.ndarray) -> dict[float, tuple]:
+def cauchy_intervals(pred: np.ndarray, scale: np.ndarray, table: dict | None = None) -> dict[float, tuple]:
+    """The 50 %/90 % intervals: the Cauchy's own, or the calibrated ones of a fitted ``table``."""
     return {
-        lv: (pred - scale * math.tan(math.pi * lv / 2), pred + scale * math.tan(math.pi * lv / 2))
+        lv: (pred - scale * interval_half_width(lv, table), pred + scale * interval_half_width(lv, table))
         for lv in INTERVAL_LEVELS
     }
 
@@ -603,11 +621,29 @@ class Runner:
             enc = encode_split(self.tok, train_split, self.pad_id, self.num_id)
             losses = train(model, enc, budget, seed, self.device, with_values=True)
             out = predict_causal(model, self.test_enc, self.device)
-            intervals = None if spec.mse else cauchy_intervals(out["pred"], out["scale"])
-            result = metrics(y_test, out["pred"], intervals, out["num_hit"])
-            if not spec.mse:
-                result["coverage_curve"] = coverage_curve(y_test, out["pred"], out["scale"])
+            if spec.mse:
+                result = metrics(y_test, out["pred"], None, out["num_hit"])
+            else:
+                result = self.interval_metrics(model, enc, train_split.values, out)
         result["final_loss"] = float(np.mean(losses[-10:]))
+        return result
+
+    def interval_metrics(
+        self, model, train_enc, y_train: np.ndarray, out: dict[str, np.ndarray]
+    ) -> dict[str, Any]:
+        """Metrics with the calibrated intervals (the table fitted on the model's own training rows,
+        ``fit_interval_table``, as the CLI and the demo do), plus the raw Cauchy intervals' coverage
+        (``cover50_raw``, ``cover90_raw``) and both reliability curves."""
+        y_test = self.task.test.values
+        fit = predict_causal(model, train_enc, self.device)
+        table = fit_interval_table(y_train, fit["pred"], fit["scale"])
+        result = metrics(
+            y_test, out["pred"], cauchy_intervals(out["pred"], out["scale"], table), out["num_hit"]
+        )
+        raw = metrics(y_test, out["pred"], cauchy_intervals(out["pred"], out["scale"]), None)
+        result.update({f"{key}_raw": raw[key] for key in ("cover50", "cover90")})
+        result["coverage_curve"] = coverage_curve(y_test, out["pred"], out["scale"], table)
+        result["coverage_curve_raw"] = coverage_curve(y_test, out["pred"], out["scale"])
         return result
 
     def run(self, noise_levels: Sequence[float]) -> dict[str, Any]:
@@ -643,7 +679,7 @@ def quality_table(task_results: dict[str, Any]) -> str:
         rows.append(
             [
                 name,
-                *(s[m] for m in METRICS),
+                *(s.get(m) for m in METRICS),
                 per_seed(runs, "mae"),
                 per_seed(runs, "r2"),
                 per_seed(runs, "num_acc"),

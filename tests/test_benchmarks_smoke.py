@@ -18,6 +18,7 @@ import common  # noqa: E402
 import numeric  # noqa: E402
 import perf  # noqa: E402
 import run_all  # noqa: E402
+from causalqwen.training.evaluation import fit_interval_table  # noqa: E402
 
 # ------------------------------------------------------------------------------------------- common
 
@@ -423,6 +424,11 @@ def test_coverage_curve_of_a_calibrated_cauchy_is_the_diagonal():
     assert curve == pytest.approx(list(numeric.RELIABILITY_LEVELS), abs=0.015)
     too_wide = numeric.coverage_curve(y, np.full_like(y, 5.0), np.full_like(y, 20.0))
     assert all(w > c + 0.05 for w, c in zip(too_wide[:-1], curve[:-1]))
+    # calibrated on rows like these, the too-wide intervals come back to the diagonal
+    fit = rng.standard_cauchy(20000) * 2.0 + 5.0
+    table = fit_interval_table(fit, np.full_like(fit, 5.0), np.full_like(fit, 20.0))
+    calibrated = numeric.coverage_curve(y, np.full_like(y, 5.0), np.full_like(y, 20.0), table)
+    assert calibrated == pytest.approx(list(numeric.RELIABILITY_LEVELS), abs=0.015)
 
 
 def test_numeric_smoke_writes_a_reliability_diagram(tmp_path):
@@ -433,7 +439,14 @@ def test_numeric_smoke_writes_a_reliability_diagram(tmp_path):
     assert results["reliability_plots"] == [str(png)]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     runs = results["tasks"]["synthetic-linear"]["results"]["0.0"]
-    assert len(runs["causalqwen"]["per_seed"][0]["coverage_curve"]) == 9
+    cq = runs["causalqwen"]["per_seed"][0]
+    assert len(cq["coverage_curve"]) == len(cq["coverage_curve_raw"]) == 9
+    # the reported 50 %/90 % coverage are points of the calibrated curve, the _raw ones of the raw curve
+    assert (cq["cover50"], cq["cover90"]) == (cq["coverage_curve"][4], cq["coverage_curve"][8])
+    assert (cq["cover50_raw"], cq["cover90_raw"]) == (
+        cq["coverage_curve_raw"][4],
+        cq["coverage_curve_raw"][8],
+    )
     assert "coverage_curve" not in runs["cq-mse"]["per_seed"][0]  # no trained spread, no curve
 
 

@@ -13,6 +13,7 @@ from causalqwen.modeling.cauchy import (
     cauchy_nll,
     cauchy_quantile,
     cauchy_sample,
+    interval_half_width,
     linear_cauchy,
     ovr_log_probs,
     ovr_probability,
@@ -158,3 +159,20 @@ def test_linear_cauchy_uses_a_precomputed_abs_weight():
     loc, scale = torch.tensor([0.5, -1.0]), torch.tensor([0.2, 0.1])
     _, out_scale = linear_cauchy(loc, scale, w, abs_weight=w.abs())
     torch.testing.assert_close(out_scale, torch.tensor([0.7, 0.1]))
+
+
+def test_interval_half_width_reads_a_calibration_table():
+    table = {"levels": [0.5, 0.9], "half_widths": [0.6, 1.4]}
+    assert interval_half_width(0.5) == pytest.approx(1.0)  # tan(pi/4): the Cauchy's quartiles
+    assert interval_half_width(0.9, None) == pytest.approx(math.tan(0.45 * math.pi))
+    assert interval_half_width(0.5, table) == 0.6 and interval_half_width(0.9, table) == 1.4
+    assert interval_half_width(0.7, table) == pytest.approx(1.0)  # linear between fitted levels
+    # outside the fitted levels: the Cauchy width times the nearest fitted level's ratio to it
+    assert interval_half_width(0.2, table) == pytest.approx(0.6 * math.tan(0.1 * math.pi))
+    assert interval_half_width(0.95, table) == pytest.approx(
+        1.4 * math.tan(0.475 * math.pi) / math.tan(0.45 * math.pi)
+    )
+    widths = [interval_half_width(lv / 100, table) for lv in range(1, 100)]
+    assert all(a <= b for a, b in zip(widths, widths[1:]))
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        interval_half_width(1.0, table)

@@ -50,6 +50,28 @@ def test_int_values_are_accepted_for_float_fields():
         ({"value_scale_factor": 0.0}, "value_scale_factor must be a positive"),
         ({"value_scale_factor": float("inf")}, "value_scale_factor must be a positive"),
         ({"ovr_threshold_init": float("inf")}, "ovr_threshold_init must be finite"),
+        ({"value_interval_table": [0.5, 1.0]}, "value_interval_table must be a dict with keys"),
+        ({"value_interval_table": {"levels": [0.5]}}, "value_interval_table must be a dict with keys"),
+        (
+            {"value_interval_table": {"levels": [0.5, 0.9], "half_widths": [1.0]}},
+            "as many half_widths as levels",
+        ),
+        (
+            {"value_interval_table": {"levels": [0.9, 0.5], "half_widths": [1.0, 2.0]}},
+            r"levels must increase strictly inside \(0, 1\)",
+        ),
+        (
+            {"value_interval_table": {"levels": [0.5, 1.0], "half_widths": [1.0, 2.0]}},
+            r"levels must increase strictly inside \(0, 1\)",
+        ),
+        (
+            {"value_interval_table": {"levels": [0.5, 0.9], "half_widths": [2.0, 1.0]}},
+            "half_widths must be finite, >= 0 and non-decreasing",
+        ),
+        (
+            {"value_interval_table": {"levels": [0.5], "half_widths": [float("nan")]}},
+            "half_widths must be finite, >= 0 and non-decreasing",
+        ),
         ({"gate_alpha": 1.5}, r"gate_alpha must lie in \[0, 1\]"),
         ({"loss_chunk_size": 0}, "loss_chunk_size must be positive"),
         ({"value_encoding_frequencies": 0}, "value_encoding_frequencies must be positive"),

@@ -31,7 +31,7 @@ def test_quick_run_writes_reloadable_model_and_metrics(quick_run):
 
     import causalqwen  # noqa: F401  (registers causal_qwen with the Auto classes)
     from causalqwen.training.data import build_synthetic_dataset
-    from causalqwen.training.evaluation import predict_values
+    from causalqwen.training.evaluation import CALIBRATION_LEVELS, cauchy_interval_coverage, predict_values
 
     out, metrics = quick_run
     for name in (
@@ -63,6 +63,16 @@ def test_quick_run_writes_reloadable_model_and_metrics(quick_run):
     pred = predict_values(model, tokenizer, test["prompt"], test["target"])
     mae = float(np.abs(pred["value_loc"] - np.asarray(test["value"])).mean())
     assert mae == pytest.approx(metrics["test"]["mae"], rel=1e-6)
+    # The intervals were calibrated on the training rows and the table saved: the reloaded model's calibrated
+    # and raw coverage are the run's.
+    table = model.config.value_interval_table
+    assert table == metrics["value_interval_table"] and table["levels"] == list(CALIBRATION_LEVELS)
+    y = np.asarray(test["value"])
+    assert cauchy_interval_coverage(y, pred["value_loc"], pred["value_scale"], table=table) == {
+        k: metrics["test"][k] for k in ("cover50", "cover90")
+    }
+    raw = cauchy_interval_coverage(y, pred["value_loc"], pred["value_scale"])
+    assert raw == {"cover50": metrics["test"]["cover50_raw"], "cover90": metrics["test"]["cover90_raw"]}
 
 
 def test_lora_run_writes_adapter_that_reloads(tmp_path):
@@ -71,7 +81,11 @@ def test_lora_run_writes_adapter_that_reloads(tmp_path):
     import causalqwen  # noqa: F401
 
     out = tmp_path / "lora"
-    metrics = cli.main(["--quick", "--lora", "--lora-r", "4", "--output-dir", str(out)])
+    metrics = cli.main(
+        ["--quick", "--lora", "--lora-r", "4", "--calibration-rows", "0", "--output-dir", str(out)]
+    )
+    assert metrics["value_interval_table"] is None  # 0: the Cauchy's own intervals
+    assert metrics["test"]["cover50"] == metrics["test"]["cover50_raw"]
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert (out / "base" / "model.safetensors").is_file() and (out / "model.safetensors").is_file()
     assert metrics["parameters"]["trainable"] < metrics["parameters"]["total"] / 2
@@ -155,6 +169,7 @@ def usage_error(capsys, argv):
         (["--dataset", "parquet:x"], "--dataset must be"),
         (["--dataset", "synthetic:cubic"], "--dataset synthetic:cubic: "),
         (["--steps", "0"], "--steps must be >= 1"),
+        (["--calibration-rows", "-1"], "--calibration-rows must be >= 0 (0: no calibration), got -1"),
         (["--base", "/definitely/not/here"], "no config.json"),
     ],
 )

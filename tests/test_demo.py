@@ -86,7 +86,7 @@ def test_demo_rejects_bad_flags(argv, message):
 def test_demo_metrics_are_those_of_its_predictions(run):
     """Recomputed here from the per-row predictions with plain numpy, not the package's metric code."""
     results = run[0]["tasks"]["diabetes"]
-    pred = {k: np.asarray(v) for k, v in results["predictions"].items()}
+    pred = {k: v if isinstance(v, dict) else np.asarray(v) for k, v in results["predictions"].items()}
     y = pred["y"]
     assert len(y) == results["n_test"]
     for name in ("causalqwen", "qwen2-digits"):
@@ -94,8 +94,13 @@ def test_demo_metrics_are_those_of_its_predictions(run):
         assert row["mae"] == pytest.approx(np.abs(err).mean(), rel=1e-9)
         assert row["rmse"] == pytest.approx(np.sqrt((err**2).mean()), rel=1e-9)
         assert row["r2"] == pytest.approx(1 - (err**2).sum() / ((y - y.mean()) ** 2).sum(), rel=1e-9)
-    # the Cauchy 50% / 90% intervals: |y - loc| <= scale * tan(pi * level / 2)
+    # the raw Cauchy 50% / 90% intervals: |y - loc| <= scale * tan(pi * level / 2); the calibrated ones:
+    # |y - loc| <= scale * the table's width at the level (fitted on the training rows)
     z = np.abs(y - pred["causalqwen"]) / pred["causalqwen_scale"]
     cq = results["metrics"]["causalqwen"]
-    assert cq["cover50"] == pytest.approx(np.mean(z <= 1.0))
-    assert cq["cover90"] == pytest.approx(np.mean(z <= np.tan(0.45 * np.pi)))
+    assert cq["cover50_raw"] == pytest.approx(np.mean(z <= 1.0))
+    assert cq["cover90_raw"] == pytest.approx(np.mean(z <= np.tan(0.45 * np.pi)))
+    table = pred["causalqwen_interval_table"]
+    widths = dict(zip(table["levels"], table["half_widths"]))
+    assert cq["cover50"] == pytest.approx(np.mean(z <= widths[0.5]))
+    assert cq["cover90"] == pytest.approx(np.mean(z <= widths[0.9]))

@@ -17,9 +17,12 @@ from causalqwen.training.baselines import (
     target_prefix,
 )
 from causalqwen.training.evaluation import (
+    CALIBRATION_LEVELS,
+    calibrate_value_intervals,
     calibrate_value_scale,
     cauchy_interval_coverage,
     coverage_key,
+    fit_interval_table,
     generate_examples,
     predict_values,
     regression_metrics,
@@ -211,14 +214,18 @@ def test_feature_matrix_reads_the_prompt_numbers(tok):
 # ---------------------------------------------------------------------------------------- calibration
 
 
-def test_calibrate_value_scale_centres_the_median_interval(tok, tmp_path):
+def _untrained_model_and_rows(tok, n: int):
+    """A fresh tiny CausalQwen (seed 0) and ``n`` rows ``x is X.`` -> ``y is 2X + 3.`` with their values."""
     torch.manual_seed(0)
     config = CausalQwenConfig(vocab_size=len(tok), num_token_id=tok.convert_tokens_to_ids("<NUM>"),
                               pad_token_id=tok.pad_token_id, **TINY)  # fmt: skip
-    model = CausalQwenForNumericCausalLM(config).eval()
-    prompts = [f"x is {x}." for x in range(1, 22)]
-    targets = [f"y is {2 * x + 3}." for x in range(1, 22)]
-    y = np.array([2.0 * x + 3 for x in range(1, 22)])
+    xs = range(1, n + 1)
+    rows = [f"x is {x}." for x in xs], [f"y is {2 * x + 3}." for x in xs], np.array([2.0 * x + 3 for x in xs])
+    return CausalQwenForNumericCausalLM(config).eval(), *rows
+
+
+def test_calibrate_value_scale_centres_the_median_interval(tok, tmp_path):
+    model, prompts, targets, y = _untrained_model_and_rows(tok, 21)
     before = predict_values(model, tok, prompts, targets)
     ratio = np.abs(y - before["value_loc"]) / before["value_scale"]
     factor = calibrate_value_scale(model, tok, prompts, targets, y)
@@ -238,3 +245,44 @@ def test_calibrate_value_scale_centres_the_median_interval(tok, tmp_path):
     assert torch.equal(model(**enc, labels=enc["input_ids"]).loss, calibrated_loss)
     with pytest.raises(ValueError, match="needs >= 2 rows"):
         calibrate_value_scale(model, tok, prompts[:1], targets[:1], y[:1])
+
+
+def test_fit_interval_table_takes_the_conformal_quantiles():
+    # ratios |y - loc| / scale = 1, 2, ..., 9 (shuffled): the level-l width is the ceil(10 l)-th smallest
+    ratios = np.array([4.0, 9.0, 1.0, 7.0, 2.0, 8.0, 3.0, 6.0, 5.0])
+    y, loc, scale = ratios * 2.0 + 1.0, np.ones(9), np.full(9, 2.0)
+    table = fit_interval_table(y, loc, scale, levels=(0.1, 0.5, 0.85, 0.95))
+    assert table == {"levels": [0.1, 0.5, 0.85, 0.95], "half_widths": [1.0, 5.0, 9.0, 9.0]}
+    cover = cauchy_interval_coverage(y, loc, scale, (0.1, 0.5), table=table)
+    assert cover == {"cover10": 1 / 9, "cover50": 5 / 9}
+    assert cauchy_interval_coverage(y, loc, scale, (0.5,))["cover50"] == 1 / 9  # raw Cauchy: loc +- scale
+    with pytest.raises(ValueError, match="needs >= 2 rows"):
+        fit_interval_table(y[:1], loc[:1], scale[:1])
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        fit_interval_table(y, loc, np.zeros(9))
+    with pytest.raises(ValueError, match="distinct, increasing"):
+        fit_interval_table(y, loc, scale, levels=(0.9, 0.5))
+
+
+def test_calibrate_value_intervals_covers_every_level_and_is_saved(tok, tmp_path):
+    model, prompts, targets, y = _untrained_model_and_rows(tok, 40)
+    before = predict_values(model, tok, prompts, targets)
+    raw = cauchy_interval_coverage(y, before["value_loc"], before["value_scale"], (0.5, 0.9))
+    table = calibrate_value_intervals(model, tok, prompts, targets, y)
+    assert model.config.value_interval_table == table and table["levels"] == list(CALIBRATION_LEVELS)
+    calibrated = cauchy_interval_coverage(y, before["value_loc"], before["value_scale"], (0.5, 0.9), table)
+    # an untrained model's intervals are off; the fitted ones cover ceil(41 l) / 40 of the same rows
+    assert raw != calibrated
+    assert calibrated == {"cover50": 21 / 40, "cover90": 37 / 40}
+    lo, hi = model.value_interval(
+        torch.as_tensor(before["value_loc"]), torch.as_tensor(before["value_scale"]), 0.5
+    )
+    assert float(((torch.as_tensor(y) >= lo) & (torch.as_tensor(y) <= hi)).double().mean()) == 21 / 40
+    # saved with the model (to the bit), outputs and loss untouched
+    model.save_pretrained(tmp_path)
+    loaded = CausalQwenForNumericCausalLM.from_pretrained(tmp_path)
+    assert loaded.config.value_interval_table == table
+    after = predict_values(loaded, tok, prompts, targets)
+    np.testing.assert_array_equal(after["value_scale"], before["value_scale"])
+    with pytest.raises(ValueError, match="one prompt, target and value per row"):
+        calibrate_value_intervals(model, tok, prompts[:3], targets, y)

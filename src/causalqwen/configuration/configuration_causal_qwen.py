@@ -50,6 +50,30 @@ def _check(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def _check_interval_table(table: dict | None) -> None:
+    """A ``value_interval_table`` is None or ``{"levels", "half_widths"}``: levels strictly increasing in
+    (0, 1), widths finite, >= 0 and non-decreasing (a wider level never gets a narrower interval)."""
+    if table is None:
+        return
+    _check(
+        isinstance(table, dict) and set(table) == {"levels", "half_widths"},
+        f"value_interval_table must be a dict with keys 'levels' and 'half_widths', got {table!r}",
+    )
+    levels, widths = list(table["levels"]), list(table["half_widths"])
+    _check(
+        len(levels) == len(widths) > 0,
+        f"value_interval_table needs as many half_widths as levels (>= 1), got {len(levels)} and {len(widths)}",
+    )
+    _check(
+        all(0.0 < lv < 1.0 for lv in levels) and all(a < b for a, b in zip(levels, levels[1:])),
+        f"value_interval_table levels must increase strictly inside (0, 1), got {levels}",
+    )
+    _check(
+        all(math.isfinite(w) and w >= 0 for w in widths) and all(a <= b for a, b in zip(widths, widths[1:])),
+        f"value_interval_table half_widths must be finite, >= 0 and non-decreasing, got {widths}",
+    )
+
+
 @strict
 class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
     """A Qwen2 configuration plus the abduction-action settings of CausalQwen.
@@ -92,6 +116,13 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
         value_scale_factor: post-hoc calibration of the value's Cauchy scale (``value_scale`` in the outputs is
             multiplied by it; the loss is not). Fitted by ``training.evaluation.calibrate_value_scale`` so that the
             median interval covers half the calibration rows; 1.0 = as trained.
+        value_interval_table: post-hoc calibrated interval widths, ``{"levels": [...], "half_widths": [...]}``:
+            the central ``level`` interval of a predicted value is ``value_loc +- half_width * value_scale``
+            (``CausalQwenForNumericCausalLM.value_interval``; ``modeling.cauchy.interval_half_width``
+            interpolates between levels). Fitted by ``training.evaluation.calibrate_value_intervals`` as the
+            empirical quantiles of ``|y - loc| / scale`` (split-conformal), so every level is calibrated, not
+            only the median. ``None`` (default) = the Cauchy's own ``tan(pi level / 2)``. Outputs only, never
+            the loss.
     """
 
     model_type = "causal_qwen"
@@ -114,6 +145,7 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
     cls_reduction: str = "sum"
     isotropic_scale: bool = False
     value_scale_factor: float | int = 1.0
+    value_interval_table: dict | None = None
 
     def __post_init__(self, **kwargs: Any):
         self._reject_unknown_keys(kwargs)
@@ -155,6 +187,7 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
         ):
             value = getattr(self, name)
             _check(value in allowed, f"unknown {name} {value!r}; expected one of {', '.join(allowed)}")
+        _check_interval_table(self.value_interval_table)
         _check(
             not (self.tie_word_embeddings and self.causal_size != self.hidden_size),
             "tie_word_embeddings needs causal_size == hidden_size "

@@ -30,6 +30,7 @@ __all__ = [
     "cauchy_nll",
     "cauchy_quantile",
     "cauchy_sample",
+    "interval_half_width",
     "linear_cauchy",
     "ovr_log_probs",
     "ovr_probability",
@@ -249,8 +250,32 @@ def cauchy_interval(
     """Central interval holding ``coverage`` of the mass: ``loc -/+ scale * tan(pi coverage / 2)``."""
     if not 0.0 < coverage < 1.0:
         raise ValueError(f"coverage must lie strictly between 0 and 1, got {coverage}")
-    half = scale * math.tan(math.pi * coverage / 2.0)
+    half = scale * interval_half_width(coverage)
     return loc - half, loc + half
+
+
+def interval_half_width(level: float, table: dict | None = None) -> float:
+    """Half-width of the central ``level`` interval in units of the predicted scale.
+
+    Without ``table`` it is the Cauchy's own ``tan(pi level / 2)``. With a fitted table (``{"levels": [...],
+    "half_widths": [...]}``, ``training.evaluation.calibrate_value_intervals``: empirical quantiles of
+    ``|y - loc| / scale``) it is the table's width at a fitted level, linear in the level between fitted
+    levels (the widths are non-decreasing, so the interval grows with the level), and outside them the Cauchy
+    width times the nearest fitted level's ratio to it.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"interval level must lie strictly between 0 and 1, got {level}")
+    cauchy = math.tan(math.pi * level / 2.0)
+    if table is None:
+        return cauchy
+    levels, widths = table["levels"], table["half_widths"]
+    if level <= levels[0]:
+        return widths[0] * cauchy / math.tan(math.pi * levels[0] / 2.0)
+    if level >= levels[-1]:
+        return widths[-1] * cauchy / math.tan(math.pi * levels[-1] / 2.0)
+    k = next(i for i in range(1, len(levels)) if level <= levels[i])
+    t = (level - levels[k - 1]) / (levels[k] - levels[k - 1])
+    return (1.0 - t) * widths[k - 1] + t * widths[k]
 
 
 def cauchy_sample(

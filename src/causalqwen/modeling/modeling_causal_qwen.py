@@ -67,7 +67,7 @@ from ._compat import (
     accepts_both_cache_names,
     cache_output_field,
 )
-from .cauchy import SCALE_EPS, cauchy_sample, linear_cauchy, softplus_inverse
+from .cauchy import SCALE_EPS, cauchy_sample, interval_half_width, linear_cauchy, softplus_inverse
 from .loss import CauchyHeads, chunk_rows, gated_loss
 from .numeric_embedding import ValueNormalizer, build_value_encoding, check_numeric_values, embed_numbers
 
@@ -531,6 +531,15 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         """The head fields of :class:`CausalQwenOutput` for last hidden states [..., H] computed elsewhere."""
         mode, temp = self._resolve_mode(None, None)
         return self._head_outputs(hidden, mode, temp)
+
+    def value_interval(
+        self, value_loc: torch.Tensor, value_scale: torch.Tensor, level: float = 0.9
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The central ``level`` interval ``(lower, upper)`` of predicted values (``value_loc``/``value_scale`` of
+        the outputs): the Cauchy's own, or the calibrated one when ``config.value_interval_table`` is set
+        (``training.evaluation.calibrate_value_intervals``)."""
+        half = value_scale * interval_half_width(level, self.config.value_interval_table)
+        return value_loc - half, value_loc + half
 
     @can_return_tuple
     @accepts_both_cache_names

@@ -2,7 +2,9 @@
 
 * :func:`regression_metrics`: MAE, RMSE, R², median absolute error, and coverage of given intervals.
 * :func:`cauchy_interval_coverage`: coverage of the central Cauchy intervals (quantiles from
-  ``modeling/cauchy.py``) at several levels.
+  ``modeling/cauchy.py``) at several levels, or of the calibrated ones given a fitted table.
+* :func:`fit_interval_table` / :func:`calibrate_value_intervals`: split-conformal interval calibration (the
+  empirical quantiles of ``|y - loc| / scale`` at every level, saved as ``config.value_interval_table``).
 * :func:`predict_values`: teacher-forced value prediction. The input is the prompt followed by the target
   sentence up to its first ``<NUM>``; the last position is the one whose next token is ``<NUM>``, so its
   ``value_loc``/``value_scale`` are the predicted value's Cauchy median and scale, and ``<NUM>`` being the
@@ -26,12 +28,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..modeling.cauchy import cauchy_quantile
+from ..modeling.cauchy import interval_half_width
 
 __all__ = [
+    "CALIBRATION_LEVELS",
+    "calibrate_value_intervals",
     "calibrate_value_scale",
     "cauchy_interval_coverage",
     "coverage_key",
+    "fit_interval_table",
     "generate_examples",
     "predict_values",
     "regression_metrics",
@@ -78,25 +83,54 @@ def regression_metrics(y_true, y_pred, *, lower=None, upper=None) -> dict[str, f
     return out
 
 
-def cauchy_interval_coverage(y, loc, scale, levels: Sequence[float] = (0.5, 0.9)) -> dict[str, float]:
-    """Share of ``y`` inside the central ``level`` interval of ``Cauchy(loc, scale)``, per level.
+def cauchy_interval_coverage(
+    y, loc, scale, levels: Sequence[float] = (0.5, 0.9), table: dict | None = None
+) -> dict[str, float]:
+    """Share of ``y`` inside the central ``level`` interval ``loc +- half_width * scale``, per level.
 
-    The ends are the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles (computed in float64).
+    ``half_width`` is the Cauchy's ``tan(pi level / 2)`` (the ``(1 -+ level) / 2`` quantiles), or the calibrated
+    width of a fitted ``table`` (:func:`fit_interval_table`; ``modeling.cauchy.interval_half_width``).
     """
     y = _as_vector("y", y)
-    loc_t = torch.as_tensor(_as_vector("loc", loc, y.size))
+    loc_np = _as_vector("loc", loc, y.size)
     scale_np = _as_vector("scale", scale, y.size)
     if (scale_np < 0).any():
         raise ValueError("scale must be >= 0")
-    scale_t = torch.as_tensor(scale_np)
     out = {}
     for level in levels:
-        if not 0.0 < level < 1.0:
-            raise ValueError(f"coverage level must lie strictly between 0 and 1, got {level}")
-        lo = cauchy_quantile(loc_t, scale_t, (1.0 - level) / 2).numpy()
-        hi = cauchy_quantile(loc_t, scale_t, (1.0 + level) / 2).numpy()
-        out[coverage_key(level)] = float(((y >= lo) & (y <= hi)).mean())
+        half = scale_np * interval_half_width(level, table)
+        out[coverage_key(level)] = float(((y >= loc_np - half) & (y <= loc_np + half)).mean())
     return out
+
+
+# The levels a calibration table is fitted at: every 5 %, so the 50 % and 90 % intervals and the reliability
+# diagram's 10 %...90 % are fitted points, not interpolations.
+CALIBRATION_LEVELS = tuple(round(0.05 * k, 2) for k in range(1, 20))
+
+
+def fit_interval_table(y, loc, scale, levels: Sequence[float] = CALIBRATION_LEVELS) -> dict[str, list[float]]:
+    """Calibrated interval widths (split-conformal): for each level, the ``ceil((n + 1) level)``-th smallest of
+    the ``n`` ratios ``|y - loc| / scale`` (capped at the largest).
+
+    On rows exchangeable with the calibration rows, ``loc +- width * scale`` then covers at least ``level`` of
+    them; the widths follow the errors' own shape, so a model whose errors have lighter tails than its Cauchy
+    gets every level right, not only the median (which one scale factor, :func:`calibrate_value_scale`, fixes).
+    Returns ``{"levels": [...], "half_widths": [...]}`` for ``config.value_interval_table``.
+    """
+    y = _as_vector("y", y)
+    if y.size < 2:
+        raise ValueError(f"fit_interval_table needs >= 2 rows, got {y.size}")
+    loc_np = _as_vector("loc", loc, y.size)
+    scale_np = _as_vector("scale", scale, y.size)
+    if (scale_np <= 0).any():
+        raise ValueError(f"scale must be > 0 to calibrate, got {float(scale_np.min())}")
+    levels = [float(lv) for lv in levels]
+    if not levels or any(not 0.0 < lv < 1.0 for lv in levels) or levels != sorted(set(levels)):
+        raise ValueError(f"levels must be distinct, increasing and inside (0, 1), got {levels}")
+    ratios = np.sort(np.abs(y - loc_np) / scale_np)
+    n = ratios.size
+    ranks = [min(n, math.ceil((n + 1) * lv)) for lv in levels]
+    return {"levels": levels, "half_widths": [float(ratios[k - 1]) for k in ranks]}
 
 
 # ------------------------------------------------------------------------------------------ CausalQwen
@@ -243,3 +277,27 @@ def calibrate_value_scale(model, tokenizer, prompts: Sequence[str], targets: Seq
         raise ValueError(f"cannot calibrate: the median of |y - loc| / scale is {median}")
     model.config.value_scale_factor = float(model.config.value_scale_factor) * median
     return model.config.value_scale_factor
+
+
+def calibrate_value_intervals(
+    model, tokenizer, prompts: Sequence[str], targets: Sequence[str], values, levels=CALIBRATION_LEVELS
+) -> dict[str, list[float]]:
+    """Fit ``config.value_interval_table`` (:func:`fit_interval_table`) on the given rows, teacher-forced
+    (:func:`predict_values`), and return it. Saved with the model; ``model.value_interval`` and
+    :func:`cauchy_interval_coverage` (``table=``) use it. The widths are in units of the current
+    ``value_scale`` (after ``value_scale_factor``): refit after changing the factor. Rows the model did not
+    train on give the conformal guarantee; its training rows are what the CLI, the demo and the benchmark use
+    (measured in docs/causal_qwen.md).
+    """
+    y = _as_vector("values", values)
+    if len(prompts) != len(y) or len(targets) != len(y):
+        raise ValueError(
+            f"calibrate_value_intervals needs one prompt, target and value per row; got {len(prompts)}, "
+            f"{len(targets)} and {len(y)}"
+        )
+    was_training = model.training
+    pred = predict_values(model.eval(), tokenizer, list(prompts), list(targets))
+    model.train(was_training)
+    table = fit_interval_table(y, pred["value_loc"], pred["value_scale"], levels)
+    model.config.value_interval_table = table
+    return table
