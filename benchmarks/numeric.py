@@ -7,8 +7,10 @@ learning rate, seeds) in the same training loop:
   NLL value loss with ``reg_lambda=5``);
 * ablations, each one change from the default: ``cq-multiscale`` (seed 002's logarithmic features only),
   ``cq-xval`` / ``cq-log_additive`` (the other value encodings), ``cq-lambda1`` / ``cq-lambda20`` (value-loss
-  weight), ``cq-balanced`` (``cls_reduction="balanced"``), ``cq-isotropic`` (``isotropic_scale=True``: one
-  latent scale per position, the cheaper token head of issue #16), ``cq-mse`` (the value loss replaced by a squared
+  weight), ``cq-balanced`` (``cls_reduction="balanced"``), ``cq-prior`` / ``cq-threshold8`` / ``cq-gamma0.1`` /
+  ``cq-prior-hard`` (the from-scratch token prior, its parts, and the prior with
+  ``cls_reduction="hard_negatives"``), ``cq-isotropic`` (``isotropic_scale=True``: one latent scale per position,
+  the cheaper token head of issue #16), ``cq-mse`` (the value loss replaced by a squared
   error of the Cauchy median, same gate, see :class:`CausalQwenMSEAblation`; no trained spread, so no
   interval is reported for it);
 * ``qwen2-digits``: a ``Qwen2ForCausalLM`` of the same shape reading and writing numbers as digit text
@@ -375,6 +377,13 @@ MODEL_SPECS = {
             (("ovr_threshold_init", FROM_SCRATCH_TOKEN_PRIOR["ovr_threshold_init"]),),
         ),
         ModelSpec("cq-gamma0.1", "causal", (("gamma_init", FROM_SCRATCH_TOKEN_PRIOR["gamma_init"]),)),
+        # The prior with hard negatives (the k = 64 most probable wrong tokens instead of the sum over V), the
+        # from-scratch text recipe (docs/causal_qwen.md): what it costs or gains on numbers.
+        ModelSpec(
+            "cq-prior-hard",
+            "causal",
+            (*FROM_SCRATCH_TOKEN_PRIOR.items(), ("cls_reduction", "hard_negatives")),
+        ),
         ModelSpec("qwen2-digits", "digits"),
         # The digits baseline at its own best learning rate (3e-3, the previous budget): LR 1e-3 was chosen
         # for CausalQwen, and it costs the digits model (synthetic-linear MAE 14.5 against 5.0 at 3e-3).

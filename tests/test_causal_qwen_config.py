@@ -79,6 +79,7 @@ def test_int_values_are_accepted_for_float_fields():
         ({"value_encoding": "binary"}, "unknown value_encoding 'binary'"),
         ({"value_normalization": "zscore"}, "unknown value_normalization 'zscore'"),
         ({"cls_reduction": "mean"}, "unknown cls_reduction 'mean'"),
+        ({"cls_hard_negatives": 0}, "cls_hard_negatives must be positive, got 0"),
         ({"num_token_id": 300}, r"num_token_id must lie in \[0, vocab_size=300\)"),
         (
             {"tie_word_embeddings": True, "causal_size": 16},

@@ -338,19 +338,26 @@ def test_batch_without_labels_still_backpropagates_to_every_parameter():
     assert missing == []
 
 
-def _reference_bce_sum(loc, scale, threshold, labels, negative_weight):
-    """The token term as autograd composes it from ovr_log_probs (the code before the fused node)."""
+def _reference_bce_sum(loc, scale, threshold, labels, negative_weight, hard_negatives=None):
+    """The token term as autograd composes it from ovr_log_probs (the code before the fused node); with
+    ``hard_negatives=k`` only the k largest wrong-token "no" terms of each row."""
     from causalqwen.modeling.cauchy import ovr_log_probs
 
     log_p, log_q = ovr_log_probs(loc, scale, threshold)
     idx = labels.unsqueeze(-1)
-    negatives = -log_q.sum(-1) + log_q.gather(-1, idx).squeeze(-1)
+    if hard_negatives is None:
+        negatives = -log_q.sum(-1) + log_q.gather(-1, idx).squeeze(-1)
+    else:
+        no = (-log_q).scatter(-1, idx, float("-inf"))
+        negatives = no.topk(min(hard_negatives, loc.shape[-1] - 1), dim=-1).values.sum(-1)
     return (negative_weight * negatives - log_p.gather(-1, idx).squeeze(-1)).sum()
 
 
-@pytest.mark.parametrize("negative_weight", [1.0, 1.0 / 49])
+@pytest.mark.parametrize(
+    ("negative_weight", "hard_negatives"), [(1.0, None), (1.0 / 49, None), (1.0, 7), (1.0, 500)]
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fused_ovr_bce_equals_the_reference_and_its_gradients(negative_weight, dtype):
+def test_fused_ovr_bce_equals_the_reference_and_its_gradients(negative_weight, hard_negatives, dtype):
     from causalqwen.modeling.cauchy import SCALE_EPS, ovr_bce_sum
 
     g = torch.Generator().manual_seed(0)
@@ -365,24 +372,38 @@ def test_fused_ovr_bce_equals_the_reference_and_its_gradients(negative_weight, d
     threshold = (torch.randn(V, generator=g, dtype=dtype)).requires_grad_()
     labels = torch.randint(0, V, (n,), generator=g)
     labels[:4] = 0
-    fused = ovr_bce_sum(loc, scale, threshold, labels, negative_weight)
+    fused = ovr_bce_sum(loc, scale, threshold, labels, negative_weight, hard_negatives)
     grads = torch.autograd.grad(fused, (loc, scale, threshold))
-    ref = _reference_bce_sum(loc, scale, threshold, labels, negative_weight)
+    ref = _reference_bce_sum(loc, scale, threshold, labels, negative_weight, hard_negatives)
     ref_grads = torch.autograd.grad(ref, (loc, scale, threshold))
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(fused, ref, **tol)
     for got, want in zip(grads, ref_grads):
         torch.testing.assert_close(got, want, **tol)
     assert grads[1][0, :5].eq(0).all()
+    if hard_negatives == 7:  # the target and its 7 hardest negatives get a gradient, no other token
+        assert int(grads[0][10].ne(0).sum()) == 8
+    if hard_negatives == 500:  # capped at V - 1: the full sum
+        full = ovr_bce_sum(loc, scale, threshold, labels, negative_weight)
+        torch.testing.assert_close(fused, full, rtol=0, atol=0)
 
 
+def test_hard_negatives_must_be_positive():
+    from causalqwen.modeling.cauchy import ovr_bce_sum
+
+    loc = scale = torch.ones(2, 5)
+    with pytest.raises(ValueError, match="hard_negatives must be >= 1, got 0"):
+        ovr_bce_sum(loc, scale, torch.zeros(5), torch.tensor([0, 1]), 1.0, 0)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "hard_negatives"])
 @pytest.mark.parametrize("case", ["mixed", "num_only", "no_num", "ignored"])
-def test_gated_loss_with_fused_token_term_equals_reference_loss_and_gradients(case, monkeypatch):
+def test_gated_loss_with_fused_token_term_equals_reference_loss_and_gradients(case, reduction, monkeypatch):
     """The whole gated loss (token + value terms, chunked) against a reference built from ovr_log_probs."""
     from causalqwen.modeling import loss as loss_module
 
     monkeypatch.setattr(loss_module, "MIN_CHUNK_ELEMENTS", 0)  # chunks of 5 positions even at this tiny V
-    model = _one_layer_model(loss_chunk_size=5)
+    model = _one_layer_model(loss_chunk_size=5, cls_reduction=reduction, cls_hard_negatives=6)
     ids = torch.randint(1, 60, (3, 8))
     labels = ids.clone()
     if case in ("mixed", "num_only"):
@@ -427,7 +448,7 @@ def test_a_tiny_model_runs_its_batch_as_one_chunk(monkeypatch):
 
     sizes = []
     original = loss_module._chunk_sums
-    monkeypatch.setattr(loss_module, "_chunk_sums", lambda *a: sizes.append(a[5].shape[0]) or original(*a))
+    monkeypatch.setattr(loss_module, "_chunk_sums", lambda *a: sizes.append(a[6].shape[0]) or original(*a))
     model = _one_layer_model(loss_chunk_size=5)
     ids = torch.randint(1, 60, (3, 8))
     model(input_ids=ids, labels=ids).loss.backward()
@@ -470,7 +491,7 @@ def test_gradients_in_the_forward_run_each_chunk_once(monkeypatch):
     monkeypatch.setattr(loss_module, "MIN_CHUNK_ELEMENTS", 0)
     sizes = []
     original = loss_module._chunk_sums
-    monkeypatch.setattr(loss_module, "_chunk_sums", lambda *a: sizes.append(a[5].shape[0]) or original(*a))
+    monkeypatch.setattr(loss_module, "_chunk_sums", lambda *a: sizes.append(a[6].shape[0]) or original(*a))
     model = _one_layer_model(loss_chunk_size=5).train()
     ids = torch.randint(1, 60, (3, 8))
     out = model(input_ids=ids, labels=ids)

@@ -32,7 +32,7 @@ __all__ = [
 
 # First unused reserved id of the Qwen2.5 vocabulary (151,643 BPE ranks + 22 special tokens): <NUM>'s id.
 QWEN25_NUM_TOKEN_ID = 151665
-CLS_REDUCTIONS = ("sum", "balanced")
+CLS_REDUCTIONS = ("sum", "balanced", "hard_negatives")
 INFERENCE_MODES = ("standard", "deterministic", "exogenous", "endogenous", "sampling")
 VALUE_ENCODINGS = ("multiscale", "multiscale_linear", "xval", "log_additive")
 VALUE_NORMALIZATIONS = ("none", "affine", "symlog")
@@ -106,7 +106,11 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
         cls_reduction: ``"sum"`` (the exact OvR negative log-likelihood: every token's "no" term summed over
             the vocabulary) or ``"balanced"`` (the target's "yes" term plus the *mean* of the others' "no"
             terms, so the token loss and hence ``reg_lambda`` do not scale with V; measured: better values,
-            worse ``<NUM>`` decisions, so not the default).
+            worse ``<NUM>`` decisions, so not the default) or ``"hard_negatives"`` (the target's term plus the
+            ``cls_hard_negatives`` largest "no" terms of each position: the most probable wrong tokens, as
+            softmax cross-entropy's gradient concentrates on them; bounded by k + 1 terms whatever V. For a
+            model trained from scratch on a large vocabulary, measured in docs/causal_qwen.md).
+        cls_hard_negatives: k of ``cls_reduction="hard_negatives"`` (capped at V - 1, where it is the sum).
         isotropic_scale: one scale per position instead of one per latent dimension: the action's scale
             ``scale_U'`` [C] is replaced by its mean ``s`` over C, so the token scale is the closed form
             ``scale_S[k] = s * ||W_k||_1`` (row L1 norms of the token head) and the second vocabulary-sized
@@ -143,6 +147,7 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
     reg_lambda: float | int = 5.0
     loss_chunk_size: int = 256
     cls_reduction: str = "sum"
+    cls_hard_negatives: int = 64
     isotropic_scale: bool = False
     value_scale_factor: float | int = 1.0
     value_interval_table: dict | None = None
@@ -175,6 +180,9 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
             _check(math.isfinite(value), f"{name} must be finite, got {value}")
         _check(0.0 <= self.gate_alpha <= 1.0, f"gate_alpha must lie in [0, 1], got {self.gate_alpha}")
         _check(self.loss_chunk_size > 0, f"loss_chunk_size must be positive, got {self.loss_chunk_size}")
+        _check(
+            self.cls_hard_negatives > 0, f"cls_hard_negatives must be positive, got {self.cls_hard_negatives}"
+        )
         _check(
             self.value_encoding_frequencies > 0,
             f"value_encoding_frequencies must be positive, got {self.value_encoding_frequencies}",

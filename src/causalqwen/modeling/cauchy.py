@@ -163,42 +163,68 @@ class _OvRBCESum(torch.autograd.Function):
     than three of them alive in forward and four in backward."""
 
     @staticmethod
-    def forward(ctx, loc, scale, threshold, labels, negative_weight):
+    def forward(ctx, loc, scale, threshold, labels, negative_weight, hard_negatives):
         # The "no" angle atan2(s, loc - c) is exact in both tails (ovr_log_probs).
-        no_angle = torch.atan2(scale.clamp_min(SCALE_EPS), loc - threshold)
-        sum_log_q = no_angle.clamp_min_(torch.finfo(loc.dtype).tiny).log_().sum(-1) - loc.shape[-1] * LOG_PI
-        del no_angle
+        log_a = torch.atan2(scale.clamp_min(SCALE_EPS), loc - threshold)
+        log_a.clamp_min_(torch.finfo(loc.dtype).tiny).log_()
         idx = labels.unsqueeze(-1)
         log_p_y, log_q_y = ovr_log_probs(
             loc.gather(-1, idx), scale.gather(-1, idx), threshold[labels].unsqueeze(-1)
         )
-        bce = negative_weight * (-sum_log_q + log_q_y.squeeze(-1)) - log_p_y.squeeze(-1)
-        ctx.save_for_backward(loc, scale, threshold, labels)
+        if hard_negatives is None:
+            sum_no = -(log_a.sum(-1) - loc.shape[-1] * LOG_PI) + log_q_y.squeeze(-1)
+            selected = None
+        else:
+            # The k wrong tokens with the largest "no" loss -log(1 - P) = log pi - log a: the smallest log a,
+            # the target excluded.
+            log_a.scatter_(-1, idx, math.inf)
+            smallest, selected = log_a.topk(hard_negatives, dim=-1, largest=False)
+            sum_no = hard_negatives * LOG_PI - smallest.sum(-1)
+        del log_a
+        bce = negative_weight * sum_no - log_p_y.squeeze(-1)
+        ctx.save_for_backward(loc, scale, threshold, labels, selected)
         ctx.negative_weight = negative_weight
         return bce.sum()
 
     @staticmethod
     def backward(ctx, grad_out):
-        loc, scale, threshold, labels = ctx.saved_tensors
+        loc, scale, threshold, labels, selected = ctx.saved_tensors
         idx = labels.unsqueeze(-1)
-        safe = scale.clamp_min(SCALE_EPS)
-        excess = loc - threshold  # e = loc - c = -d
-        # With r^2 = s^2 + e^2 and a_q = atan2(s, e): d log a_q / d loc = -s / (r^2 a_q), d log a_q / d s =
-        # e / (r^2 a_q). Every non-target token enters with weight -w: w s / (r^2 a_q) and -w e / (r^2 a_q).
-        base = (safe * safe).addcmul_(excess, excess)
-        base.mul_(torch.atan2(safe, excess)).reciprocal_().mul_(ctx.negative_weight * grad_out)
-        # The target's column: log q cancels, -log p remains (a_p = atan2(s, -e)): -s / (r^2 a_p), e / (r^2 a_p).
-        s_y, e_y = safe.gather(-1, idx), excess.gather(-1, idx)
+        if selected is None:
+            grad_loc, grad_scale = _ovr_negative_grads(loc, scale, threshold, ctx.negative_weight * grad_out)
+        else:
+            # Only the selected negatives have a gradient; the rest of the row stays zero.
+            sel_loc, sel_scale = _ovr_negative_grads(
+                loc.gather(-1, selected), scale.gather(-1, selected), threshold[selected],
+                ctx.negative_weight * grad_out,
+            )  # fmt: skip
+            grad_loc = torch.zeros_like(loc).scatter_(-1, selected, sel_loc)
+            grad_scale = torch.zeros_like(scale).scatter_(-1, selected, sel_scale)
+        # The target's column: -log p (a_p = atan2(s, -e)) gives -s / (r^2 a_p) and e / (r^2 a_p); with every
+        # token summed, the target's "no" term, counted above, cancels, so it is overwritten.
+        s_y = scale.gather(-1, idx).clamp_min(SCALE_EPS)
+        e_y = loc.gather(-1, idx) - threshold[labels].unsqueeze(-1)
         coef = grad_out / ((s_y * s_y + e_y * e_y) * torch.atan2(s_y, -e_y))
-        grad_loc = base * safe
-        del safe
         grad_loc.scatter_(-1, idx, -coef * s_y)
-        grad_scale = base.mul_(excess).neg_()
-        del excess
         grad_scale.scatter_(-1, idx, coef * e_y)
         grad_scale.masked_fill_(scale < SCALE_EPS, 0.0)
         grad_threshold = -grad_loc.sum(0) if ctx.needs_input_grad[2] else None
-        return grad_loc, grad_scale, grad_threshold, None, None
+        return grad_loc, grad_scale, grad_threshold, None, None, None
+
+
+def _ovr_negative_grads(loc, scale, threshold, weight) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of ``weight * -log(1 - P)`` with respect to loc and scale, elementwise.
+
+    With e = loc - c, r^2 = s^2 + e^2 and a_q = atan2(s, e): d log a_q / d loc = -s / (r^2 a_q) and
+    d log a_q / d s = e / (r^2 a_q), so the "no" term gives w s / (r^2 a_q) and -w e / (r^2 a_q).
+    """
+    safe = scale.clamp_min(SCALE_EPS)
+    excess = loc - threshold
+    base = (safe * safe).addcmul_(excess, excess)
+    base.mul_(torch.atan2(safe, excess)).reciprocal_().mul_(weight)
+    grad_loc = base * safe
+    del safe
+    return grad_loc, base.mul_(excess).neg_()
 
 
 def ovr_bce_sum(
@@ -207,6 +233,7 @@ def ovr_bce_sum(
     threshold: torch.Tensor,
     labels: torch.Tensor,
     negative_weight: float = 1.0,
+    hard_negatives: int | None = None,
 ) -> torch.Tensor:
     """``sum_i [w * sum_{k != y_i} -log(1 - P_ik) - log P_{i y_i}]`` for [n, V] ``loc``/``scale``, [V] thresholds.
 
@@ -216,8 +243,18 @@ def ovr_bce_sum(
     saving every [n, V] intermediate (difference, clamped scale, two angles, two logs) and replaying each op.
     Angles below the smallest normal (``|loc - c| > ~1e32 scale``), which the reference clamps and gives a zero
     gradient, get the analytic one here.
+
+    ``hard_negatives=k`` sums the "no" terms of only the k wrong tokens with the largest ones in each row (the
+    most probable wrong tokens: hard-negative mining), so the token gradient no longer grows with V; ``k`` is
+    capped at V - 1 (where it equals the full sum).
     """
-    return _OvRBCESum.apply(loc, scale, threshold, labels, float(negative_weight))
+    if hard_negatives is not None:
+        if hard_negatives < 1:
+            raise ValueError(f"hard_negatives must be >= 1, got {hard_negatives}")
+        hard_negatives = min(int(hard_negatives), loc.shape[-1] - 1)
+        if hard_negatives < 1:
+            hard_negatives = None
+    return _OvRBCESum.apply(loc, scale, threshold, labels, float(negative_weight), hard_negatives)
 
 
 def cauchy_nll(y: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

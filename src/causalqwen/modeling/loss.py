@@ -12,6 +12,10 @@ With shifted labels (ignore index -100)::
   ``cls_reduction="balanced"`` keeps the target's term whole and averages the V - 1 "no" terms instead of
   summing them, so the token loss no longer grows with V (with summed Cauchy tails it does) and a
   ``reg_lambda`` tuned on one vocabulary transfers to another; its cost is weaker pressure on wrong tokens.
+  ``cls_reduction="hard_negatives"`` keeps the target's term and the ``hard_negatives`` (k) largest "no" terms of
+  each position (the most probable wrong tokens), like softmax cross-entropy, whose gradient also concentrates
+  on the strongest competitors: the token loss is bounded by k + 1 terms whatever V, and the thousands of
+  improbable tokens no longer add up to a pull that dominates the one "yes".
 * ``NLL``: Cauchy negative log-likelihood of the value at positions whose target token is ``<NUM>`` (m_i).
 * ``P_NUM`` **is detached** in the gate: the gate is a curriculum ("learn to predict <NUM> first, then its
   value"), not a path for gradients. Without the detach, the cheapest way to lower a large NLL early in
@@ -108,6 +112,7 @@ def _chunk_sums(
     num_token_id: int,
     gate_alpha: float,
     negative_weight: float,
+    hard_negatives: int | None,
     hidden: torch.Tensor,
     labels: torch.Tensor,
     targets: torch.Tensor,
@@ -119,7 +124,7 @@ def _chunk_sums(
     thresholds = thresholds.float()
     # -sum_k [y_k log P_k + (1 - y_k) log(1 - P_k)] with one-hot y: every token's "no" term, with the
     # target's swapped for its "yes" term; one fused node with a closed-form backward (cauchy.ovr_bce_sum).
-    bce_sum = ovr_bce_sum(loc_S, scale_S, thresholds, labels, negative_weight)
+    bce_sum = ovr_bce_sum(loc_S, scale_S, thresholds, labels, negative_weight, hard_negatives)
 
     is_num = labels == num_token_id
     with torch.no_grad():
@@ -147,6 +152,7 @@ class _ChunkSpec:
     num_token_id: int
     gate_alpha: float
     negative_weight: float
+    hard_negatives: int | None
     chunk_size: int
     labels: torch.Tensor
     targets: torch.Tensor
@@ -162,7 +168,7 @@ class _ChunkSpec:
         end = start + self.chunk_size
         return _chunk_sums(
             lambda rows: self.head(rows, *head_inputs), self.thresholds, self.num_token_id, self.gate_alpha,
-            self.negative_weight, hidden, self.labels[start:end], self.targets[start:end],
+            self.negative_weight, self.hard_negatives, hidden, self.labels[start:end], self.targets[start:end],
         )  # fmt: skip
 
 
@@ -272,6 +278,7 @@ def gated_loss(
     chunk_size: int = 1024,
     shift: bool = True,
     cls_reduction: str = "sum",
+    hard_negatives: int = 64,
     head_inputs: tuple[torch.Tensor, ...] = (),
     parameters: list[torch.Tensor] | None = None,
 ) -> GatedLoss:
@@ -317,14 +324,15 @@ def gated_loss(
         raise ValueError(
             f"unknown cls_reduction {cls_reduction!r}; expected one of {', '.join(CLS_REDUCTIONS)}"
         )
-    negative_weight = 1.0 if cls_reduction == "sum" else 1.0 / max(vocab - 1, 1)
+    negative_weight = 1.0 / max(vocab - 1, 1) if cls_reduction == "balanced" else 1.0
+    hard = hard_negatives if cls_reduction == "hard_negatives" else None
     if flat_labels.numel() and (flat_labels.min() < 0 or flat_labels.max() >= vocab):
         raise ValueError(f"labels must be token ids in [0, {vocab}) or {IGNORE_INDEX}")
     is_num = flat_labels == num_token_id
     if not torch.isfinite(flat_targets[is_num]).all():
         raise ValueError("numeric targets at <NUM> labels must be finite (got NaN or inf)")
 
-    spec = _ChunkSpec(head, thresholds, num_token_id, gate_alpha, negative_weight, chunk_size,
+    spec = _ChunkSpec(head, thresholds, num_token_id, gate_alpha, negative_weight, hard, chunk_size,
                       flat_labels, flat_targets)  # fmt: skip
     differentiable = [t for t in (hidden, *head_inputs, *(parameters or ())) if t.requires_grad]
     if parameters is not None and GRADIENTS_IN_FORWARD and torch.is_grad_enabled() and differentiable:

@@ -493,6 +493,7 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
             reg_lambda=float(self.config.reg_lambda),
             chunk_size=chunk_rows(self.config.loss_chunk_size, self.config.vocab_size),
             cls_reduction=cls_reduction or self.config.cls_reduction,
+            hard_negatives=self.config.cls_hard_negatives,
             head_inputs=() if scale_weight is None else (scale_weight,),
             parameters=self._head_parameters(),
         )
