@@ -705,3 +705,21 @@ def test_build_planner_backbone_settings_configure_the_fresh_backbone_only(tmp_p
         build_planner("qwen2", tokenizer=TOK, backbone_settings={"ovr_threshold_init": 8.0})
     with pytest.raises(ValueError, match="apply to a fresh backbone only"):
         build_planner(str(tmp_path), backbone_settings={"gamma_init": 0.1})
+
+
+def test_a_fresh_causal_qwen_argument_planner_gets_the_argument_recipe():
+    from causalqwen.training.planner_trainer import ARGUMENT_BACKBONE_SETTINGS, build_planner
+
+    def text_config(backbone="causal_qwen", **kwargs):
+        return build_planner(backbone, tokenizer=TOK, **kwargs)[0].config.text_config
+
+    keys = sorted(ARGUMENT_BACKBONE_SETTINGS)
+    assert ARGUMENT_BACKBONE_SETTINGS["cls_reduction"] == "hard_negatives"
+    recipe = text_config(generate_arguments=True)
+    assert {k: getattr(recipe, k) for k in keys} == ARGUMENT_BACKBONE_SETTINGS
+    # given settings win key by key; without arguments, or on Qwen2, the defaults stay
+    mixed = text_config(generate_arguments=True, backbone_settings={"reg_lambda": 5.0})
+    assert (mixed.reg_lambda, mixed.cls_reduction) == (5.0, "hard_negatives")
+    plain = text_config()
+    assert (plain.cls_reduction, plain.ovr_threshold_init, plain.reg_lambda) == ("sum", 0.0, 5.0)
+    assert not hasattr(text_config("qwen2", generate_arguments=True), "cls_reduction")

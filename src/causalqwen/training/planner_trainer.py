@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..configuration.configuration_causal_qwen import FROM_SCRATCH_TOKEN_PRIOR
 from ..modeling.modeling_tool_planner import ToolPlannerModel
 from .lora import LORA_TARGET_MODULES, _peft
 
-__all__ = ["CPU_BACKBONE", "PlannerDataCollator", "apply_planner_lora", "build_planner", "load_planner",
+__all__ = ["ARGUMENT_BACKBONE_SETTINGS", "CPU_BACKBONE", "PlannerDataCollator", "apply_planner_lora", "build_planner", "load_planner",
            "planner_lora_config", "planner_training_args", "rows_tools", "train_planner"]  # fmt: skip
 
 # The CPU-sized backbone of the benchmark, the CLI and the quickstart (over the real Qwen2.5 vocabulary: only the
@@ -25,6 +26,17 @@ __all__ = ["CPU_BACKBONE", "PlannerDataCollator", "apply_planner_lora", "build_p
 CPU_BACKBONE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2, max_position_embeddings=512)  # fmt: skip
 BACKBONE_KINDS = ("causal_qwen", "qwen2")
+# What a fresh CausalQwen backbone gets when the planner writes arguments (generate_arguments), under any
+# backbone_settings given: without it it writes no correct call and its plans collapse (docs/tool_planner.md,
+# "Arguments"). The token prior and hard negatives make its One-vs-Rest head learn text from scratch
+# (docs/causal_qwen.md); symlog keeps 2 and 300 in one range for the Cauchy value loss; reg_lambda 1 keeps the
+# argument values' NLL, which falls without bound as their scale shrinks, from taking the shared backbone.
+ARGUMENT_BACKBONE_SETTINGS = {
+    **FROM_SCRATCH_TOKEN_PRIOR,
+    "cls_reduction": "hard_negatives",
+    "value_normalization": "symlog",
+    "reg_lambda": 1.0,
+}
 
 
 def rows_tools(row: dict[str, Any]) -> list[dict[str, Any]]:
@@ -205,7 +217,9 @@ def build_planner(backbone: str = "causal_qwen", *, router=None, tokenizer=None,
     each distinct tool text once (``ToolTextCache``); the resource MLP and tool-set attention still train.
     ``tokenizer`` defaults to the checkpoint's own, else ``CausalQwenTokenizer.from_qwen_vocab()``.
     ``backbone_settings``: config settings of the fresh backbone over :data:`CPU_BACKBONE` (e.g.
-    ``{"ovr_threshold_init": 8.0}``); a checkpoint brings its own config, so they are refused with one.
+    ``{"ovr_threshold_init": 8.0}``); a checkpoint brings its own config, so they are refused with one. A fresh
+    CausalQwen backbone of a planner with ``generate_arguments=True`` starts from
+    :data:`ARGUMENT_BACKBONE_SETTINGS` (``backbone_settings`` override them key by key).
     """
     import torch
 
@@ -216,7 +230,10 @@ def build_planner(backbone: str = "causal_qwen", *, router=None, tokenizer=None,
     # The backbone is checked (and a fresh one configured) before the router's encoder is loaded.
     if backbone in BACKBONE_KINDS:
         tokenizer = tokenizer if tokenizer is not None else CausalQwenTokenizer.from_qwen_vocab()
-        language_model = _fresh_backbone_config(backbone, tokenizer, backbone_settings or {})
+        settings = dict(backbone_settings or {})
+        if backbone == "causal_qwen" and config_overrides.get("generate_arguments"):
+            settings = {**ARGUMENT_BACKBONE_SETTINGS, **settings}
+        language_model = _fresh_backbone_config(backbone, tokenizer, settings)
     else:
         if not Path(backbone).is_dir():
             raise ValueError(f"backbone must be one of {', '.join(BACKBONE_KINDS)} or a checkpoint directory, "
