@@ -540,10 +540,8 @@ def plot_reliability(task: str, task_results: dict[str, Any], out_dir: Path) -> 
 
 def cauchy_intervals(pred: np.ndarray, scale: np.ndarray, table: dict | None = None) -> dict[float, tuple]:
     """The 50 %/90 % intervals: the Cauchy's own, or the calibrated ones of a fitted ``table``."""
-    return {
-        lv: (pred - scale * interval_half_width(lv, table), pred + scale * interval_half_width(lv, table))
-        for lv in INTERVAL_LEVELS
-    }
+    halves = {lv: scale * interval_half_width(lv, table) for lv in INTERVAL_LEVELS}
+    return {lv: (pred - half, pred + half) for lv, half in halves.items()}
 
 
 # ------------------------------------------------------------------------------------- digits baseline
@@ -649,8 +647,8 @@ class Runner:
         result = metrics(
             y_test, out["pred"], cauchy_intervals(out["pred"], out["scale"], table), out["num_hit"]
         )
-        raw = metrics(y_test, out["pred"], cauchy_intervals(out["pred"], out["scale"]), None)
-        result.update({f"{key}_raw": raw[key] for key in ("cover50", "cover90")})
+        raw = cauchy_interval_coverage(y_test, out["pred"], out["scale"], INTERVAL_LEVELS)
+        result.update({f"{key}_raw": value for key, value in raw.items()})
         result["coverage_curve"] = coverage_curve(y_test, out["pred"], out["scale"], table)
         result["coverage_curve_raw"] = coverage_curve(y_test, out["pred"], out["scale"])
         return result

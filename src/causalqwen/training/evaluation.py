@@ -268,9 +268,7 @@ def calibrate_value_scale(model, tokenizer, prompts: Sequence[str], targets: Seq
     y = _as_vector("values", values)
     if len(y) < 2 or len(prompts) != len(y) or len(targets) != len(y):
         raise ValueError(f"calibrate_value_scale needs >= 2 rows with prompt, target and value; got {len(y)}")
-    was_training = model.training
-    pred = predict_values(model.eval(), tokenizer, list(prompts), list(targets))
-    model.train(was_training)
+    pred = predict_values(model, tokenizer, list(prompts), list(targets))  # in eval mode, restored after
     ratio = np.abs(y - pred["value_loc"]) / np.maximum(pred["value_scale"], 1e-30)
     median = float(np.median(ratio))
     if not (math.isfinite(median) and median > 0):
@@ -295,9 +293,7 @@ def calibrate_value_intervals(
             f"calibrate_value_intervals needs one prompt, target and value per row; got {len(prompts)}, "
             f"{len(targets)} and {len(y)}"
         )
-    was_training = model.training
-    pred = predict_values(model.eval(), tokenizer, list(prompts), list(targets))
-    model.train(was_training)
+    pred = predict_values(model, tokenizer, list(prompts), list(targets))  # in eval mode, restored after
     table = fit_interval_table(y, pred["value_loc"], pred["value_scale"], levels)
     model.config.value_interval_table = table
     return table

@@ -230,10 +230,10 @@ def build_planner(backbone: str = "causal_qwen", *, router=None, tokenizer=None,
     # The backbone is checked (and a fresh one configured) before the router's encoder is loaded.
     if backbone in BACKBONE_KINDS:
         tokenizer = tokenizer if tokenizer is not None else CausalQwenTokenizer.from_qwen_vocab()
-        settings = dict(backbone_settings or {})
+        backbone_settings = dict(backbone_settings or {})
         if backbone == "causal_qwen" and config_overrides.get("generate_arguments"):
-            settings = {**ARGUMENT_BACKBONE_SETTINGS, **settings}
-        language_model = _fresh_backbone_config(backbone, tokenizer, settings)
+            backbone_settings = {**ARGUMENT_BACKBONE_SETTINGS, **backbone_settings}
+        language_model = _fresh_backbone_config(backbone, tokenizer, backbone_settings)
     else:
         if not Path(backbone).is_dir():
             raise ValueError(f"backbone must be one of {', '.join(BACKBONE_KINDS)} or a checkpoint directory, "
