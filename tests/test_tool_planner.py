@@ -708,10 +708,17 @@ def test_build_planner_backbone_settings_configure_the_fresh_backbone_only(tmp_p
 
 
 def test_a_fresh_causal_qwen_argument_planner_gets_the_argument_recipe():
-    from causalqwen.training.planner_trainer import ARGUMENT_BACKBONE_SETTINGS, build_planner
+    from causalqwen.training.planner_trainer import (
+        ARGUMENT_BACKBONE_SETTINGS,
+        ARGUMENT_PLANNER_SETTINGS,
+        build_planner,
+    )
+
+    def planner_config(backbone="causal_qwen", **kwargs):
+        return build_planner(backbone, tokenizer=TOK, **kwargs)[0].config
 
     def text_config(backbone="causal_qwen", **kwargs):
-        return build_planner(backbone, tokenizer=TOK, **kwargs)[0].config.text_config
+        return planner_config(backbone, **kwargs).text_config
 
     keys = sorted(ARGUMENT_BACKBONE_SETTINGS)
     assert ARGUMENT_BACKBONE_SETTINGS["cls_reduction"] == "hard_negatives"
@@ -723,3 +730,8 @@ def test_a_fresh_causal_qwen_argument_planner_gets_the_argument_recipe():
     plain = text_config()
     assert (plain.cls_reduction, plain.ovr_threshold_init, plain.reg_lambda) == ("sum", 0.0, 5.0)
     assert not hasattr(text_config("qwen2", generate_arguments=True), "cls_reduction")
+    # the planner's part of the recipe: argument_weight 0.5, unless given; Qwen2 planners keep the config default
+    assert ARGUMENT_PLANNER_SETTINGS == {"argument_weight": 0.5}
+    assert planner_config(generate_arguments=True).argument_weight == 0.5
+    assert planner_config(generate_arguments=True, argument_weight=0.2).argument_weight == 0.2
+    assert planner_config("qwen2", generate_arguments=True).argument_weight == 1.0
