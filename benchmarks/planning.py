@@ -86,18 +86,28 @@ def with_arguments(task: Task) -> Task:
                 task.columns + ARGUMENT_COLUMNS)  # fmt: skip
 
 
+# The share of wrong plans by how close the request's budget lies to the nearest tool's need
+# (planner_data.errors_by_budget_margin): a model that compares numbers coarsely errs near a need only.
+MARGIN_COLUMNS = (("wrong, budget within 5 % of a need", "errors_within_5pct"),
+                  ("wrong, 5-25 %", "errors_within_25pct"), ("wrong, beyond 25 %", "errors_beyond_25pct"),
+                  ("wrong, no number in the budget", "errors_no_number"))  # fmt: skip
+
+
+def synthetic_metrics(plans: list[list[int]], split) -> dict[str, float]:
+    """``plan_metrics`` and the errors by budget margin."""
+    from causalqwen.training.planner_data import errors_by_budget_margin, plan_metrics
+
+    return {**plan_metrics(plans, split), **errors_by_budget_margin(plans, split)}
+
+
 def build_task(name: str, sizes: tuple[int, int, int]) -> Task:
-    from causalqwen.training.planner_data import (
-        build_bfcl_planning_dataset,
-        build_synthetic_planning_dataset,
-        plan_metrics,
-    )
+    from causalqwen.training.planner_data import build_bfcl_planning_dataset, build_synthetic_planning_dataset
 
     if name == "synthetic":
         columns = (("exact match", "exact_match"), ("budget compliance", "budget_compliance"),
                    ("step accuracy", "step_accuracy"), ("abstain F1", "abstain_f1"))  # fmt: skip
         return Task(name, build_synthetic_planning_dataset(*sizes, seed=0), 3, {"runtime_context_dim": 1},
-                    plan_metrics, "exact_match", columns)  # fmt: skip
+                    synthetic_metrics, "exact_match", columns)  # fmt: skip
     # BFCL: no budgets or load; the pretrained query embedding carries the request's meaning (a backbone trained
     # from scratch on 1,180 questions cannot learn English).
     columns = (("multi-call multiset match", "multiset_match"), ("abstain precision", "abstain_precision"),
@@ -295,6 +305,25 @@ def parse_settings(pairs: list[str], flag: str = "--set") -> dict[str, Any]:
     return settings
 
 
+def results_table(models: dict[str, Any], columns, with_time: bool) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows (mean ± std and every seed) of ``columns`` for each model's runs."""
+    headers = ["model", *(header for header, _ in columns), *(["train s"] if with_time else [])]
+    table = []
+    for name, entry in models.items():
+        runs = entry.get("per_seed", [entry])
+
+        def cell(key: str, runs=runs) -> str:
+            values = [r[key] for r in runs]
+            if len(values) == 1:
+                return f"{values[0]:.3f}"
+            mean, std = mean_std(values)
+            return f"{mean:.3f} ± {std:.3f} ({' / '.join(f'{v:.3f}' for v in values)})"
+
+        time = [cell("train_s") if "train_s" in runs[0] else "—"] if with_time else []
+        table.append([name, *(cell(key) for _, key in columns), *time])
+    return headers, table
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--task", choices=("synthetic", "bfcl"), default="synthetic")
@@ -362,23 +391,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"{kind} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in run.items()), flush=True)
             per_seed.append(run)
         results["models"][kind] = {"per_seed": per_seed}
-    headers = ["model", *(header for header, _ in task.columns), "train s"]
-    table = []
-    for name, entry in results["models"].items():
-        runs = entry.get("per_seed", [entry])
-
-        def cell(key: str, runs=runs) -> str:
-            values = [r[key] for r in runs]
-            if len(values) == 1:
-                return f"{values[0]:.3f}"
-            mean, std = mean_std(values)
-            return f"{mean:.3f} ± {std:.3f} ({' / '.join(f'{v:.3f}' for v in values)})"
-
-        table.append(
-            [name, *(cell(key) for _, key in task.columns), cell("train_s") if "train_s" in runs[0] else "—"]
-        )
+    headers, table = results_table(results["models"], task.columns, with_time=True)
     print(markdown_table(headers, table))
     results["table"] = {"headers": headers, "rows": table}
+    first = next(iter(results["models"].values()), None)
+    if task.name == "synthetic" and first is not None:
+        run = first.get("per_seed", [first])[0]
+        group_sizes = [int(run[f"rows_{key[len('errors_') :]}"]) for _, key in MARGIN_COLUMNS]
+        margin_headers, margin_rows = results_table(results["models"], MARGIN_COLUMNS, with_time=False)
+        print(f"\nWrong plans by budget margin (test rows per group: {' / '.join(map(str, group_sizes))})")
+        print(markdown_table(margin_headers, margin_rows))
+        results["margin_table"] = {
+            "headers": margin_headers,
+            "rows": margin_rows,
+            "rows_per_group": group_sizes,
+        }
     write_results(f"planning_{args.task}" + ("_arguments" if args.arguments else ""), results, args.out)
     return results
 

@@ -472,6 +472,14 @@ def test_planning_smoke_scores_every_model(tmp_path):
         "test": 32,
     }
     assert [row[0] for row in saved["table"]["rows"]] == list(results["models"])
+    # wrong plans by budget margin: every model, and the groups partition the 32 test rows
+    margin = saved["margin_table"]
+    assert [row[0] for row in margin["rows"]] == list(results["models"]) and sum(margin["rows_per_group"]) == 32
+    for entry in results["models"].values():
+        for run in entry.get("per_seed", [entry]):
+            groups = ("within_5pct", "within_25pct", "beyond_25pct", "no_number")
+            wrong = sum(run[f"errors_{g}"] * run[f"rows_{g}"] for g in groups)
+            assert wrong == pytest.approx(32 * (1.0 - run["exact_match"]))
 
 
 @pytest.mark.realvocab

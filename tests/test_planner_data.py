@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 
@@ -291,6 +292,52 @@ def test_plan_metrics_errors():
         pd.plan_metrics([[-1], [], [], []], _rows())
     with pytest.raises(ValueError, match="at least one"):
         pd.plan_metrics([], [])
+
+
+def test_tool_needs_reproduce_every_compliance_flag(small):
+    checked = set()
+    for row in small["train"]:
+        needs = pd.tool_needs(row)
+        if needs is None:
+            assert row["budget_kind"] in ("cpu_only", "none") and pd.budget_margin(row) is None
+            continue
+        checked.add(row["budget_kind"])
+        assert [need <= row["budget_value"] for need in needs] == row["compliant"]
+    assert checked == {"latency", "memory", "cost"}
+
+
+def _margin_row(kind: str, value: float, needs: list[float], plan: list[int]) -> dict:
+    index, unit = {"latency": (3, 1000.0), "memory": (1, 1.0), "cost": (4, 1.0)}.get(kind, (0, 1.0))
+    vectors = []
+    for need in needs:
+        vector = [1.0] * 6
+        vector[index] = need / unit
+        vectors.append(vector)
+    return {"budget_kind": kind, "budget_value": value, "resource_vectors": vectors, "plan": plan}
+
+
+def test_budget_margin_is_the_log_distance_to_the_nearest_need():
+    row = _margin_row("latency", 100.0, [50.0, 103.0, 400.0], [0])
+    assert pd.budget_margin(row) == pytest.approx(math.log(103.0 / 100.0))
+    assert pd.budget_margin(_margin_row("memory", 2.0, [0.5, 2.0], [1])) == 0.0
+    assert pd.budget_margin(_margin_row("cost", 0.1, [0.2], [])) == pytest.approx(math.log(2.0))
+
+
+def test_errors_by_budget_margin_counts_each_group():
+    rows = [
+        _margin_row("latency", 100.0, [98.0, 300.0], [0]),  # 2 %: right
+        _margin_row("latency", 100.0, [97.0, 300.0], [0]),  # 3 %: wrong (abstained)
+        _margin_row("memory", 2.0, [1.6, 8.0], [0]),  # 22 %: wrong (another tool)
+        _margin_row("cost", 0.1, [0.01, 1.0], [0]),  # far: right
+        _margin_row("cpu_only", 0.0, [1.0, 1.0], [1]),  # no number: wrong
+    ]
+    result = pd.errors_by_budget_margin([[0], [], [1], [0], [0]], rows)
+    assert result == {
+        "errors_within_5pct": 0.5, "errors_within_25pct": 1.0, "errors_beyond_25pct": 0.0, "errors_no_number": 1.0,
+        "rows_within_5pct": 2.0, "rows_within_25pct": 1.0, "rows_beyond_25pct": 1.0, "rows_no_number": 1.0,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="1 predicted plans for 5 examples"):
+        pd.errors_by_budget_margin([[0]], rows)
 
 
 # ----------------------------------------------------------------------------- BFCL as plans

@@ -67,8 +67,12 @@ __all__ = [
     "bfcl_call_arguments",
     "build_synthetic_planning_dataset",
     "multiset_exact_match",
+    "MARGIN_BUCKETS",
+    "budget_margin",
+    "errors_by_budget_margin",
     "format_budget_value",
     "plan_metrics",
+    "tool_needs",
 ]
 
 # The first step names what it works on; a follow-up refers back to the previous step's output ("it").
@@ -330,6 +334,53 @@ def plan_metrics(predicted: Sequence[Sequence[int]], examples: Any) -> dict[str,
         "abstain_f1": _ratio(2 * precision * recall, precision + recall, 0.0),
         "length_accuracy": lengths / n,
     }
+
+
+# Where a numeric budget reads its tool's need in the resource vector ([params, memory GB, GPU, effective latency s,
+# cost, quality]) and the factor to the budget's unit: the comparisons of ``router_data._satisfies``.
+_BUDGET_NEEDS = {"latency": (3, 1000.0), "memory": (1, 1.0), "cost": (4, 1.0)}
+# Upper ends of the margin buckets of ``errors_by_budget_margin`` (log distance; 0.05 is about 5 %).
+MARGIN_BUCKETS = (("within_5pct", 0.05), ("within_25pct", 0.25), ("beyond_25pct", math.inf))
+
+
+def tool_needs(example: dict[str, Any]) -> list[float] | None:
+    """Each offered tool's need in the unit of the request's budget (ms of effective latency, GB, dollars per
+    thousand calls), read from its resource vector; ``None`` for a budget without a number (``cpu_only``,
+    ``none``). A tool is ``compliant`` exactly when its need is at most the budget."""
+    if example["budget_kind"] not in _BUDGET_NEEDS:
+        return None
+    index, unit = _BUDGET_NEEDS[example["budget_kind"]]
+    return [resources[index] * unit for resources in example["resource_vectors"]]
+
+
+def budget_margin(example: dict[str, Any]) -> float | None:
+    """How close a request's stated budget lies to the nearest offered tool's need: ``min |ln budget - ln need|``
+    over the tools (0.05: within about 5 % of some tool's need); ``None`` for a budget without a number. A
+    planner that reads numbers coarsely errs near 0."""
+    needs = tool_needs(example)
+    if needs is None:
+        return None
+    budget = math.log(example["budget_value"])
+    return min(abs(budget - math.log(need)) for need in needs)
+
+
+def errors_by_budget_margin(predicted: Sequence[Sequence[int]], examples: Any) -> dict[str, float]:
+    """The share of wrong plans (not the gold plan exactly) among requests grouped by :func:`budget_margin`:
+    ``errors_within_5pct``, ``errors_within_25pct`` (5-25 %), ``errors_beyond_25pct`` and
+    ``errors_no_number``, with each group's size as ``rows_<group>`` (a group without rows has error 0.0).
+    Tells a planner that compares numbers to within some tolerance (errors only near a tool's need) from one
+    that misreads them (errors at any margin)."""
+    if len(predicted) != len(examples):
+        raise ValueError(f"{len(predicted)} predicted plans for {len(examples)} examples")
+    rows = [examples[i] for i in range(len(examples))]
+    counts = {name: [0, 0] for name, _ in MARGIN_BUCKETS} | {"no_number": [0, 0]}
+    for plan, example in zip(predicted, rows):
+        margin = budget_margin(example)
+        name = "no_number" if margin is None else next(n for n, upper in MARGIN_BUCKETS if margin < upper)
+        counts[name][0] += 1
+        counts[name][1] += [operator.index(t) for t in plan] != list(example["plan"])
+    result = {f"errors_{name}": _ratio(wrong, total, 0.0) for name, (total, wrong) in counts.items()}
+    return result | {f"rows_{name}": float(total) for name, (total, _) in counts.items()}
 
 
 # ----------------------------------------------------------------------------- BFCL
