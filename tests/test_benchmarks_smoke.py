@@ -474,7 +474,8 @@ def test_planning_smoke_scores_every_model(tmp_path):
     assert [row[0] for row in saved["table"]["rows"]] == list(results["models"])
     # wrong plans by budget margin: every model, and the groups partition the 32 test rows
     margin = saved["margin_table"]
-    assert [row[0] for row in margin["rows"]] == list(results["models"]) and sum(margin["rows_per_group"]) == 32
+    assert [row[0] for row in margin["rows"]] == list(results["models"])
+    assert sum(margin["rows_per_group"]) == 32
     for entry in results["models"].values():
         for run in entry.get("per_seed", [entry]):
             groups = ("within_5pct", "within_25pct", "beyond_25pct", "no_number")
