@@ -10,10 +10,10 @@ learning rate, seeds) in the same training loop:
   weight), ``cq-balanced`` (``cls_reduction="balanced"``), ``cq-prior`` / ``cq-threshold8`` / ``cq-gamma0.1`` /
   ``cq-prior-hard`` (the from-scratch token prior, its parts, and the prior with
   ``cls_reduction="hard_negatives"``), ``cq-threshold2-lambda2`` (thresholds C = 2 with ``reg_lambda=2``: better
-  wide-range values with the ``<NUM>`` decision kept, weaker on the demo's diabetes; docs/causal_qwen.md), ``cq-isotropic`` (``isotropic_scale=True``: one latent scale per position,
-  the cheaper token head of issue #16), ``cq-mse`` (the value loss replaced by a squared
-  error of the Cauchy median, same gate, see :class:`CausalQwenMSEAblation`; no trained spread, so no
-  interval is reported for it);
+  wide-range values with the ``<NUM>`` decision kept, weaker on the demo's diabetes; docs/causal_qwen.md),
+  ``cq-isotropic`` (``isotropic_scale=True``: one latent scale per position, the cheaper token head of issue #16),
+  ``cq-mse`` (the value loss replaced by a squared error of the Cauchy median, same gate, see
+  :class:`CausalQwenMSEAblation`; no trained spread, so no interval is reported for it);
 * ``qwen2-digits``: a ``Qwen2ForCausalLM`` of the same shape reading and writing numbers as digit text
   (greedy generation of the target; an unparsable output is a failure, counted and imputed with the
   training mean);

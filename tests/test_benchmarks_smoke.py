@@ -478,8 +478,7 @@ def test_planning_smoke_scores_every_model(tmp_path):
     assert sum(margin["rows_per_group"]) == 32
     for entry in results["models"].values():
         for run in entry.get("per_seed", [entry]):
-            groups = ("within_5pct", "within_25pct", "beyond_25pct", "no_number")
-            wrong = sum(run[f"errors_{g}"] * run[f"rows_{g}"] for g in groups)
+            wrong = sum(run[f"errors_{g}"] * run[f"rows_{g}"] for g, _ in planning.MARGIN_GROUPS)
             assert wrong == pytest.approx(32 * (1.0 - run["exact_match"]))
 
 

@@ -307,7 +307,8 @@ def test_tool_needs_reproduce_every_compliance_flag(small):
 
 
 def _margin_row(kind: str, value: float, needs: list[float], plan: list[int]) -> dict:
-    index, unit = {"latency": (3, 1000.0), "memory": (1, 1.0), "cost": (4, 1.0)}.get(kind, (0, 1.0))
+    # where tool_needs reads each kind's need (that mapping is checked against every compliance flag above)
+    index, unit = pd._BUDGET_NEEDS.get(kind, (0, 1.0))
     vectors = []
     for need in needs:
         vector = [1.0] * 6
