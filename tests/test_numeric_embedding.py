@@ -42,6 +42,34 @@ def test_multiscale_features_known_values():
     assert f[0, 4].item() == pytest.approx(math.sin(math.log(100.0)), rel=1e-5)  # frequency 10000^0 = 1
 
 
+def test_max_frequency_scales_every_sinusoid():
+    values = torch.tensor([2.0, 2.1, 30.0])
+    f = multiscale_features(values, num_frequencies=4, max_frequency=40.0)
+    freqs = 40.0 * 10000.0 ** (-torch.arange(4.0) / 4)
+    angles = torch.log(values).unsqueeze(-1) * freqs
+    torch.testing.assert_close(f[:, 4:8], torch.sin(angles))
+    torch.testing.assert_close(f[:, 8:], torch.cos(angles))
+    torch.testing.assert_close(f[:, :4], multiscale_features(values, 4)[:, :4])  # the scalars do not move
+    # 5 % apart, 2.0 and 2.1 differ by at most 0.05 in every seed feature, by more than 1 at frequency 40.
+    assert (multiscale_features(values, 4)[0] - multiscale_features(values, 4)[1]).abs().max() < 0.06
+    assert (f[0] - f[1]).abs().max() > 1.0
+
+
+def test_the_config_carries_the_max_frequency_into_the_encoding():
+    encoding = model_for("multiscale_linear", value_encoding_max_frequency=32.0).value_encoding
+    assert encoding.max_frequency == 32.0
+    values = torch.tensor([[2.0, 3.0]])
+    embeds = torch.randn(1, 2, 64)
+    # Fused vectors differ from the default encoding's once the value block moves off its zero start.
+    default = model_for("multiscale_linear").value_encoding
+    with torch.no_grad():
+        for module in (encoding, default):
+            module.fusion_weight[:, 64:].fill_(0.01)
+    assert not torch.allclose(encoding(embeds, values), default(embeds, values))
+    with pytest.raises(ValueError, match="value_encoding_max_frequency must be a positive"):
+        CausalQwenConfig(**TINY, value_encoding_max_frequency=0.0)
+
+
 def test_multiscale_features_are_finite_over_the_float_range():
     f = multiscale_features(torch.tensor([3.0e38, -1.0e-38, 1e-45]), 16)
     assert torch.isfinite(f).all()

@@ -100,6 +100,8 @@ def test_config_nests_the_router_and_the_backbone_and_round_trips():
         ({"tool_token_id": TOK.num_token_id}, "must differ from the backbone's <NUM>"),
         ({"max_plan_steps": 0}, "max_plan_steps must be positive"),
         ({"latency_weight": float("nan")}, "latency_weight must be finite"),
+        ({"resource_frequencies": -1}, "resource_frequencies must be >= 0"),
+        ({"resource_max_frequency": 0.0}, "resource_max_frequency must be a positive"),
     ],
 )
 def test_config_rejects_bad_settings(overrides, message):
@@ -155,6 +157,49 @@ def test_padded_batch_equals_one_request_at_a_time():
             torch.testing.assert_close(
                 together.latency_loc[i, : tools - 1], one.latency_loc[0], atol=1e-5, rtol=1e-5
             )
+
+
+def test_resource_values_read_as_numbers_resolve_a_one_percent_change_and_reach_decoding(tmp_path):
+    from causalqwen.modeling.numeric_embedding import multiscale_features
+
+    model = tiny(resource_frequencies=4, resource_max_frequency=50.0)
+    assert tiny().resource_encoder is None  # off by default: no parameters added
+    encoder = model.resource_encoder
+    assert encoder.mlp.linear_1.in_features == 6 * (4 + 2 * 4)
+    inputs = batch(model, plans=[[0, 1], [], [2]])
+    # The encoder reads the raw values the processor passed through log1p, as the <NUM> encoding reads numbers.
+    raw = torch.expm1(inputs["resource_vectors"])
+    expected = encoder.mlp(multiscale_features(raw, 4, max_frequency=50.0).flatten(-2))
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(inputs["resource_vectors"]), expected)
+        out = model(**inputs)
+        # 1 % more latency on tool 0 of row 0 moves that tool's embedding, hence the plan scores
+        nudged = inputs["resource_vectors"].clone()
+        nudged[0, 0, 3] = torch.log1p(raw[0, 0, 3] * 1.01)
+        moved = model(**dict(inputs, resource_vectors=nudged)).pointer_logits
+    assert (out.pointer_logits[0] - moved[0]).abs().max() > 1e-4
+    torch.testing.assert_close(out.pointer_logits[1:], moved[1:])
+    # precomputed tool states need the resource vectors beside them (decoding passes both) ...
+    given = dict(inputs, tool_states=out.tool_states)
+    for key in ("tool_input_ids", "tool_attention_mask", "tool_text_embeddings"):
+        given.pop(key, None)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**given).pointer_logits, out.pointer_logits)
+    with pytest.raises(ValueError, match="resource_frequencies > 0 reads resource_vectors"):
+        model(**{k: v for k, v in given.items() if k != "resource_vectors"})
+    # ... so plan() decodes with them and takes the argmax of the same scores
+    proc = processor(model)
+    plan = model.plan(proc, QUERIES[0], TOOLS, runtime_context=[[0.5]], max_steps=1)
+    single = proc([QUERIES[0]], [TOOLS], runtime_context=[[0.5]], num_plan_tokens=1)
+    single.pop("tool_names")
+    single.pop("raw_resource_vectors")
+    with torch.no_grad():
+        choice = int(model(**single).pointer_logits[0, 0].argmax())
+    assert (plan.tools == [choice - 1]) if choice != STOP else plan.abstain
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).pointer_logits, out.pointer_logits)
 
 
 def test_allow_repeated_tools_false_masks_earlier_choices():
@@ -383,7 +428,7 @@ def test_trainer_and_lora_train_the_backbone_adapters_and_the_heads(tmp_path):
 
     from causalqwen.training.planner_trainer import apply_planner_lora, train_planner
 
-    model = tiny().train()
+    model = tiny(resource_frequencies=2).train()
     wrapped = apply_planner_lora(model, r=4)
     trainable = {n for n, p in wrapped.named_parameters() if p.requires_grad}
     assert any("language_model.layers.0.self_attn.q_proj.lora_A" in n for n in trainable)
@@ -391,6 +436,7 @@ def test_trainer_and_lora_train_the_backbone_adapters_and_the_heads(tmp_path):
         "language_model" in n and "lora_" not in n and "value_encoding" not in n for n in trainable
     )
     assert any("pointer" in n for n in trainable) and any("step_embedding" in n for n in trainable)
+    assert any("resource_encoder" in n for n in trainable)
     rows = []
     for r in learning_rows(20, seed=0):
         tools = [t if isinstance(t, dict) else {"name": t[0].split(":")[0], "text": t[0], "resources": t[1]}
@@ -705,6 +751,23 @@ def test_build_planner_backbone_settings_configure_the_fresh_backbone_only(tmp_p
         build_planner("qwen2", tokenizer=TOK, backbone_settings={"ovr_threshold_init": 8.0})
     with pytest.raises(ValueError, match="apply to a fresh backbone only"):
         build_planner(str(tmp_path), backbone_settings={"gamma_init": 0.1})
+
+
+def test_a_fresh_causal_qwen_planner_reads_budgets_at_the_planner_frequency():
+    from causalqwen.training.planner_trainer import PLANNER_BACKBONE_SETTINGS, build_planner
+
+    def planner(backbone="causal_qwen", **kwargs):
+        return build_planner(backbone, tokenizer=TOK, **kwargs)[0]
+
+    assert PLANNER_BACKBONE_SETTINGS == {"value_encoding_max_frequency": 100.0}
+    model = planner()
+    assert model.config.text_config.value_encoding_max_frequency == 100.0
+    assert model.backbone.value_encoding.max_frequency == 100.0  # the module reads it, not only the config
+    both = planner(generate_arguments=True).config.text_config  # with the argument recipe on top
+    assert (both.value_encoding_max_frequency, both.cls_reduction) == (100.0, "hard_negatives")
+    given = planner(backbone_settings={"value_encoding_max_frequency": 1.0})
+    assert given.backbone.value_encoding.max_frequency == 1.0
+    assert not hasattr(planner("qwen2").config.text_config, "value_encoding_max_frequency")
 
 
 def test_a_fresh_causal_qwen_argument_planner_gets_the_argument_recipe():

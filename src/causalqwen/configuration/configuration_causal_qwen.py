@@ -92,6 +92,10 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
             logarithmic features only), ``"xval"`` (``embed(<NUM>) * value``) or ``"log_additive"``
             (``embed(<NUM>) + symlog(value) a``).
         value_encoding_frequencies: number of sinusoidal frequencies of ``ln|v|`` in the multiscale encoding.
+        value_encoding_max_frequency: the highest of those frequencies (the others fall geometrically below it
+            by ``10000^(-k/K)``). At the seed's 1.0 the fastest sinusoid turns once per factor e^(2 pi) = 535 of
+            the value, so two values 5 % apart differ by at most 0.05 in any feature; a comparison that must
+            resolve a few percent (a budget against a tool's need) needs a higher one.
         value_normalization: ``"none"``, ``"affine"`` (``(y - shift) / scale``) or ``"symlog"``
             (``sign(y') log1p(|y'|)`` of the affine-normalised value); applied to regression targets and
             inverted for predictions, so outputs are in the data's units.
@@ -140,6 +144,7 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
     causal_temperature: float | int = 1.0
     value_encoding: str = "multiscale_linear"
     value_encoding_frequencies: int = 16
+    value_encoding_max_frequency: float | int = 1.0
     value_normalization: str = "none"
     value_norm_shift: float | int = 0.0
     value_norm_scale: float | int = 1.0
@@ -167,7 +172,7 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
             0 <= self.num_token_id < self.vocab_size,
             f"num_token_id must lie in [0, vocab_size={self.vocab_size}), got {self.num_token_id}",
         )
-        for name in ("gamma_init", "value_norm_scale", "value_scale_factor"):
+        for name in ("gamma_init", "value_norm_scale", "value_scale_factor", "value_encoding_max_frequency"):
             value = getattr(self, name)
             _check(
                 math.isfinite(value) and value > 0, f"{name} must be a positive finite number, got {value}"

@@ -69,6 +69,11 @@ class ToolPlannerConfig(KnownKeysMixin, PreTrainedConfig):
     the arguments (``None``: the backbone's own ``cls_reduction``, the exact One-vs-Rest sum by default).
     Measured on a tiny planner memorising three calls (docs/tool_planner.md): with ``"balanced"`` the token loss
     falls fast but greedy decoding writes one frequent token over and over; with the sum it falls slowly.
+    ``resource_frequencies`` > 0 also reads each tool's raw resource values as numbers: the multiscale features
+    of the ``<NUM>`` encoding (``ln|v|``, decade, sinusoids of ``ln|v|`` at ``resource_frequencies`` frequencies
+    up to ``resource_max_frequency``) of its 6 fields, through a two-layer MLP, added to the tool's projected
+    state. The tool tower reads them through ``log1p`` and LayerNorms, which blur a few percent; a plan that
+    compares a budget with a tool's need must resolve them (docs/tool_planner.md). 0 (default) = off.
     """
 
     model_type = "tool_planner"
@@ -98,6 +103,8 @@ class ToolPlannerConfig(KnownKeysMixin, PreTrainedConfig):
     freeze_tool_tower: bool = False
     pointer_weight: float | int = 1.0
     latency_weight: float | int = 0.1
+    resource_frequencies: int = 0
+    resource_max_frequency: float | int = 100.0
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
 
@@ -155,6 +162,14 @@ class ToolPlannerConfig(KnownKeysMixin, PreTrainedConfig):
             self.argument_cls_reduction is None or self.argument_cls_reduction in CLS_REDUCTIONS,
             f"argument_cls_reduction must be None or one of {', '.join(CLS_REDUCTIONS)}, got "
             f"{self.argument_cls_reduction!r}",
+        )
+        _check(
+            self.resource_frequencies >= 0,
+            f"resource_frequencies must be >= 0, got {self.resource_frequencies}",
+        )
+        _check(
+            math.isfinite(self.resource_max_frequency) and self.resource_max_frequency > 0,
+            f"resource_max_frequency must be a positive finite number, got {self.resource_max_frequency}",
         )
         for name in ("pointer_weight", "latency_weight", "argument_weight"):
             value = getattr(self, name)

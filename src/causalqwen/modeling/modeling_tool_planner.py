@@ -62,7 +62,7 @@ from ._init import apply_special_init, unit_softplus_scale, unit_variance_rows, 
 from .cauchy import cauchy_interval, cauchy_nll
 from .modeling_causal_qwen import CausalQwenForNumericCausalLM, CausalQwenModel
 from .modeling_tool_router import ToolRouterModel
-from .numeric_embedding import embed_numbers
+from .numeric_embedding import embed_numbers, multiscale_features
 
 STOP = 0
 IGNORE_INDEX = -100
@@ -145,6 +145,24 @@ class ToolProjector(nn.Module):
         return self.linear_2(self.act(self.linear_1(states)))
 
 
+class ResourceValueEncoder(nn.Module):
+    """A tool's raw resource values read as numbers: :func:`multiscale_features` of each field, through a
+    :class:`ToolProjector` to the backbone width (``config.resource_frequencies`` > 0)."""
+
+    def __init__(
+        self, resource_dim: int, num_frequencies: int, max_frequency: float, hidden_size: int, act: str
+    ):
+        super().__init__()
+        self.num_frequencies, self.max_frequency = num_frequencies, float(max_frequency)
+        self.mlp = ToolProjector(resource_dim * (4 + 2 * num_frequencies), hidden_size, act)
+
+    def forward(self, resource_vectors: torch.Tensor) -> torch.Tensor:
+        # The processor hands the tool tower log1p(raw); the features are of the raw value.
+        raw = torch.expm1(resource_vectors.float())
+        features = multiscale_features(raw, self.num_frequencies, max_frequency=self.max_frequency)
+        return self.mlp(features.flatten(-2).to(self.mlp.linear_1.weight.dtype))
+
+
 class PlanPointer(nn.Module):
     """Scores STOP and every offered tool from a plan step's hidden state."""
 
@@ -212,6 +230,12 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
         self.language_model = classes[config.text_config.model_type](config.text_config)
         hidden = config.text_config.hidden_size
         self.tool_projector = ToolProjector(config.router_config.d_model, hidden, config.projector_hidden_act)
+        self.resource_encoder = (
+            ResourceValueEncoder(config.router_config.resource_dim, config.resource_frequencies,
+                                 config.resource_max_frequency, hidden, config.projector_hidden_act)
+            if config.resource_frequencies
+            else None
+        )  # fmt: skip
         self.context_projector = (
             ToolProjector(config.runtime_context_dim, hidden, config.projector_hidden_act)
             if config.runtime_context_dim
@@ -280,7 +304,11 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
     # ----------------------------------------------------------------- inputs
     def _tool_states(self, tool_states, tool_kwargs: dict[str, Any]) -> torch.Tensor:
         if tool_states is not None:
-            if any(tool_kwargs.get(k) is not None for k in _TOOL_KEYS if k != "tool_mask"):
+            # The resource encoder reads resource_vectors beside precomputed states (decoding passes both).
+            allowed = (
+                ("tool_mask", "resource_vectors") if self.resource_encoder is not None else ("tool_mask",)
+            )
+            if any(tool_kwargs.get(k) is not None for k in _TOOL_KEYS if k not in allowed):
                 raise ValueError("pass either tool_states or the tool inputs (tool_input_ids, ...), not both")
             check_finite(tool_states, "tool_states contain NaN or inf")
             return tool_states
@@ -295,6 +323,20 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
             )
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_tool_tower):
             return self.tool_tower.encode_tools(**tool_kwargs).tool_states
+
+    def _tool_embeds(self, states: torch.Tensor, resource_vectors: torch.Tensor | None) -> torch.Tensor:
+        """Tool states projected to the backbone width, plus their resource values read as numbers."""
+        embeds = self.tool_projector(states)
+        if self.resource_encoder is None:
+            return embeds
+        if resource_vectors is None or resource_vectors.shape[:2] != states.shape[:2]:
+            got = None if resource_vectors is None else tuple(resource_vectors.shape)
+            raise ValueError(
+                f"resource_frequencies > 0 reads resource_vectors [B, T, 6] beside the tool states "
+                f"{tuple(states.shape[:2])}, got {got}"
+            )
+        check_finite(resource_vectors, "resource_vectors contain NaN or inf")
+        return embeds + self.resource_encoder(resource_vectors).to(embeds.dtype)
 
     def _check_layout(self, input_ids, tool_mask, runtime_context) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
@@ -505,7 +547,7 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
         previous = self._previous_tools(plan_labels, previous_tools, steps, input_ids)
         if previous.shape != (input_ids.shape[0], steps):
             raise ValueError(f"previous_tools must be [B, {steps}], got {tuple(previous.shape)}")
-        tool_embeds = self.tool_projector(states)
+        tool_embeds = self._tool_embeds(states, resource_vectors)
         query_states = self._query_state(
             query_input_ids, query_attention_mask, query_embeddings, input_ids.shape[0]
         )
@@ -681,6 +723,16 @@ _TOOL_KEYS = (
 )
 
 
+def _tool_inputs(
+    model: ToolPlannerModel, batch: dict, states: torch.Tensor, rows: list[int]
+) -> dict[str, Any]:
+    """The precomputed tool states of ``rows``, with their resource vectors when the planner reads those too."""
+    inputs = {"tool_states": states[rows]}
+    if model.resource_encoder is not None:
+        inputs["resource_vectors"] = batch["resource_vectors"][rows]
+    return inputs
+
+
 def _request_inputs(batch: dict, rows: list[int], tails: list[list[int]], tail_values: list[list[float]],
                     extra: dict[str, torch.Tensor]) -> dict[str, Any]:  # fmt: skip
     """Model inputs for the request rows ``rows`` of a processed batch (request, tools), each followed by its
@@ -733,7 +785,8 @@ class _BeamDecoder:
             previous[i, 1 : 1 + len(prefix)] = torch.tensor(prefix, dtype=torch.long)
         tails = [[self.plan_id] * (len(p) + 1) for p in prefixes]
         return _request_inputs(self.batch, rows, tails, [[0.0] * len(t) for t in tails],
-                               dict(tool_states=self.states[rows], previous_tools=previous))  # fmt: skip
+                               dict(_tool_inputs(self.model, self.batch, self.states, rows),
+                                    previous_tools=previous))  # fmt: skip
 
     def _log_probs(self, rows: list[int], prefixes: list[list[int]]) -> torch.Tensor:
         """Log-probabilities [N, 1 + T] of STOP and each tool at the next step of each (row, prefix)."""
@@ -821,7 +874,9 @@ class _ArgumentWriter:
             previous[i, 1 : 1 + len(plans[r])] = torch.tensor(plans[r], dtype=torch.long)
             k = len(written[r]) + 1
             calls[i, :k] = torch.tensor(plans[r][:k], dtype=torch.long)
-        extra = dict(tool_states=self.states[rows], previous_tools=previous, call_tools=calls)
+        extra = dict(
+            _tool_inputs(self.model, self.batch, self.states, rows), previous_tools=previous, call_tools=calls
+        )
         return _request_inputs(self.batch, rows, tails, tail_values, extra)
 
     def run(self, plans: list[list[int]]) -> list[list[str]]:

@@ -5,7 +5,8 @@ the embedding becomes ``encoding(embed(<NUM>), v)``; elsewhere it is untouched. 
 pluggable through ``config.value_encoding`` (``benchmarks/numeric.py`` compares them):
 
 * ``"multiscale"`` (seed 002): features of v (sign, ``ln|v|``, decade, position in the decade, sin/cos of
-  ``ln|v|`` at geometric frequencies ``10000^(-k/K)``) are projected to H and fused with ``embed(<NUM>)`` by
+  ``ln|v|`` at geometric frequencies ``f * 10000^(-k/K)``, f = ``config.value_encoding_max_frequency``, the seed's
+  1 by default) are projected to H and fused with ``embed(<NUM>)`` by
   sigmoid gates and a projection. At init the value block of the projection is zero and the embedding
   block is ``I / sigmoid(b)``, so the fused vector equals ``embed(<NUM>)`` (to float rounding) whatever the
   (half-open) value gate: a pretrained backbone sees exactly what it saw before.
@@ -71,7 +72,10 @@ def check_numeric_values(numeric_values: torch.Tensor, input_ids: torch.Tensor |
 
 
 def multiscale_features(
-    values: torch.Tensor, num_frequencies: int, normalizer: ValueNormalizer | None = None
+    values: torch.Tensor,
+    num_frequencies: int,
+    normalizer: ValueNormalizer | None = None,
+    max_frequency: float = 1.0,
 ) -> torch.Tensor:
     """Features [..., 4 + 2K (+ 2)] of finite ``values``: sign, ln|v|/10, decade/10, position in the decade,
     sin, cos; with a ``normalizer``, also ``symlog(t)`` and ``t / (1 + |t|)`` of the normalised value t.
@@ -84,7 +88,7 @@ def multiscale_features(
     log_abs = torch.log(safe_abs)
     log10 = torch.log10(safe_abs)
     decade = torch.floor(log10)
-    freqs = torch.pow(
+    freqs = max_frequency * torch.pow(
         10000.0, -torch.arange(num_frequencies, device=v.device, dtype=torch.float32) / num_frequencies
     )
     angles = log_abs.unsqueeze(-1) * freqs
@@ -145,9 +149,15 @@ class ValueNormalizer:
 class MultiScaleValueEncoding(nn.Module):
     """Gated fusion of ``embed(<NUM>)`` with a projection of :func:`multiscale_features` (seed 002)."""
 
-    def __init__(self, hidden_size: int, num_frequencies: int, normalizer: ValueNormalizer | None = None):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_frequencies: int,
+        normalizer: ValueNormalizer | None = None,
+        max_frequency: float = 1.0,
+    ):
         super().__init__()
-        self.num_frequencies = num_frequencies
+        self.num_frequencies, self.max_frequency = num_frequencies, float(max_frequency)
         self.normalizer = normalizer
         num_features = 4 + 2 * num_frequencies + (0 if normalizer is None else 2)
         h = hidden_size
@@ -182,7 +192,7 @@ class MultiScaleValueEncoding(nn.Module):
     def forward(self, num_embeds: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         dtype = self.value_proj_weight.dtype
         h = F.linear(
-            multiscale_features(values, self.num_frequencies, self.normalizer).to(dtype),
+            multiscale_features(values, self.num_frequencies, self.normalizer, self.max_frequency).to(dtype),
             self.value_proj_weight,
             self.value_proj_bias,
         )
@@ -226,10 +236,13 @@ class LogAdditiveEncoding(nn.Module):
 def build_value_encoding(config: CausalQwenConfig) -> nn.Module:
     """The encoding module named by ``config.value_encoding``."""
     normalizer = ValueNormalizer.from_config(config)
-    if config.value_encoding == "multiscale":
-        return MultiScaleValueEncoding(config.hidden_size, config.value_encoding_frequencies)
-    if config.value_encoding == "multiscale_linear":
-        return MultiScaleValueEncoding(config.hidden_size, config.value_encoding_frequencies, normalizer)
+    if config.value_encoding in ("multiscale", "multiscale_linear"):
+        return MultiScaleValueEncoding(
+            config.hidden_size,
+            config.value_encoding_frequencies,
+            normalizer if config.value_encoding == "multiscale_linear" else None,
+            config.value_encoding_max_frequency,
+        )
     if config.value_encoding == "xval":
         return XValEncoding(normalizer)
     if config.value_encoding == "log_additive":
