@@ -271,7 +271,7 @@ def test_save_and_auto_load_are_bit_identical(tmp_path):
 def test_remote_code_load_without_the_package(tmp_path):
     from remote_helpers import forward_as_remote_code
 
-    model = tiny()
+    model = tiny(resource_frequencies=2)  # the optional resource encoder must travel as remote code too
     model.save_pretrained(tmp_path)
     inputs = batch(model, plans=[[0, 1], [], [2]])
     with torch.no_grad():
