@@ -29,8 +29,8 @@ BACKBONE_KINDS = ("causal_qwen", "qwen2")
 # What every fresh CausalQwen backbone of a planner gets (under any backbone_settings given): a plan turns on
 # comparing a budget with each tool's need, often a few percent apart, and at the seed's highest frequency 1 no
 # feature of two values 5 % apart differs by more than 0.05. At 100, synthetic exact match rose from 0.958 to
-# 0.976 (seeds 0-2, --threads 1); for regression tables it is not the default (diabetes MAE 48.3 -> 53.2,
-# docs/tool_planner.md).
+# 0.976 (seeds 0-2, --threads 1; docs/tool_planner.md); for regression tables the finer features overfit, so
+# CausalQwenConfig keeps 1 (diabetes MAE 48.3 -> 53.2; docs/causal_qwen.md, "Numeric input").
 PLANNER_BACKBONE_SETTINGS = {"value_encoding_max_frequency": 100.0}
 # What a fresh CausalQwen backbone gets when the planner writes arguments (generate_arguments), under any
 # backbone_settings given: without it it writes no correct call and its plans collapse (docs/tool_planner.md,
