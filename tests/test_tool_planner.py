@@ -63,6 +63,13 @@ def processor(model: ToolPlannerModel, **kwargs) -> ToolPlannerProcessor:
     return ToolPlannerProcessor(tok, RTOK, model.config, **kwargs)
 
 
+def model_inputs(processed: dict) -> dict:
+    """A processor's output without the two fields the model does not read (tool names, raw resources)."""
+    processed.pop("tool_names")
+    processed.pop("raw_resource_vectors")
+    return processed
+
+
 QUERIES = [
     "translate it then summarize it, under 300 ms",
     "caption the photo",
@@ -71,12 +78,19 @@ QUERIES = [
 TOOL_ROWS = [TOOLS, TOOLS[:2], TOOLS[1:]]
 
 
+def assert_plan_starts_at_the_argmax(model, proc, plan) -> None:
+    """``plan`` (of ``QUERIES[0]`` over ``TOOLS`` at load 0.5) begins with the argmax of the model's own scores for
+    the first step: that tool, or no step at all when STOP wins."""
+    inputs = model_inputs(proc([QUERIES[0]], [TOOLS], runtime_context=[[0.5]], num_plan_tokens=1))
+    with torch.no_grad():
+        choice = int(model(**inputs).pointer_logits[0, 0].argmax())
+    assert (plan.tools[:1] == [choice - 1]) if choice != STOP else plan.abstain
+
+
 def batch(model, plans=None, latencies=None):
     out = processor(model)(QUERIES, TOOL_ROWS, runtime_context=[[0.5], [0.2], [0.9]], plans=plans,
                            latencies=latencies)  # fmt: skip
-    out.pop("tool_names")
-    out.pop("raw_resource_vectors")
-    return out
+    return model_inputs(out)
 
 
 # ----------------------------------------------------------------------------- config
@@ -148,8 +162,7 @@ def test_padded_batch_equals_one_request_at_a_time():
         for i in range(3):
             alone = processor(model)([QUERIES[i]], [TOOL_ROWS[i]], runtime_context=[[[0.5], [0.2], [0.9]][i]],
                                      plans=[plans[i]])  # fmt: skip
-            alone.pop("tool_names")
-            alone.pop("raw_resource_vectors")
+            model_inputs(alone)
             one = model(**alone)
             steps, tools = one.pointer_logits.shape[1:]
             torch.testing.assert_close(together.pointer_logits[i, :steps, :tools], one.pointer_logits[0],
@@ -190,12 +203,8 @@ def test_resource_values_read_as_numbers_resolve_a_one_percent_change_and_reach_
     # ... so plan() decodes with them and takes the argmax of the same scores
     proc = processor(model)
     plan = model.plan(proc, QUERIES[0], TOOLS, runtime_context=[[0.5]], max_steps=1)
-    single = proc([QUERIES[0]], [TOOLS], runtime_context=[[0.5]], num_plan_tokens=1)
-    single.pop("tool_names")
-    single.pop("raw_resource_vectors")
-    with torch.no_grad():
-        choice = int(model(**single).pointer_logits[0, 0].argmax())
-    assert (plan.tools == [choice - 1]) if choice != STOP else plan.abstain
+    assert len(plan.steps) <= 1
+    assert_plan_starts_at_the_argmax(model, proc, plan)
     model.save_pretrained(tmp_path)
     loaded = AutoModel.from_pretrained(tmp_path).eval()
     with torch.no_grad():
@@ -340,8 +349,7 @@ def test_tiny_planner_learns_two_step_plans_and_decodes_them():
             part = rows[start : start + 10]
             inputs = proc([r["query"] for r in part], [r["tools"] for r in part], runtime_context=[[0.5]] * len(part),
                           plans=[r["plan"] for r in part])  # fmt: skip
-            inputs.pop("tool_names")
-            inputs.pop("raw_resource_vectors")
+            model_inputs(inputs)
             loss = model(**inputs).loss
             loss.backward()
             optimizer.step()
@@ -368,13 +376,7 @@ def test_greedy_plan_takes_the_argmax_at_each_step_and_respects_caps_and_budgets
     model = tiny(seed=3)
     proc = processor(model)
     plan = model.plan(proc, QUERIES[0], TOOLS, runtime_context=[[0.5]], max_steps=2)
-    inputs = proc([QUERIES[0]], [TOOLS], runtime_context=[[0.5]], num_plan_tokens=1)
-    inputs.pop("tool_names")
-    inputs.pop("raw_resource_vectors")
-    with torch.no_grad():
-        first = model(**inputs).pointer_logits[0, 0]
-    choice = int(first.argmax())
-    assert (plan.tools[:1] == [choice - 1]) if choice != STOP else plan.abstain
+    assert_plan_starts_at_the_argmax(model, proc, plan)
     assert len(plan.steps) <= 2
     cheap = model.plan(proc, QUERIES[0], TOOLS, runtime_context=[[0.5]], budget={"memory": 4})
     assert all(TOOLS[t]["resources"][1] <= 4 if isinstance(TOOLS[t], dict) else TOOLS[t][1][1] <= 4
@@ -392,8 +394,7 @@ def test_frozen_tool_tower_with_cached_text_states_equals_token_ids():
         QUERIES, TOOL_ROWS, runtime_context=[[0.5], [0.2], [0.9]], plans=plans
     )
     assert "tool_text_embeddings" in cached and "tool_input_ids" not in cached
-    cached.pop("tool_names")
-    cached.pop("raw_resource_vectors")
+    model_inputs(cached)
     with torch.no_grad():
         torch.testing.assert_close(model(**cached).pointer_logits, model(**with_ids).pointer_logits,
                                    atol=1e-5, rtol=1e-5)  # fmt: skip
@@ -408,8 +409,7 @@ def test_query_state_from_token_ids_equals_cached_embeddings_and_is_required():
         QUERIES, TOOL_ROWS, runtime_context=[[0.5], [0.2], [0.9]], plans=plans
     )
     assert "query_embeddings" in cached and "query_input_ids" not in cached
-    cached.pop("tool_names")
-    cached.pop("raw_resource_vectors")
+    model_inputs(cached)
     with torch.no_grad():
         reference = model(**with_ids).pointer_logits
         torch.testing.assert_close(model(**cached).pointer_logits, reference, atol=1e-5, rtol=1e-5)
@@ -555,9 +555,7 @@ ARG_TEXTS = [['{"lang": "French"}', '{"max_ms": 300}'], ['{"n": 2}'], []]
 def argument_batch(model, plans=ARG_PLANS, texts=ARG_TEXTS):
     out = processor(model)(QUERIES, TOOL_ROWS, runtime_context=[[0.5], [0.2], [0.9]], plans=plans,
                            arguments=texts)  # fmt: skip
-    out.pop("tool_names")
-    out.pop("raw_resource_vectors")
-    return out
+    return model_inputs(out)
 
 
 @pytest.mark.parametrize("backbone", ["causal_qwen", "qwen2"])
@@ -596,8 +594,7 @@ def test_argument_writer_is_the_teacher_forced_argmax(backbone):
     model = tiny(backbone, seed=2, generate_arguments=True, max_argument_tokens=6)
     proc = processor(model)
     raw = proc(QUERIES, TOOL_ROWS, runtime_context=[[0.5], [0.2], [0.9]], num_plan_tokens=0)
-    raw.pop("tool_names")
-    raw.pop("raw_resource_vectors")
+    model_inputs(raw)
     with torch.no_grad():
         states = model._tool_states(None, {k: raw.get(k) for k in ("tool_input_ids", "tool_attention_mask",
                                                                     "resource_vectors", "tool_mask")})  # fmt: skip

@@ -62,7 +62,7 @@ from ._init import apply_special_init, unit_softplus_scale, unit_variance_rows, 
 from .cauchy import cauchy_interval, cauchy_nll
 from .modeling_causal_qwen import CausalQwenForNumericCausalLM, CausalQwenModel
 from .modeling_tool_router import ToolRouterModel
-from .numeric_embedding import embed_numbers, multiscale_features
+from .numeric_embedding import embed_numbers, multiscale_feature_count, multiscale_features
 
 STOP = 0
 IGNORE_INDEX = -100
@@ -154,7 +154,7 @@ class ResourceValueEncoder(nn.Module):
     ):
         super().__init__()
         self.num_frequencies, self.max_frequency = num_frequencies, float(max_frequency)
-        self.mlp = ToolProjector(resource_dim * (4 + 2 * num_frequencies), hidden_size, act)
+        self.mlp = ToolProjector(resource_dim * multiscale_feature_count(num_frequencies), hidden_size, act)
 
     def forward(self, resource_vectors: torch.Tensor) -> torch.Tensor:
         # The processor hands the tool tower log1p(raw); the features are of the raw value.

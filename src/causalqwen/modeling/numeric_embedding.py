@@ -40,6 +40,7 @@ __all__ = [
     "build_value_encoding",
     "check_numeric_values",
     "embed_numbers",
+    "multiscale_feature_count",
     "multiscale_features",
 ]
 
@@ -69,6 +70,12 @@ def check_numeric_values(numeric_values: torch.Tensor, input_ids: torch.Tensor |
             f"got {tuple(numeric_values.shape)}"
         )
     check_finite(numeric_values, "numeric_values contains NaN or infinite entries; numbers must be finite")
+
+
+def multiscale_feature_count(num_frequencies: int, linear: bool = False) -> int:
+    """The width of :func:`multiscale_features`: 4 scalars, a sine and a cosine per frequency, and with a
+    normalizer (``linear``) the two features of the normalised value."""
+    return 4 + 2 * num_frequencies + (2 if linear else 0)
 
 
 def multiscale_features(
@@ -159,7 +166,7 @@ class MultiScaleValueEncoding(nn.Module):
         super().__init__()
         self.num_frequencies, self.max_frequency = num_frequencies, float(max_frequency)
         self.normalizer = normalizer
-        num_features = 4 + 2 * num_frequencies + (0 if normalizer is None else 2)
+        num_features = multiscale_feature_count(num_frequencies, linear=normalizer is not None)
         h = hidden_size
         self.value_proj_weight = nn.Parameter(torch.empty(h, num_features))
         self.value_proj_bias = nn.Parameter(torch.empty(h))
