@@ -200,6 +200,11 @@ def test_resource_values_read_as_numbers_resolve_a_one_percent_change_and_reach_
         torch.testing.assert_close(model(**given).pointer_logits, out.pointer_logits)
     with pytest.raises(ValueError, match="resource_frequencies > 0 reads resource_vectors"):
         model(**{k: v for k, v in given.items() if k != "resource_vectors"})
+    bad = inputs["resource_vectors"].clone()
+    bad[0, 0, 3] = float("nan")
+    for path in (inputs, given):  # through the tool tower, and beside precomputed states
+        with pytest.raises(ValueError, match="resource_vectors contain NaN or inf"):
+            model(**dict(path, resource_vectors=bad))
     # ... so plan() decodes with them and takes the argmax of the same scores
     proc = processor(model)
     plan = model.plan(proc, QUERIES[0], TOOLS, runtime_context=[[0.5]], max_steps=1)

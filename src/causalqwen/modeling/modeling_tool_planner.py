@@ -311,6 +311,9 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
             if any(tool_kwargs.get(k) is not None for k in _TOOL_KEYS if k not in allowed):
                 raise ValueError("pass either tool_states or the tool inputs (tool_input_ids, ...), not both")
             check_finite(tool_states, "tool_states contain NaN or inf")
+            if tool_kwargs.get("resource_vectors") is not None:
+                # The tool tower checks them when it runs; beside given states nothing else does.
+                check_finite(tool_kwargs["resource_vectors"], "resource_vectors contain NaN or inf")
             return tool_states
         if tool_kwargs.get("tool_input_ids") is None and tool_kwargs.get("tool_text_embeddings") is None:
             raise ValueError("no tools: pass tool_input_ids (or tool_text_embeddings) and resource_vectors")
@@ -335,7 +338,6 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
                 f"resource_frequencies > 0 reads resource_vectors [B, T, 6] beside the tool states "
                 f"{tuple(states.shape[:2])}, got {got}"
             )
-        check_finite(resource_vectors, "resource_vectors contain NaN or inf")
         return embeds + self.resource_encoder(resource_vectors).to(embeds.dtype)
 
     def _check_layout(self, input_ids, tool_mask, runtime_context) -> tuple[torch.Tensor, torch.Tensor]:
