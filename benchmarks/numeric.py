@@ -369,6 +369,9 @@ MODEL_SPECS = {
         ModelSpec("cq-balanced", "causal", (("cls_reduction", "balanced"),)),
         ModelSpec("cq-isotropic", "causal", (("isotropic_scale", True),)),
         ModelSpec("cq-mse", "causal", mse=True),
+        # beta-NLL: each value's NLL weighted by its detached predicted scale^0.5 (normalised over the batch), so
+        # the rows the model fits badly are not left behind (docs/causal_qwen.md).
+        ModelSpec("cq-beta0.5", "causal", (("reg_beta", 0.5),)),
         # The from-scratch token-head prior (docs/causal_qwen.md "Training from scratch"): thresholds C = 8 start
         # every token improbable and gamma 0.1 a sharp U; without it a large-vocabulary CausalQwen learns no text.
         ModelSpec("cq-prior", "causal", tuple(FROM_SCRATCH_TOKEN_PRIOR.items())),

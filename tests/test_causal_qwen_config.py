@@ -73,6 +73,8 @@ def test_int_values_are_accepted_for_float_fields():
             "half_widths must be finite, >= 0 and non-decreasing",
         ),
         ({"gate_alpha": 1.5}, r"gate_alpha must lie in \[0, 1\]"),
+        ({"reg_beta": 1.5}, r"reg_beta must lie in \[0, 1\]"),
+        ({"reg_beta": float("nan")}, r"reg_beta must lie in \[0, 1\]"),
         ({"loss_chunk_size": 0}, "loss_chunk_size must be positive"),
         ({"value_encoding_frequencies": 0}, "value_encoding_frequencies must be positive"),
         ({"inference_mode": "greedy"}, "unknown inference_mode 'greedy'"),

@@ -1,3 +1,4 @@
+import inspect
 import math
 
 import pytest
@@ -35,8 +36,9 @@ class ToyHead(torch.nn.Module):
         )
 
 
-def naive_loss(hidden, labels, targets, head, thresholds, alpha, lam):
-    """Full-tensor reference straight from DESIGN.md (no chunks, no stable rewrites)."""
+def naive_loss(hidden, labels, targets, head, thresholds, alpha, lam, beta=0.0):
+    """Full-tensor reference straight from DESIGN.md (no chunks, no stable rewrites); ``beta``: the value term
+    weighted by each position's detached value scale to that power (beta-NLL)."""
     h, y_tok, y = hidden[:, :-1].reshape(-1, H), labels[:, 1:].reshape(-1), targets[:, 1:].reshape(-1)
     keep = y_tok != IGNORE_INDEX
     h, y_tok, y = h[keep], y_tok[keep], y[keep]
@@ -47,7 +49,8 @@ def naive_loss(hidden, labels, targets, head, thresholds, alpha, lam):
     m = (y_tok == NUM).float()
     nll = torch.log(math.pi * out.scale_Y) + torch.log1p(((y - out.loc_Y) / out.scale_Y) ** 2)
     gate = alpha + (1 - alpha) * p[:, NUM].detach()
-    reg = (m * gate * nll).sum() / m.sum().clamp_min(1)
+    m = m * out.scale_Y.detach() ** beta
+    reg = (m * gate * nll).sum() / m.sum().clamp_min(1e-30)
     cls = bce.mean()
     return cls + lam * reg, cls, reg
 
@@ -86,6 +89,54 @@ def test_matches_naive_reference_value_and_gradient(chunk_size, alpha):
     grads = torch.autograd.grad(out.total, [hidden, *head.parameters()])
     for got, want in zip(grads, ref_grads):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_parameters", [False, True], ids=["checkpointed", "gradients-in-forward"])
+@pytest.mark.parametrize("chunk_size", [1, 4, 1024])
+@pytest.mark.parametrize("beta", [0.5, 1.0])
+def test_reg_beta_weights_each_value_by_its_detached_scale(beta, chunk_size, with_parameters):
+    """beta-NLL: the weighted mean equals the full-batch reference whatever the chunking (the normaliser is a
+    sum over the whole batch), in both loss paths, for the loss and every gradient."""
+    hidden, labels, targets, thresholds = make_batch()
+    head = ToyHead()
+    ref = naive_loss(hidden, labels, targets, head, thresholds, 0.3, 0.7, beta)
+    ref_grads = torch.autograd.grad(ref[0], [hidden, *head.parameters()])
+    out = gated_loss(hidden, labels, targets, head, thresholds, num_token_id=NUM, gate_alpha=0.3,
+                     reg_lambda=0.7, chunk_size=chunk_size, reg_beta=beta,
+                     parameters=list(head.parameters()) if with_parameters else None)  # fmt: skip
+    for got, want in zip((out.total, out.cls, out.reg), ref):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(out.total, [hidden, *head.parameters()])
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # The weights are not constant here (the three <NUM> scales differ), so beta changes the term.
+    plain = naive_loss(hidden, labels, targets, head, thresholds, 0.3, 0.7)[2]
+    assert abs(out.reg.item() - plain.item()) > 1e-3
+
+
+def test_reg_beta_evens_out_the_pull_of_tight_and_loose_positions():
+    """Two <NUM> positions with the same standardised residual r/s = 1 but scales 0.01 and 1: under the plain
+    NLL the tight one pulls its loc 100x harder (gradient 1/s); with beta = 1 both pull equally."""
+    head = ToyHead()
+    loc = torch.zeros(2, requires_grad=True)
+    scale = torch.tensor([0.01, 1.0])
+    labels = torch.tensor([[0, NUM, NUM]])
+    targets = torch.tensor([[0.0, 0.01, 1.0]])
+    thresholds = torch.zeros(V)
+
+    def fixed(h):
+        out = head(h)
+        return CauchyHeads(out.loc_S, out.scale_S, loc, scale)
+
+    pulls = {}
+    for beta in (0.0, 1.0):
+        hidden = torch.randn(1, 3, H)
+        reg = gated_loss(hidden, labels, targets, fixed, thresholds, num_token_id=NUM, gate_alpha=1.0,
+                         reg_lambda=1.0, reg_beta=beta).reg  # fmt: skip
+        (grad,) = torch.autograd.grad(reg, [loc])
+        pulls[beta] = (grad[0] / grad[1]).item()
+    assert pulls[0.0] == pytest.approx(100.0, rel=1e-5)
+    assert pulls[1.0] == pytest.approx(1.0, rel=1e-5)
 
 
 def test_chunks_bound_the_vocab_sized_work_and_backward_recomputes():
@@ -232,6 +283,10 @@ def test_bad_settings_raise():
         gated_loss(
             hidden, labels, targets, ToyHead(), thresholds, num_token_id=NUM, gate_alpha=2.0, reg_lambda=1.0
         )
+    for beta in (-0.1, 1.5, math.nan):
+        with pytest.raises(ValueError, match=r"reg_beta must lie in \[0, 1\]"):
+            gated_loss(hidden, labels, targets, ToyHead(), thresholds, num_token_id=NUM, gate_alpha=0.1,
+                       reg_lambda=1.0, reg_beta=beta)  # fmt: skip
     with pytest.raises(ValueError, match="chunk_size must be positive"):
         gated_loss(
             hidden,
@@ -443,12 +498,25 @@ def test_small_vocabularies_take_more_positions_per_chunk():
     assert chunk_rows(10_000, 512) == 10_000
 
 
-def test_a_tiny_model_runs_its_batch_as_one_chunk(monkeypatch):
+def record_chunk_sizes(monkeypatch) -> list[int]:
+    """Rows of every chunk the loss scores from now on (``_chunk_sums`` wrapped; its ``hidden`` argument)."""
     from causalqwen.modeling import loss as loss_module
 
-    sizes = []
+    sizes: list[int] = []
     original = loss_module._chunk_sums
-    monkeypatch.setattr(loss_module, "_chunk_sums", lambda *a: sizes.append(a[6].shape[0]) or original(*a))
+    signature = inspect.signature(original)
+
+    def recording(*args):
+        sizes.append(signature.bind(*args).arguments["hidden"].shape[0])
+        return original(*args)
+
+    monkeypatch.setattr(loss_module, "_chunk_sums", recording)
+    return sizes
+
+
+def test_a_tiny_model_runs_its_batch_as_one_chunk(monkeypatch):
+
+    sizes = record_chunk_sizes(monkeypatch)
     model = _one_layer_model(loss_chunk_size=5)
     ids = torch.randint(1, 60, (3, 8))
     model(input_ids=ids, labels=ids).loss.backward()
@@ -457,8 +525,14 @@ def test_a_tiny_model_runs_its_batch_as_one_chunk(monkeypatch):
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"isotropic_scale": True}, {"inference_mode": "sampling"}, {"tie_word_embeddings": True}],
-    ids=["default", "isotropic", "sampling", "tied"],
+    [
+        {},
+        {"isotropic_scale": True},
+        {"inference_mode": "sampling"},
+        {"tie_word_embeddings": True},
+        {"reg_beta": 0.5},
+    ],
+    ids=["default", "isotropic", "sampling", "tied", "reg_beta"],
 )
 def test_gradients_computed_in_the_forward_equal_the_checkpointed_path(options, monkeypatch):
     """Token and value terms weighted differently (as the Trainer's exact accumulation does), five chunks."""
@@ -489,9 +563,7 @@ def test_gradients_in_the_forward_run_each_chunk_once(monkeypatch):
     from causalqwen.modeling import loss as loss_module
 
     monkeypatch.setattr(loss_module, "MIN_CHUNK_ELEMENTS", 0)
-    sizes = []
-    original = loss_module._chunk_sums
-    monkeypatch.setattr(loss_module, "_chunk_sums", lambda *a: sizes.append(a[6].shape[0]) or original(*a))
+    sizes = record_chunk_sizes(monkeypatch)
     model = _one_layer_model(loss_chunk_size=5).train()
     ids = torch.randint(1, 60, (3, 8))
     out = model(input_ids=ids, labels=ids)
@@ -508,3 +580,33 @@ def test_a_second_backward_through_the_kept_gradients_raises_clearly():
     out.loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="keeps its gradients for one backward"):
         out.loss.backward()
+
+
+def test_the_config_reg_beta_reaches_the_model_loss():
+    """The same weights with reg_beta 0 and 0.5: the token term is identical, the value term is the mean / the
+    scale^0.5-weighted mean of the gated per-number NLLs (no value normalisation: data units are model units)."""
+    ids = torch.randint(1, 60, (3, 8), generator=torch.Generator().manual_seed(4))
+    ids[:, 3] = 63
+    values = torch.where(ids == 63, torch.tensor([2.5, -40.0, 7e3]).unsqueeze(1), 0.0)
+    outs = {}
+    for beta in (0.0, 0.5):
+        model = _one_layer_model(reg_beta=beta).train()
+        with torch.no_grad():  # scales that differ between positions (at init they are all equal)
+            model.abduction.scale_weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(2))
+        outs[beta] = model(input_ids=ids, numeric_values=values, labels=ids, return_logits=True)
+    plain, weighted = outs[0.0], outs[0.5]
+    assert torch.equal(plain.loss_cls, weighted.loss_cls)
+    loc, scale = (
+        plain.value_loc[:, 2].detach(),
+        plain.value_scale[:, 2].detach(),
+    )  # position 2 predicts the <NUM>
+    nll = torch.log(math.pi * scale) + torch.log1p(((values[:, 3] - loc) / scale) ** 2)
+    p_num = (
+        0.5 + torch.atan(plain.loc_S[:, 2, 63] / plain.scale_S[:, 2, 63]).detach() / math.pi
+    )  # thresholds 0
+    gated = (0.1 + 0.9 * p_num) * nll
+    torch.testing.assert_close(plain.loss_reg, gated.mean(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        weighted.loss_reg, (scale**0.5 * gated).sum() / (scale**0.5).sum(), rtol=1e-4, atol=1e-5
+    )
+    assert abs(weighted.loss_reg.item() - plain.loss_reg.item()) > 1e-3

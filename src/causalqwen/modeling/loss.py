@@ -17,6 +17,10 @@ With shifted labels (ignore index -100)::
   on the strongest competitors: the token loss is bounded by k + 1 terms whatever V, and the thousands of
   improbable tokens no longer add up to a pull that dominates the one "yes".
 * ``NLL``: Cauchy negative log-likelihood of the value at positions whose target token is ``<NUM>`` (m_i).
+  With ``reg_beta`` = beta > 0 (beta-NLL) the sum and the count become weighted: ``w_i = sg(scale_i)^beta``, the
+  position's own predicted value scale, detached, and the term is ``sum_i m_i w_i gate_i NLL_i / sum_i m_i w_i``.
+  The weights' normaliser is a sum over the whole batch, so each chunk returns its share of it and the division
+  happens once, after the chunks: the result does not depend on the chunking.
 * ``P_NUM`` **is detached** in the gate: the gate is a curriculum ("learn to predict <NUM> first, then its
   value"), not a path for gradients. Without the detach, the cheapest way to lower a large NLL early in
   training would be to push ``P_NUM`` down, i.e. the regression term would teach the classifier to *not*
@@ -56,7 +60,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..configuration.configuration_causal_qwen import CLS_REDUCTIONS
-from .cauchy import cauchy_nll, ovr_bce_sum, ovr_log_probs
+from .cauchy import SCALE_EPS, cauchy_nll, ovr_bce_sum, ovr_log_probs
 
 __all__ = [
     "GRADIENTS_IN_FORWARD",
@@ -113,11 +117,13 @@ def _chunk_sums(
     gate_alpha: float,
     negative_weight: float,
     hard_negatives: int | None,
+    reg_beta: float,
     hidden: torch.Tensor,
     labels: torch.Tensor,
     targets: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed OvR BCE and summed gated NLL over one chunk of labelled positions."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed OvR BCE, summed (weighted) gated NLL and the summed NLL weights over one chunk of labelled
+    positions (the weights are 1 at every ``<NUM>`` position unless ``reg_beta`` > 0)."""
     out = head(hidden)
     loc_S = out.loc_S.float()
     scale_S = torch.zeros_like(loc_S) if out.scale_S is None else out.scale_S.float()
@@ -139,8 +145,12 @@ def _chunk_sums(
     # (discarded) NLL is finite and contributes no gradient.
     y = torch.where(is_num, targets.float(), loc_Y.detach())
     nll = cauchy_nll(y, loc_Y, scale_Y)
+    if reg_beta:
+        weight = torch.where(is_num, scale_Y.detach().clamp_min(SCALE_EPS) ** reg_beta, 0.0)
+        reg = torch.where(is_num, gate * nll * weight, torch.zeros_like(nll))
+        return bce_sum, reg.sum(), weight.sum()
     reg = torch.where(is_num, gate * nll, torch.zeros_like(nll))
-    return bce_sum, reg.sum()
+    return bce_sum, reg.sum(), is_num.sum().float()
 
 
 @dataclass
@@ -153,6 +163,7 @@ class _ChunkSpec:
     gate_alpha: float
     negative_weight: float
     hard_negatives: int | None
+    reg_beta: float
     chunk_size: int
     labels: torch.Tensor
     targets: torch.Tensor
@@ -163,18 +174,22 @@ class _ChunkSpec:
         # parameter (a process whose rows are all ignored would otherwise leave the others waiting or raise).
         return range(0, max(self.labels.shape[0], 1), self.chunk_size)
 
-    def sums(self, hidden: torch.Tensor, start: int, head_inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed token and value terms of the chunk at ``start`` (``hidden`` holds that chunk's rows)."""
+    def sums(
+        self, hidden: torch.Tensor, start: int, head_inputs
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Summed token and value terms and value weights of the chunk at ``start`` (``hidden`` holds that
+        chunk's rows)."""
         end = start + self.chunk_size
         return _chunk_sums(
             lambda rows: self.head(rows, *head_inputs), self.thresholds, self.num_token_id, self.gate_alpha,
-            self.negative_weight, self.hard_negatives, hidden, self.labels[start:end], self.targets[start:end],
+            self.negative_weight, self.hard_negatives, self.reg_beta, hidden, self.labels[start:end],
+            self.targets[start:end],
         )  # fmt: skip
 
 
 def _checkpointed_sums(
     spec: _ChunkSpec, hidden: torch.Tensor, head_inputs
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Chunk by chunk; with autograd on and several chunks, each under ``checkpoint`` (recomputed in backward).
     One chunk gains nothing from checkpointing (its activations are alive for the same span either way)."""
     use_checkpoint = (
@@ -182,15 +197,17 @@ def _checkpointed_sums(
     )
     cls_sum = hidden.new_zeros((), dtype=torch.float32)
     reg_sum = hidden.new_zeros((), dtype=torch.float32)
+    weight_sum = hidden.new_zeros((), dtype=torch.float32)
     for start in spec.starts():
         rows = hidden[start : start + spec.chunk_size]
         if use_checkpoint:
-            c, r = checkpoint(spec.sums, rows, start, head_inputs, use_reentrant=False)
+            c, r, w = checkpoint(spec.sums, rows, start, head_inputs, use_reentrant=False)
         else:
-            c, r = spec.sums(rows, start, head_inputs)
+            c, r, w = spec.sums(rows, start, head_inputs)
         cls_sum = cls_sum + c
         reg_sum = reg_sum + r
-    return cls_sum, reg_sum
+        weight_sum = weight_sum + w
+    return cls_sum, reg_sum, weight_sum
 
 
 def _add_kept(kept: list[torch.Tensor | None], index: int, grad: torch.Tensor | None) -> None:
@@ -212,7 +229,8 @@ class _SumsWithForwardGradients(torch.autograd.Function):
     respect to its hidden rows, detached aliases of the head inputs (so a gradient reaches e.g. ``|W|`` once,
     through its own autograd node, not also through the parameters it was computed from) and the parameters;
     the gradients are summed over chunks and kept, and the chunk's [chunk x V] tensors are freed. Backward
-    returns ``grad_cls * G_cls + grad_reg * G_reg`` for every input.
+    returns ``grad_cls * G_cls + grad_reg * G_reg`` for every input. The third output, the summed value
+    weights, is detached (not differentiable).
     """
 
     @staticmethod
@@ -224,10 +242,12 @@ class _SumsWithForwardGradients(torch.autograd.Function):
         grad_hidden = {name: torch.zeros_like(hidden) for name in grads} if hidden.requires_grad else None
         cls_sum = hidden.new_zeros((), dtype=torch.float32)
         reg_sum = hidden.new_zeros((), dtype=torch.float32)
+        weight_sum = hidden.new_zeros((), dtype=torch.float32)
         for start in spec.starts():
             with torch.enable_grad():
                 rows = hidden[start : start + spec.chunk_size].detach().requires_grad_(hidden.requires_grad)
-                sums = dict(zip(grads, spec.sums(rows, start, head_inputs)))
+                *chunk_sums, chunk_weights = spec.sums(rows, start, head_inputs)
+                sums = dict(zip(grads, chunk_sums))
                 inputs = [rows] * hidden.requires_grad + [wrt[i] for i in wanted]
                 for name, value in sums.items():
                     chunk_grads = torch.autograd.grad(
@@ -241,11 +261,13 @@ class _SumsWithForwardGradients(torch.autograd.Function):
                         _add_kept(grads[name], i, g)
             cls_sum += sums["cls"].detach()
             reg_sum += sums["reg"].detach()
+            weight_sum += chunk_weights.detach()
         ctx.grads, ctx.grad_hidden = grads, grad_hidden
-        return cls_sum, reg_sum
+        ctx.mark_non_differentiable(weight_sum)
+        return cls_sum, reg_sum, weight_sum
 
     @staticmethod
-    def backward(ctx, grad_cls: torch.Tensor, grad_reg: torch.Tensor):
+    def backward(ctx, grad_cls: torch.Tensor, grad_reg: torch.Tensor, _grad_weights: torch.Tensor | None):
         if ctx.grads is None:
             raise RuntimeError(
                 "the chunked CausalQwen loss keeps its gradients for one backward; to backpropagate twice, "
@@ -279,6 +301,7 @@ def gated_loss(
     shift: bool = True,
     cls_reduction: str = "sum",
     hard_negatives: int = 64,
+    reg_beta: float = 0.0,
     head_inputs: tuple[torch.Tensor, ...] = (),
     parameters: list[torch.Tensor] | None = None,
 ) -> GatedLoss:
@@ -289,7 +312,7 @@ def gated_loss(
     ``<NUM>``. With ``shift=True`` position t is scored against label t + 1, as in Hugging Face causal LMs.
     ``parameters``: every tensor the head uses that may need a gradient, apart from ``hidden`` and
     ``head_inputs`` (the head's module parameters); given, chunk gradients are computed in the forward
-    (module docstring).
+    (module docstring). ``reg_beta``: beta-NLL weighting of the value term (module docstring).
     """
     if labels.shape != hidden_states.shape[:-1]:
         raise ValueError(
@@ -299,6 +322,8 @@ def gated_loss(
         raise ValueError(f"gate_alpha must lie in [0, 1], got {gate_alpha}")
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    if not 0.0 <= reg_beta <= 1.0:
+        raise ValueError(f"reg_beta must lie in [0, 1], got {reg_beta}")
     if numeric_targets is None:
         if (labels == num_token_id).any():
             raise ValueError(
@@ -332,15 +357,20 @@ def gated_loss(
     if not torch.isfinite(flat_targets[is_num]).all():
         raise ValueError("numeric targets at <NUM> labels must be finite (got NaN or inf)")
 
-    spec = _ChunkSpec(head, thresholds, num_token_id, gate_alpha, negative_weight, hard, chunk_size,
-                      flat_labels, flat_targets)  # fmt: skip
+    spec = _ChunkSpec(head, thresholds, num_token_id, gate_alpha, negative_weight, hard, float(reg_beta),
+                      chunk_size, flat_labels, flat_targets)  # fmt: skip
     differentiable = [t for t in (hidden, *head_inputs, *(parameters or ())) if t.requires_grad]
     if parameters is not None and GRADIENTS_IN_FORWARD and torch.is_grad_enabled() and differentiable:
-        cls_sum, reg_sum = _SumsWithForwardGradients.apply(spec, hidden, len(head_inputs), *head_inputs,
-                                                           *parameters)  # fmt: skip
+        cls_sum, reg_sum, weight_sum = _SumsWithForwardGradients.apply(
+            spec, hidden, len(head_inputs), *head_inputs, *parameters
+        )
     else:
-        cls_sum, reg_sum = _checkpointed_sums(spec, hidden, head_inputs)
+        cls_sum, reg_sum, weight_sum = _checkpointed_sums(spec, hidden, head_inputs)
 
     cls = cls_sum / max(flat_labels.shape[0], 1)
-    reg = reg_sum / max(int(is_num.sum()), 1)
+    if reg_beta and is_num.any():
+        # A detached normaliser: the weights redistribute the value term over positions, never rescale it.
+        reg = reg_sum / weight_sum.detach()
+    else:
+        reg = reg_sum / max(int(is_num.sum()), 1)
     return GatedLoss(total=cls + reg_lambda * reg, cls=cls, reg=reg)

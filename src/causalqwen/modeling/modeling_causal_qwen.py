@@ -491,6 +491,7 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
             num_token_id=self.config.num_token_id,
             gate_alpha=float(self.config.gate_alpha),
             reg_lambda=float(self.config.reg_lambda),
+            reg_beta=float(self.config.reg_beta),
             chunk_size=chunk_rows(self.config.loss_chunk_size, self.config.vocab_size),
             cls_reduction=cls_reduction or self.config.cls_reduction,
             hard_negatives=self.config.cls_hard_negatives,
