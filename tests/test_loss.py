@@ -494,7 +494,9 @@ def test_small_vocabularies_take_more_positions_per_chunk():
     from causalqwen.modeling.loss import MIN_CHUNK_ELEMENTS, chunk_rows
 
     assert chunk_rows(256, 151_936) == 256  # Qwen's vocabulary keeps the configured chunk
-    assert chunk_rows(256, 512) == MIN_CHUNK_ELEMENTS // 512 == 8192
+    assert chunk_rows(256, 512) == MIN_CHUNK_ELEMENTS // 512 == 1024
+    # The demo's and the numeric benchmark's batches (up to 16 x 79 = 1,264 positions at V = 301) stay one chunk.
+    assert chunk_rows(256, 301) == 1741
     assert chunk_rows(10_000, 512) == 10_000
 
 

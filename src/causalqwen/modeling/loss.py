@@ -74,11 +74,15 @@ __all__ = [
 
 IGNORE_INDEX = -100
 
-# A [chunk x V] float32 tensor of this many elements (16 MB) is cheap to keep alive: with a small vocabulary a
-# chunk takes more positions than ``loss_chunk_size`` asks, up to this size, so a tiny model's batch is one
-# chunk (no per-chunk overhead, no checkpoint recompute in backward: the tiny-shape train step went from 1.89x
-# to 1.53x plain Qwen2, V = 512). A Qwen-sized vocabulary (151,936) keeps ``loss_chunk_size``.
-MIN_CHUNK_ELEMENTS = 1 << 22
+# A [chunk x V] float32 tensor of this many elements (2 MB) is cheap to keep alive: with a small vocabulary a
+# chunk takes more positions than ``loss_chunk_size`` asks, up to this size, so a tiny model's ordinary batch is
+# one chunk (the demo's and the numeric benchmark's, up to 1,741 positions at their V = 301: no per-chunk
+# overhead). It was 4M elements (16 MB) while backward recomputed every chunk; since chunk gradients are computed
+# in the forward more chunks cost no recompute, and at 4M a tiny model's 8 x 512 batch was one chunk whose
+# [4,088 x 512] intermediates took its peak memory to 1.33-1.47x plain Qwen2; at 2 MB it is 4 chunks: 0.91x, and
+# the step 1.25-1.30x instead of 1.30-1.47x (benchmarks/perf.py shapes, measured interleaved, 2026-12-05). A
+# Qwen-sized vocabulary (151,936) keeps ``loss_chunk_size``.
+MIN_CHUNK_ELEMENTS = 1 << 19
 # Compute chunk gradients in the forward when the caller names the head's parameters (module docstring); off
 # only to compare against the checkpointed path in tests.
 GRADIENTS_IN_FORWARD = True
