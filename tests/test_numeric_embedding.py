@@ -10,6 +10,7 @@ from causalqwen.modeling.numeric_embedding import (
     ValueNormalizer,
     XValEncoding,
     embed_numbers,
+    fit_log_standardization,
     multiscale_features,
 )
 
@@ -225,3 +226,36 @@ def test_value_normalizer_rejects_bad_settings():
         ValueNormalizer("log")
     with pytest.raises(ValueError, match="scale must be positive"):
         ValueNormalizer("affine", scale=0.0)
+    with pytest.raises(ValueError, match="log scale must be positive"):
+        ValueNormalizer("symlog", log_scale=0.0)
+
+
+def test_symlog_log_space_standardisation():
+    """Values over ten decades: the fitted standardisation makes their normalised values mean 0 / std 1 (the
+    symlog alone spans 0 ... 22), the round trip and the Cauchy inverse stay exact, and the config carries it."""
+    y = torch.logspace(-5, 5, 101, dtype=torch.float64)
+    log_shift, log_scale = fit_log_standardization(y.numpy(), 0.0, 2.5e-5)
+    plain = ValueNormalizer("symlog", 0.0, 2.5e-5)
+    standard = ValueNormalizer("symlog", 0.0, 2.5e-5, log_shift, log_scale)
+    assert 0.3 < plain(y).min() < 1.0 and 21.0 < plain(y).max() < 22.5
+    t = standard(y)
+    assert abs(t.mean().item()) < 1e-9 and t.std(unbiased=False).item() == pytest.approx(1.0, rel=1e-9)
+    torch.testing.assert_close(t, (plain(y) - log_shift) / log_scale)
+    torch.testing.assert_close(standard.inverse(t), y, rtol=1e-9, atol=0.0)
+    loc, scale = standard.inverse_cauchy(torch.tensor([0.5]), torch.tensor([0.1]))
+    lo, hi = plain.inverse(torch.tensor([0.4 * log_scale + log_shift, 0.6 * log_scale + log_shift]))
+    assert loc.item() == pytest.approx(
+        plain.inverse(torch.tensor(0.5 * log_scale + log_shift)).item(), rel=1e-5
+    )
+    assert scale.item() == pytest.approx(((hi - lo) / 2).item(), rel=1e-4)
+    # Defaults (0, 1) are the plain symlog, bit for bit; NaN targets are left out of the fit.
+    assert torch.equal(ValueNormalizer("symlog", 0.0, 2.5e-5, 0.0, 1.0)(y), plain(y))
+    with_nan = torch.cat([y, torch.tensor([math.nan])]).numpy()
+    assert fit_log_standardization(with_nan, 0.0, 2.5e-5) == (log_shift, log_scale)
+    assert fit_log_standardization([3.0, 3.0], 0.0, 1.0) == (math.log1p(3.0), 1.0)  # no spread: scale 1
+    config = CausalQwenConfig(**TINY, value_normalization="symlog", value_norm_scale=2.5e-5,
+                              value_norm_log_shift=log_shift, value_norm_log_scale=log_scale)  # fmt: skip
+    from_config = ValueNormalizer.from_config(config)
+    assert (from_config.log_shift, from_config.log_scale) == (log_shift, log_scale)
+    with pytest.raises(ValueError, match="value_norm_log_scale must be a positive finite number"):
+        CausalQwenConfig(**TINY, value_norm_log_scale=0.0)

@@ -100,6 +100,11 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
             (``sign(y') log1p(|y'|)`` of the affine-normalised value); applied to regression targets and
             inverted for predictions, so outputs are in the data's units.
         value_norm_shift / value_norm_scale: the affine part of the normalisation.
+        value_norm_log_shift / value_norm_log_scale: with ``"symlog"``, the log-space value is standardised
+            too, ``t = (symlog((y - shift) / scale) - log_shift) / log_scale`` (``ValueNormalizer``), so that
+            values over many decades reach the value head and the ``<NUM>`` encoding's linear features at order
+            one instead of spanning 0 ... 20 (the mean and standard deviation of the training targets' symlog:
+            ``numeric_embedding.fit_log_standardization``). Defaults 0 / 1: no standardisation.
         gate_alpha: floor of the regression gate ``alpha + (1 - alpha) P_NUM`` in [0, 1].
         reg_lambda: weight of the regression term (>= 0). The default 5 was chosen by the 5-seed ablation of
             ``benchmarks/numeric.py`` (docs/causal_qwen.md): 1 left the value head at a constant prediction
@@ -160,6 +165,8 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
     value_normalization: str = "none"
     value_norm_shift: float | int = 0.0
     value_norm_scale: float | int = 1.0
+    value_norm_log_shift: float | int = 0.0
+    value_norm_log_scale: float | int = 1.0
     gate_alpha: float | int = 0.1
     reg_lambda: float | int = 5.0
     reg_beta: float | int = 0.0
@@ -185,7 +192,8 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
             0 <= self.num_token_id < self.vocab_size,
             f"num_token_id must lie in [0, vocab_size={self.vocab_size}), got {self.num_token_id}",
         )
-        for name in ("gamma_init", "value_norm_scale", "value_scale_factor", "value_encoding_max_frequency"):
+        for name in ("gamma_init", "value_norm_scale", "value_norm_log_scale", "value_scale_factor",
+                     "value_encoding_max_frequency"):  # fmt: skip
             value = getattr(self, name)
             _check(
                 math.isfinite(value) and value > 0, f"{name} must be a positive finite number, got {value}"
@@ -193,7 +201,7 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
         for name in ("b_noise_init", "causal_temperature", "reg_lambda"):
             value = getattr(self, name)
             _check(math.isfinite(value) and value >= 0, f"{name} must be finite and >= 0, got {value}")
-        for name in ("ovr_threshold_init", "value_norm_shift"):
+        for name in ("ovr_threshold_init", "value_norm_shift", "value_norm_log_shift"):
             value = getattr(self, name)
             _check(math.isfinite(value), f"{name} must be finite, got {value}")
         _check(0.0 <= self.gate_alpha <= 1.0, f"gate_alpha must lie in [0, 1], got {self.gate_alpha}")

@@ -40,6 +40,7 @@ __all__ = [
     "build_value_encoding",
     "check_numeric_values",
     "embed_numbers",
+    "fit_log_standardization",
     "multiscale_feature_count",
     "multiscale_features",
 ]
@@ -70,6 +71,10 @@ def check_numeric_values(numeric_values: torch.Tensor, input_ids: torch.Tensor |
             f"got {tuple(numeric_values.shape)}"
         )
     check_finite(numeric_values, "numeric_values contains NaN or infinite entries; numbers must be finite")
+
+
+def _symlog(t: torch.Tensor) -> torch.Tensor:
+    return torch.sign(t) * torch.log1p(t.abs())
 
 
 def multiscale_feature_count(num_frequencies: int, linear: bool = False) -> int:
@@ -103,38 +108,72 @@ def multiscale_features(
     if normalizer is not None:
         # A tiny normalisation scale can overflow float32 to inf; clamped, both features saturate instead.
         t = normalizer(v).clamp(-_MAX_NORMALISED, _MAX_NORMALISED)
-        scalars += [torch.sign(t) * torch.log1p(t.abs()), t / (1.0 + t.abs())]
+        scalars += [_symlog(t), t / (1.0 + t.abs())]
     return torch.cat([torch.stack(scalars, dim=-1), torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
+def fit_log_standardization(values, shift: float, scale: float) -> tuple[float, float]:
+    """``(log_shift, log_scale)`` for a ``symlog`` normalisation: the mean and standard deviation (1 if zero) of
+    ``symlog((values - shift) / scale)`` over the finite ``values`` (the training targets)."""
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    logs = _symlog((v[torch.isfinite(v)] - shift) / scale)
+    if logs.numel() == 0:
+        return 0.0, 1.0
+    std = float(logs.std(unbiased=False))
+    return float(logs.mean()), std if std > 0 else 1.0
+
+
 class ValueNormalizer:
-    """Config-driven transform of values: ``t = (y - shift) / scale``, then optionally ``symlog``.
+    """Config-driven transform of values: ``t = (y - shift) / scale``, then optionally ``symlog`` followed by
+    ``(t - log_shift) / log_scale`` (a standardisation of the log-space value).
 
     Regression targets are normalised before the loss; predicted Cauchy (loc, scale) are mapped back with
     :meth:`inverse_cauchy`, so the model reports values in the data's units.
     """
 
-    def __init__(self, kind: str = "none", shift: float = 0.0, scale: float = 1.0):
+    def __init__(
+        self,
+        kind: str = "none",
+        shift: float = 0.0,
+        scale: float = 1.0,
+        log_shift: float = 0.0,
+        log_scale: float = 1.0,
+    ):
         if kind not in ("none", "affine", "symlog"):
             raise ValueError(f"unknown value normalisation {kind!r}")
-        if not scale > 0:
-            raise ValueError(f"value normalisation scale must be positive, got {scale}")
+        for name, value in (("scale", scale), ("log scale", log_scale)):
+            if not value > 0:
+                raise ValueError(f"value normalisation {name} must be positive, got {value}")
         self.kind, self.shift, self.scale = kind, float(shift), float(scale)
+        self.log_shift, self.log_scale = float(log_shift), float(log_scale)
 
     @classmethod
     def from_config(cls, config: CausalQwenConfig) -> ValueNormalizer:
-        return cls(config.value_normalization, config.value_norm_shift, config.value_norm_scale)
+        return cls(
+            config.value_normalization,
+            config.value_norm_shift,
+            config.value_norm_scale,
+            config.value_norm_log_shift,
+            config.value_norm_log_scale,
+        )
 
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
         if self.kind == "none":
             return y
         t = (y - self.shift) / self.scale
-        return torch.sign(t) * torch.log1p(t.abs()) if self.kind == "symlog" else t
+        if self.kind == "symlog":
+            t = _symlog(t)
+            # Skipped at the defaults so that a checkpoint without standardisation computes exactly as before.
+            if (self.log_shift, self.log_scale) != (0.0, 1.0):
+                t = (t - self.log_shift) / self.log_scale
+        return t
 
     def inverse(self, t: torch.Tensor) -> torch.Tensor:
         if self.kind == "none":
             return t
         if self.kind == "symlog":
+            if (self.log_shift, self.log_scale) != (0.0, 1.0):
+                t = t * self.log_scale + self.log_shift
             t = torch.sign(t) * torch.expm1(t.abs().clamp_max(_MAX_LOG))
         return t * self.scale + self.shift
 
@@ -236,8 +275,9 @@ class LogAdditiveEncoding(nn.Module):
 
     def forward(self, num_embeds: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         t = self.normalizer(values.float())
-        symlog = torch.sign(t) * torch.log1p(t.abs())
-        return num_embeds + symlog.to(num_embeds.dtype).unsqueeze(-1) * self.direction.to(num_embeds.dtype)
+        return num_embeds + _symlog(t).to(num_embeds.dtype).unsqueeze(-1) * self.direction.to(
+            num_embeds.dtype
+        )
 
 
 def build_value_encoding(config: CausalQwenConfig) -> nn.Module:

@@ -25,8 +25,9 @@ Decisions:
   for ``--base tiny``; ``tiny``/``qwen`` (the offline Qwen2.5 vocabulary) force one. The model's
   ``num_token_id`` must be the tokenizer's ``<NUM>`` id (checked).
 * ``--value-normalization auto`` (fresh models only; a CausalQwen base keeps its own): ``affine`` with the median
-  and half the inter-quartile range of the training targets, or ``symlog`` (shift 0, scale = median |y|) when
-  the targets span more than four decades. Cauchy regression on raw targets in the hundreds starts with a
+  and half the inter-quartile range of the training targets, or ``symlog`` (shift 0, scale = median |y|, the
+  log-space value standardised by the mean and standard deviation of the training targets' symlog) when the
+  targets span more than four decades. Cauchy regression on raw targets in the hundreds starts with a
   huge NLL and moves slowly; normalised targets of order one train like the synthetic sets.
 * ``--freeze-backbone`` trains only what CausalQwen adds (abduction, action noise, value head, numeric fusion);
   the Qwen2 backbone and the inherited token head stay frozen. It excludes ``--lora`` (which already freezes
@@ -60,6 +61,7 @@ from accelerate import PartialState
 
 from ..configuration.configuration_causal_qwen import VALUE_NORMALIZATIONS, CausalQwenConfig
 from ..modeling.modeling_causal_qwen import CausalQwenForNumericCausalLM
+from ..modeling.numeric_embedding import fit_log_standardization
 from .cli_errors import UsageError, add_debug_flag, exit_on_usage_error, require_positive
 from .collator import NumericDataCollator
 from .data import SYNTHETIC_KINDS, build_synthetic_dataset, build_table_dataset, tokenize_numeric_dataset
@@ -234,7 +236,9 @@ def value_normalization(values: np.ndarray, kind: str) -> dict[str, Any]:
     wide = nonzero.size > 0 and nonzero.max() / nonzero.min() > 1e4
     if kind == "symlog" or (kind == "auto" and wide):
         scale = float(np.median(np.abs(values))) or 1.0
-        return {"value_normalization": "symlog", "value_norm_shift": 0.0, "value_norm_scale": scale}
+        log_shift, log_scale = fit_log_standardization(values, 0.0, scale)
+        return {"value_normalization": "symlog", "value_norm_shift": 0.0, "value_norm_scale": scale,
+                "value_norm_log_shift": log_shift, "value_norm_log_scale": log_scale}  # fmt: skip
     q25, q50, q75 = np.percentile(values, [25, 50, 75])
     scale = float(q75 - q25) / 2 or float(np.abs(values).max()) or 1.0
     return {"value_normalization": "affine", "value_norm_shift": float(q50), "value_norm_scale": scale}
