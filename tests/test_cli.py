@@ -231,8 +231,10 @@ def test_value_normalization_choice():
     }
     wide = np.array([1e-5, 3e-2, 2.0, 5e3, 1e5, np.nan])
     got = cli.value_normalization(wide, "auto")
-    assert got["value_normalization"] == "symlog" and got["value_norm_scale"] == pytest.approx(2.0)
-    logs = np.log1p(np.array([1e-5, 3e-2, 2.0, 5e3, 1e5]) / 2.0)  # the log-space value standardised
+    finite = np.array([1e-5, 3e-2, 2.0, 5e3, 1e5])
+    scale = np.percentile(finite, 5)  # the 5th percentile of the nonzero |y|: 1e-5 + 0.2 * (3e-2 - 1e-5)
+    assert got["value_normalization"] == "symlog" and got["value_norm_scale"] == pytest.approx(6.008e-3)
+    logs = np.log1p(finite / scale)  # the log-space value standardised
     assert got["value_norm_log_shift"] == pytest.approx(logs.mean())
     assert got["value_norm_log_scale"] == pytest.approx(logs.std())
     assert cli.value_normalization(linear, "none") == {"value_normalization": "none"}
