@@ -149,12 +149,12 @@ def _chunk_sums(
     # (discarded) NLL is finite and contributes no gradient.
     y = torch.where(is_num, targets.float(), loc_Y.detach())
     nll = cauchy_nll(y, loc_Y, scale_Y)
+    # 1 at every <NUM> position (their sum is then the count), or the detached scale^beta (beta-NLL).
+    weight = is_num.float()
     if reg_beta:
         weight = torch.where(is_num, scale_Y.detach().clamp_min(SCALE_EPS) ** reg_beta, 0.0)
-        reg = torch.where(is_num, gate * nll * weight, torch.zeros_like(nll))
-        return bce_sum, reg.sum(), weight.sum()
-    reg = torch.where(is_num, gate * nll, torch.zeros_like(nll))
-    return bce_sum, reg.sum(), is_num.sum().float()
+    reg = torch.where(is_num, gate * nll * weight, torch.zeros_like(nll))
+    return bce_sum, reg.sum(), weight.sum()
 
 
 @dataclass
@@ -372,9 +372,7 @@ def gated_loss(
         cls_sum, reg_sum, weight_sum = _checkpointed_sums(spec, hidden, head_inputs)
 
     cls = cls_sum / max(flat_labels.shape[0], 1)
-    if reg_beta and is_num.any():
-        # A detached normaliser: the weights redistribute the value term over positions, never rescale it.
-        reg = reg_sum / weight_sum.detach()
-    else:
-        reg = reg_sum / max(int(is_num.sum()), 1)
+    # The summed weights (the count of <NUM> positions unless beta-NLL), detached: beta-NLL's weights
+    # redistribute the value term over positions, never rescale it. No <NUM>: the (zero) sum as it is.
+    reg = reg_sum / weight_sum.detach() if is_num.any() else reg_sum
     return GatedLoss(total=cls + reg_lambda * reg, cls=cls, reg=reg)
