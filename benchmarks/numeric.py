@@ -51,7 +51,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 from causalqwen import CausalQwenConfig, CausalQwenForNumericCausalLM  # noqa: E402
 from causalqwen.configuration.configuration_causal_qwen import FROM_SCRATCH_TOKEN_PRIOR  # noqa: E402
 from causalqwen.modeling.cauchy import interval_half_width  # noqa: E402
-from causalqwen.modeling.numeric_embedding import fit_log_standardization  # noqa: E402
+from causalqwen.modeling.numeric_embedding import fit_symlog_normalization  # noqa: E402
 from causalqwen.training.baselines import (  # noqa: E402
     BackendDigitsView,
     feature_matrix,
@@ -232,18 +232,10 @@ def add_label_noise(split: Split, fraction: float, rng: np.random.Generator) -> 
 
 def choose_normalization(values: np.ndarray) -> dict[str, Any]:
     """Value normalisation for the config: affine (mean/std) unless targets span many decades (symlog, its
-    log-space value standardised: ``fit_log_standardization``)."""
+    log-space value standardised: ``fit_symlog_normalization``)."""
     nonzero = np.abs(values[values != 0])
     if nonzero.size and nonzero.max() / max(np.percentile(nonzero, 5), 1e-30) > 1e3:
-        scale = float(np.percentile(nonzero, 5))
-        log_shift, log_scale = fit_log_standardization(values, 0.0, scale)
-        return dict(
-            value_normalization="symlog",
-            value_norm_shift=0.0,
-            value_norm_scale=scale,
-            value_norm_log_shift=log_shift,
-            value_norm_log_scale=log_scale,
-        )
+        return fit_symlog_normalization(values)
     return dict(
         value_normalization="affine",
         value_norm_shift=float(values.mean()),

@@ -11,6 +11,7 @@ from causalqwen.modeling.numeric_embedding import (
     XValEncoding,
     embed_numbers,
     fit_log_standardization,
+    fit_symlog_normalization,
     multiscale_features,
 )
 
@@ -253,6 +254,14 @@ def test_symlog_log_space_standardisation():
     with_nan = torch.cat([y, torch.tensor([math.nan])]).numpy()
     assert fit_log_standardization(with_nan, 0.0, 2.5e-5) == (log_shift, log_scale)
     assert fit_log_standardization([3.0, 3.0], 0.0, 1.0) == (math.log1p(3.0), 1.0)  # no spread: scale 1
+    # The benchmark's and the CLI's recipe: scale = the 5th percentile of the nonzero |y|, then the fit above.
+    targets = torch.cat([y, torch.tensor([0.0, math.nan])]).numpy()
+    fitted = fit_symlog_normalization(targets)
+    assert fitted["value_norm_scale"] == pytest.approx(10 ** (-5 + 0.05 * 10), rel=1e-12)
+    assert (fitted["value_norm_log_shift"], fitted["value_norm_log_scale"]) == fit_log_standardization(
+        targets, 0.0, fitted["value_norm_scale"]
+    )
+    assert fit_symlog_normalization([0.0, 0.0])["value_norm_scale"] == 1.0
     config = CausalQwenConfig(**TINY, value_normalization="symlog", value_norm_scale=2.5e-5,
                               value_norm_log_shift=log_shift, value_norm_log_scale=log_scale)  # fmt: skip
     from_config = ValueNormalizer.from_config(config)

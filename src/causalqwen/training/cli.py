@@ -27,11 +27,12 @@ Decisions:
 * ``--value-normalization auto`` (fresh models only; a CausalQwen base keeps its own): ``affine`` with the median
   and half the inter-quartile range of the training targets, or ``symlog`` (shift 0, scale = the 5th percentile
   of the nonzero |y|, the log-space value standardised by the mean and standard deviation of the training
-  targets' symlog: the numeric benchmark's recipe) when the targets span more than four decades. On
-  ``synthetic:wide`` (seeds 0-2, 600 steps) that gave test MAE 902 / 1,938 / 1,166 against 5,895 / 4,891 / 2,557
-  with the median |y| as the scale and no standardisation (before 2026-12-05), at a ``<NUM>`` accuracy of 0.92 /
-  1.00 / 0.80 instead of 1.00: over ten decades the value loss now weighs more against the token loss. Cauchy regression on raw targets in the hundreds starts with a
-  huge NLL and moves slowly; normalised targets of order one train like the synthetic sets.
+  targets' symlog: the numeric benchmark's recipe, ``fit_symlog_normalization``) when the targets span more than
+  four decades. On ``synthetic:wide`` (seeds 0-2, 600 steps) that gave test MAE 902 / 1,938 / 1,166 against
+  5,895 / 4,891 / 2,557 with the median |y| as the scale and no standardisation (before 2026-12-05), at a
+  ``<NUM>`` accuracy of 0.92 / 1.00 / 0.80 instead of 1.00: over ten decades the value loss now weighs more
+  against the token loss. Cauchy regression on raw targets in the hundreds starts with a huge NLL and moves
+  slowly; normalised targets of order one train like the synthetic sets.
 * ``--freeze-backbone`` trains only what CausalQwen adds (abduction, action noise, value head, numeric fusion);
   the Qwen2 backbone and the inherited token head stay frozen. It excludes ``--lora`` (which already freezes
   the backbone and trains those modules in full).
@@ -64,7 +65,7 @@ from accelerate import PartialState
 
 from ..configuration.configuration_causal_qwen import VALUE_NORMALIZATIONS, CausalQwenConfig
 from ..modeling.modeling_causal_qwen import CausalQwenForNumericCausalLM
-from ..modeling.numeric_embedding import fit_log_standardization
+from ..modeling.numeric_embedding import fit_symlog_normalization
 from .cli_errors import UsageError, add_debug_flag, exit_on_usage_error, require_positive
 from .collator import NumericDataCollator
 from .data import SYNTHETIC_KINDS, build_synthetic_dataset, build_table_dataset, tokenize_numeric_dataset
@@ -238,10 +239,7 @@ def value_normalization(values: np.ndarray, kind: str) -> dict[str, Any]:
     nonzero = np.abs(values[values != 0])
     wide = nonzero.size > 0 and nonzero.max() / nonzero.min() > 1e4
     if kind == "symlog" or (kind == "auto" and wide):
-        scale = float(np.percentile(nonzero, 5)) if nonzero.size else 1.0
-        log_shift, log_scale = fit_log_standardization(values, 0.0, scale)
-        return {"value_normalization": "symlog", "value_norm_shift": 0.0, "value_norm_scale": scale,
-                "value_norm_log_shift": log_shift, "value_norm_log_scale": log_scale}  # fmt: skip
+        return fit_symlog_normalization(values)
     q25, q50, q75 = np.percentile(values, [25, 50, 75])
     scale = float(q75 - q25) / 2 or float(np.abs(values).max()) or 1.0
     return {"value_normalization": "affine", "value_norm_shift": float(q50), "value_norm_scale": scale}
