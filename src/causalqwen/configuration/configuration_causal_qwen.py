@@ -122,7 +122,7 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
             better worst seed than 0 on every task of ``benchmarks/numeric.py`` in one 5-seed run and not in an
             equivalent second one (docs/causal_qwen.md), so it is an option, not the default.
         loss_chunk_size: positions per chunk in the chunked loss (bounds the [positions x V] working set);
-            with a small vocabulary a chunk takes more positions, up to 4M elements per [chunk x V] tensor
+            with a small vocabulary a chunk takes more positions, up to 512K elements per [chunk x V] tensor
             (``modeling.loss.chunk_rows``).
         cls_reduction: ``"sum"`` (the exact OvR negative log-likelihood: every token's "no" term summed over
             the vocabulary) or ``"balanced"`` (the target's "yes" term plus the *mean* of the others' "no"
