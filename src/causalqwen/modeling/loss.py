@@ -372,7 +372,11 @@ def gated_loss(
         cls_sum, reg_sum, weight_sum = _checkpointed_sums(spec, hidden, head_inputs)
 
     cls = cls_sum / max(flat_labels.shape[0], 1)
-    # The summed weights (the count of <NUM> positions unless beta-NLL), detached: beta-NLL's weights
-    # redistribute the value term over positions, never rescale it. No <NUM>: the (zero) sum as it is.
-    reg = reg_sum / weight_sum.detach() if is_num.any() else reg_sum
+    if reg_beta and is_num.any():
+        # A detached normaliser: the weights redistribute the value term over positions, never rescale it.
+        reg = reg_sum / weight_sum.detach()
+    else:
+        # The count of the labels' <NUM> positions, not the chunks' (their sums agree unless a chunk was
+        # skipped, the failure the distributed negative control injects: it must show as lost rows, not NaN).
+        reg = reg_sum / max(int(is_num.sum()), 1)
     return GatedLoss(total=cls + reg_lambda * reg, cls=cls, reg=reg)
