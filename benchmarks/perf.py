@@ -6,8 +6,9 @@ Measured in one process, on the same inputs, median of ``--repeats`` (>= 5) runs
   state and activations: the growth above the process level before the model is built), at two batch
   shapes per size: a short one and a realistic one (tiny: 4 x 128 and 8 x 512 tokens; 0.5B: 1 x 64 and
   4 x 1,024, where plain Qwen2 materialises float32 logits of [4,096 x 151,936], 2.5 GB, and CausalQwen's
-  chunked loss never does); CausalQwen twice: the default and ``isotropic_scale=True`` (one scale per
-  position, no second vocabulary matmul);
+  chunked loss never does); CausalQwen three times: the default, ``isotropic_scale=True`` (one scale per
+  position, no second vocabulary matmul) and ``loss_compile=True`` (the One-vs-Rest loss's elementwise passes
+  as compiled kernels);
 * ``generate`` throughput with the KV cache at batch 1 and 8 (greedy, a fixed number of new tokens);
 * tokenizer throughput with number parsing (``CausalQwenTokenizer`` on the real Qwen vocabulary) against
   the plain Qwen2 tokenizer of the same vocabulary.
@@ -152,11 +153,17 @@ def budget_for(mode: str, size: str, repeats: int | None = None) -> Budget:
 
 
 ISOTROPIC = "causalqwen[isotropic]"
+# Train-step variants of CausalQwen reported beside the default (no target of their own): (name, row label,
+# config options).
+VARIANTS = (
+    (ISOTROPIC, ", isotropic", {"isotropic_scale": True}),
+    ("causalqwen[loss_compile]", ", loss_compile", {"loss_compile": True}),
+)
 
 
 def build_models(size: str, device: torch.device, dtype: torch.dtype) -> dict[str, Callable[[], Any]]:
-    """Constructors (not models: only one model lives at a time) for the base, CausalQwen and CausalQwen with
-    ``isotropic_scale=True`` (train step only)."""
+    """Constructors (not models: only one model lives at a time) for the base, CausalQwen and the
+    :data:`VARIANTS` of CausalQwen (train step only)."""
     shape = SHAPES[size]
 
     def base():
@@ -171,7 +178,11 @@ def build_models(size: str, device: torch.device, dtype: torch.dtype) -> dict[st
 
         return build
 
-    return {"qwen2": base, "causalqwen": causal(), ISOTROPIC: causal(isotropic_scale=True)}
+    return {
+        "qwen2": base,
+        "causalqwen": causal(),
+        **{name: causal(**options) for name, _, options in VARIANTS},
+    }
 
 
 def make_batch(
@@ -311,6 +322,34 @@ def measure_train(
     }
 
 
+def measure_loss_kernels(size: str, budget: Budget, device: torch.device) -> dict[str, Any]:
+    """One loss chunk's One-vs-Rest token term (``cauchy.ovr_bce_sum``), forward and backward, with the eager
+    kernels against the ``loss_compile`` ones, interleaved: the part of a train step that option changes (the
+    whole step is timed once at the realistic 0.5B shape, where run-to-run noise hides a few seconds)."""
+    from causalqwen.modeling.cauchy import ovr_bce_sum
+    from causalqwen.modeling.loss import chunk_rows
+
+    vocab = SHAPES[size]["vocab_size"]
+    rows = chunk_rows(CausalQwenConfig.loss_chunk_size, vocab)
+    generator = torch.Generator().manual_seed(3)
+    loc = (torch.randn(rows, vocab, generator=generator) * 3).to(device).requires_grad_()
+    scale = (torch.rand(rows, vocab, generator=generator) + 0.1).to(device).requires_grad_()
+    threshold = torch.zeros(vocab, device=device)
+    labels = torch.randint(0, vocab, (rows,), generator=generator).to(device)
+
+    def chunk(compiled: bool) -> Callable[[], None]:
+        def run() -> None:
+            value = ovr_bce_sum(loc, scale, threshold, labels, compiled=compiled)
+            torch.autograd.grad(value, (loc, scale))
+
+        return run
+
+    timings = time_interleaved(
+        {"eager": chunk(False), "compiled": chunk(True)}, repeats=budget.repeats, warmup=1, device=device
+    )
+    return {"rows": rows, "vocab": vocab, **{name: t.to_dict() for name, t in timings.items()}}
+
+
 def measure_generate(
     builders: dict[str, Callable[[], Any]], budget: Budget, device: torch.device, size: str
 ) -> dict[str, Any]:
@@ -441,6 +480,7 @@ def run_size(size: str, budget: Budget, device: torch.device, dtype: torch.dtype
     else:
         result["train_skipped"] = why
         print(f"[perf] {size}: train step skipped ({why})", flush=True)
+    result["loss_kernels"] = measure_loss_kernels(size, budget, device)
     result["generate"] = measure_generate(builders, budget, device, size)
     return result
 
@@ -450,7 +490,7 @@ def summary_rows(size: str, result: dict[str, Any]) -> list[list[Any]]:
     for shape, train in result.get("train", {}).items():
         base = train["qwen2"]
         shown = f"{shape} ckpt" if base["activation_checkpointing"] else shape
-        for name, label in (("causalqwen", ""), (ISOTROPIC, ", isotropic")):
+        for name, label in (("causalqwen", ""), *((name, label) for name, label, _ in VARIANTS)):
             causal = train[name]
             default = name == "causalqwen"
             rows.append(
@@ -473,6 +513,19 @@ def summary_rows(size: str, result: dict[str, Any]) -> list[list[Any]]:
                     target_for("peak_memory", size, shape) if default else None,
                 )
             )
+    kernels = result.get("loss_kernels")
+    if kernels is not None:
+        # Columns: the eager kernels where the other rows have Qwen2, the compiled ones under CausalQwen.
+        rows.append(
+            ratio_row(
+                f"loss chunk {kernels['rows']}x{kernels['vocab']} fwd+bwd, loss_compile vs eager",
+                kernels["eager"]["median_s"] * 1e3,
+                kernels["compiled"]["median_s"] * 1e3,
+                False,
+                "ms",
+                None,
+            )
+        )
     for batch_key, gen in result["generate"].items():
         for mode in ("standard", "deterministic"):
             row = ratio_row(

@@ -195,15 +195,23 @@ def test_perf_smoke_writes_ratios(tmp_path):
         "peak_memory 2x16",
         "train_step 2x16, isotropic",
         "peak_memory 2x16, isotropic",
+        "train_step 2x16, loss_compile",
+        "peak_memory 2x16, loss_compile",
+        "loss chunk 1024x512 fwd+bwd, loss_compile vs eager",
         "generate batch1 (standard)",
         "generate batch1 (deterministic)",
         "generate batch8 (standard)",
         "generate batch8 (deterministic)",
     ]
     assert all(r[4] > 0 for r in rows)
-    assert [r[5] for r in rows[:4]] == ["<= 1.8", "<= 1.02", "-", "-"]  # the isotropic rows have no target
+    assert [r[5] for r in rows[:6]] == ["<= 1.8", "<= 1.02", "-", "-", "-", "-"]  # variants: no target
     train = results["tiny"]["train"]["2x16"]
-    assert set(train) == {"qwen2", "causalqwen", "causalqwen[isotropic]"}
+    assert set(train) == {"qwen2", "causalqwen", "causalqwen[isotropic]", "causalqwen[loss_compile]"}
+    kernels = results["tiny"]["loss_kernels"]
+    assert (kernels["rows"], kernels["vocab"]) == (1024, 512)
+    assert (
+        len(kernels["compiled"]["runs_s"]) == len(kernels["eager"]["runs_s"]) == perf.BUDGETS["smoke"].repeats
+    )
     gen = results["tiny"]["generate"]["batch8"]["qwen2"]
     assert len(gen["runs_s"]) == perf.BUDGETS["smoke"].repeats
     assert gen["tokens_per_s"] == pytest.approx(8 * perf.BUDGETS["smoke"].new_tokens / gen["median_s"])

@@ -393,7 +393,7 @@ def test_batch_without_labels_still_backpropagates_to_every_parameter():
     assert missing == []
 
 
-def _reference_bce_sum(loc, scale, threshold, labels, negative_weight, hard_negatives=None):
+def _reference_bce_sum(loc, scale, threshold, labels, negative_weight, hard_negatives=None, compiled=False):
     """The token term as autograd composes it from ovr_log_probs (the code before the fused node); with
     ``hard_negatives=k`` only the k largest wrong-token "no" terms of each row."""
     from causalqwen.modeling.cauchy import ovr_log_probs
@@ -498,6 +498,124 @@ def test_small_vocabularies_take_more_positions_per_chunk():
     # The demo's and the numeric benchmark's batches (up to 16 x 79 = 1,264 positions at V = 301) stay one chunk.
     assert chunk_rows(256, 301) == 1741
     assert chunk_rows(10_000, 512) == 10_000
+
+
+@pytest.fixture
+def fresh_ovr_kernels(monkeypatch):
+    """The compiled-kernel cache and failure flag of cauchy.py, emptied for one test and restored after."""
+    from causalqwen.modeling import cauchy
+
+    monkeypatch.setattr(cauchy, "_compiled_kernels", {})
+    monkeypatch.setattr(cauchy, "_compile_failure", [])
+    return cauchy
+
+
+@pytest.mark.parametrize("hard_negatives", [None, 7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_ovr_kernels_equal_eager_loss_and_gradients(dtype, hard_negatives, fresh_ovr_kernels):
+    """``loss_compile``: the torch.compile-d [n x V] passes give the eager loss and gradients (float rounding
+    apart), over row counts that change from call to call (one dynamic compile), tails and clamped scales."""
+    from causalqwen.modeling.cauchy import SCALE_EPS, ovr_bce_sum
+
+    g = torch.Generator().manual_seed(1)
+    for n in (37, 12, 1):
+        V = 50
+        loc = (torch.randn(n, V, generator=g, dtype=dtype) * 5).requires_grad_()
+        scale = torch.rand(n, V, generator=g, dtype=dtype) * 3
+        scale[0, :5] = SCALE_EPS / 10
+        scale = scale.requires_grad_()
+        loc.data[-1, :3] = 1e4
+        threshold = torch.randn(V, generator=g, dtype=dtype).requires_grad_()
+        labels = torch.randint(0, V, (n,), generator=g)
+        labels[0] = 0  # the target's own scale is clamped: no scale gradient there either
+        results = []
+        for compiled in (False, True):
+            value = ovr_bce_sum(loc, scale, threshold, labels, 1.0 / 49, hard_negatives, compiled)
+            results.append((value, *torch.autograd.grad(value, (loc, scale, threshold))))
+        tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+        for got, want in zip(results[1], results[0]):
+            torch.testing.assert_close(got, want, **tol)
+        assert results[1][2][0, :5].eq(0).all()
+    assert fresh_ovr_kernels._compile_failure == []
+    if hard_negatives is None:  # the full sum runs both compiled kernels
+        assert set(fresh_ovr_kernels._compiled_kernels) == {"no_log_row_sums", "negative_grads"}
+
+
+@pytest.mark.parametrize("case", ["mixed", "ignored"])
+def test_loss_compile_model_loss_and_gradients_equal_eager(case, fresh_ovr_kernels):
+    """``CausalQwenConfig.loss_compile=True`` through the model's chunked loss: the same loss and gradients as
+    the eager kernels (several chunks; a batch whose labels are all ignored included)."""
+    from causalqwen.modeling import loss as loss_module
+
+    torch.manual_seed(0)
+    model = _one_layer_model(loss_chunk_size=5)
+    ids = torch.randint(1, 60, (3, 8))
+    labels = ids.clone()
+    labels[:, 1::2] = 63
+    labels[0, :3] = -100
+    if case == "ignored":
+        labels[:] = -100
+    values = torch.where(labels == 63, torch.randn(3, 8) * 10, torch.zeros(3, 8))
+    ids = torch.where(labels == 63, 63, ids)
+    runs = []
+    for compiled in (False, True):
+        model.config.loss_compile = compiled
+        model.zero_grad(set_to_none=True)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(loss_module, "MIN_CHUNK_ELEMENTS", 0)
+            out = model(input_ids=ids, numeric_values=values, labels=labels)
+        out.loss.backward()
+        runs.append(
+            (
+                out.loss.detach(),
+                {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
+            )
+        )
+    (eager_loss, eager_grads), (loss, grads) = runs
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-6, atol=1e-6)
+    assert grads.keys() == eager_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], eager_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert fresh_ovr_kernels._compile_failure == []
+
+
+def test_loss_compile_falls_back_to_eager_with_a_warning(fresh_ovr_kernels, monkeypatch):
+    """Where compiling fails (here: a backend that raises), the first call warns with the error and every call
+    returns the eager result, bit for bit."""
+    from causalqwen.modeling.cauchy import ovr_bce_sum
+
+    calls = []
+
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            calls.append(fn.__name__)
+            raise RuntimeError("no C++ compiler found")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    g = torch.Generator().manual_seed(2)
+    loc = torch.randn(6, 20, generator=g).requires_grad_()
+    scale = (torch.rand(6, 20, generator=g) + 0.1).requires_grad_()
+    threshold, labels = torch.zeros(20), torch.randint(0, 20, (6,), generator=g)
+    eager = ovr_bce_sum(loc, scale, threshold, labels)
+    eager_grads = torch.autograd.grad(eager, (loc, scale))
+    with pytest.warns(RuntimeWarning, match="loss_compile: torch.compile .* failed .*no C.. compiler found"):
+        value = ovr_bce_sum(loc, scale, threshold, labels, compiled=True)
+    grads = torch.autograd.grad(value, (loc, scale))
+    assert torch.equal(value, eager) and all(torch.equal(a, b) for a, b in zip(grads, eager_grads))
+    assert calls == ["_no_log_row_sums"]  # tried once; the backward's kernel then ran eager without trying
+    assert fresh_ovr_kernels._compile_failure == ["RuntimeError: no C++ compiler found"]
+
+
+def test_loss_compile_is_a_saved_config_flag(tmp_path):
+    from causalqwen import CausalQwenConfig
+
+    config = CausalQwenConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                              num_attention_heads=2, num_key_value_heads=1, num_token_id=63, loss_compile=True)  # fmt: skip
+    config.save_pretrained(tmp_path)
+    assert CausalQwenConfig.from_pretrained(tmp_path).loss_compile is True
+    assert CausalQwenConfig(vocab_size=64, num_token_id=63).loss_compile is False
 
 
 def record_chunk_sizes(monkeypatch) -> list[int]:

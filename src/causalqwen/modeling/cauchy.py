@@ -15,6 +15,7 @@ All functions are written to stay finite for huge ``|loc|`` and tiny ``scale``:
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -163,53 +164,53 @@ class _OvRBCESum(torch.autograd.Function):
     than three of them alive in forward and four in backward."""
 
     @staticmethod
-    def forward(ctx, loc, scale, threshold, labels, negative_weight, hard_negatives):
-        # The "no" angle atan2(s, loc - c) is exact in both tails (ovr_log_probs).
-        log_a = torch.atan2(scale.clamp_min(SCALE_EPS), loc - threshold)
-        log_a.clamp_min_(torch.finfo(loc.dtype).tiny).log_()
+    def forward(ctx, loc, scale, threshold, labels, negative_weight, hard_negatives, compiled):
         idx = labels.unsqueeze(-1)
         log_p_y, log_q_y = ovr_log_probs(
             loc.gather(-1, idx), scale.gather(-1, idx), threshold[labels].unsqueeze(-1)
         )
         if hard_negatives is None:
-            sum_no = -(log_a.sum(-1) - loc.shape[-1] * LOG_PI) + log_q_y.squeeze(-1)
+            row_sums = _ovr_kernel("no_log_row_sums", compiled)(loc, scale, threshold)
+            sum_no = -(row_sums - loc.shape[-1] * LOG_PI) + log_q_y.squeeze(-1)
             selected = None
         else:
             # The k wrong tokens with the largest "no" loss -log(1 - P) = log pi - log a: the smallest log a,
             # the target excluded.
+            log_a = _no_log_angles(loc, scale, threshold)
             log_a.scatter_(-1, idx, math.inf)
             smallest, selected = log_a.topk(hard_negatives, dim=-1, largest=False)
             sum_no = hard_negatives * LOG_PI - smallest.sum(-1)
-        del log_a
+            del log_a
         bce = negative_weight * sum_no - log_p_y.squeeze(-1)
         ctx.save_for_backward(loc, scale, threshold, labels, selected)
-        ctx.negative_weight = negative_weight
+        ctx.negative_weight, ctx.compiled = negative_weight, compiled
         return bce.sum()
 
     @staticmethod
     def backward(ctx, grad_out):
         loc, scale, threshold, labels, selected = ctx.saved_tensors
         idx = labels.unsqueeze(-1)
+        weight = ctx.negative_weight * grad_out
         if selected is None:
-            grad_loc, grad_scale = _ovr_negative_grads(loc, scale, threshold, ctx.negative_weight * grad_out)
+            grad_loc, grad_scale = _ovr_kernel("negative_grads", ctx.compiled)(loc, scale, threshold, weight)
         else:
             # Only the selected negatives have a gradient; the rest of the row stays zero.
             sel_loc, sel_scale = _ovr_negative_grads(
-                loc.gather(-1, selected), scale.gather(-1, selected), threshold[selected],
-                ctx.negative_weight * grad_out,
-            )  # fmt: skip
+                loc.gather(-1, selected), scale.gather(-1, selected), threshold[selected], weight
+            )
             grad_loc = torch.zeros_like(loc).scatter_(-1, selected, sel_loc)
             grad_scale = torch.zeros_like(scale).scatter_(-1, selected, sel_scale)
         # The target's column: -log p (a_p = atan2(s, -e)) gives -s / (r^2 a_p) and e / (r^2 a_p); with every
         # token summed, the target's "no" term, counted above, cancels, so it is overwritten.
-        s_y = scale.gather(-1, idx).clamp_min(SCALE_EPS)
+        raw_s_y = scale.gather(-1, idx)
+        s_y = raw_s_y.clamp_min(SCALE_EPS)
         e_y = loc.gather(-1, idx) - threshold[labels].unsqueeze(-1)
         coef = grad_out / ((s_y * s_y + e_y * e_y) * torch.atan2(s_y, -e_y))
         grad_loc.scatter_(-1, idx, -coef * s_y)
-        grad_scale.scatter_(-1, idx, coef * e_y)
-        grad_scale.masked_fill_(scale < SCALE_EPS, 0.0)
+        # A scale under the clamp gets no gradient (as the clamp's own backward would give).
+        grad_scale.scatter_(-1, idx, torch.where(raw_s_y < SCALE_EPS, 0.0, coef * e_y))
         grad_threshold = -grad_loc.sum(0) if ctx.needs_input_grad[2] else None
-        return grad_loc, grad_scale, grad_threshold, None, None, None
+        return grad_loc, grad_scale, grad_threshold, None, None, None, None
 
 
 def _ovr_negative_grads(loc, scale, threshold, weight) -> tuple[torch.Tensor, torch.Tensor]:
@@ -224,7 +225,61 @@ def _ovr_negative_grads(loc, scale, threshold, weight) -> tuple[torch.Tensor, to
     base.mul_(torch.atan2(safe, excess)).reciprocal_().mul_(weight)
     grad_loc = base * safe
     del safe
-    return grad_loc, base.mul_(excess).neg_()
+    # A scale under the clamp gets no gradient (as the clamp's own backward would give).
+    return grad_loc, base.mul_(excess).neg_().masked_fill_(scale < SCALE_EPS, 0.0)
+
+
+def _no_log_angles(loc: torch.Tensor, scale: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """``log atan2(s, loc - c)`` elementwise: log(pi (1 - P)), the "no" term's angle, exact in both tails
+    (:func:`ovr_log_probs`), clamped at the smallest normal."""
+    log_a = torch.atan2(scale.clamp_min(SCALE_EPS), loc - threshold)
+    return log_a.clamp_min_(torch.finfo(loc.dtype).tiny).log_()
+
+
+def _no_log_row_sums(loc: torch.Tensor, scale: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """:func:`_no_log_angles` summed over the vocabulary, per row."""
+    return _no_log_angles(loc, scale, threshold).sum(-1)
+
+
+# The [n x V] passes of the One-vs-Rest loss, eager, and compiled on first use when asked (``compiled=True``:
+# ``CausalQwenConfig.loss_compile``). Eager, each op of a kernel is one pass over the chunk with a [n x V]
+# temporary; compiled (torch.compile, dynamic row count), a kernel is one fused loop: measured at 256 x 151,936
+# on 2 CPU cores, the forward's row sums 0.28 s -> 0.055 s and the backward's gradients 0.32 s -> 0.12 s.
+_OVR_KERNELS = {"no_log_row_sums": _no_log_row_sums, "negative_grads": _ovr_negative_grads}
+_compiled_kernels: dict[str, object] = {}
+_compile_failure: list[str] = []
+
+
+def _ovr_kernel(name: str, compiled: bool):
+    """The kernel ``name`` of :data:`_OVR_KERNELS`, compiled when ``compiled`` and ``torch.compile`` works here.
+
+    Compiling needs a working backend (a C++ compiler on CPU, Triton on CUDA); when the first compiled call
+    fails, a warning names the error and every later call runs eager (the results agree to float rounding).
+    Inside an outer ``torch.compile`` the eager function is traced into the caller's graph anyway.
+    """
+    eager = _OVR_KERNELS[name]
+    if not compiled or _compile_failure or torch.compiler.is_compiling():
+        return eager
+    if name not in _compiled_kernels:
+        _compiled_kernels[name] = torch.compile(eager, dynamic=True, fullgraph=True)
+    kernel = _compiled_kernels[name]
+
+    def run(*args):
+        if _compile_failure:
+            return eager(*args)
+        try:
+            return kernel(*args)
+        except Exception as error:  # any backend failure: compiler missing, unsupported device, ...
+            _compile_failure.append(f"{type(error).__name__}: {error}")
+            warnings.warn(
+                f"loss_compile: torch.compile of the One-vs-Rest loss kernels failed ({_compile_failure[0]}); "
+                "running them eager from now on (same results, slower)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return eager(*args)
+
+    return run
 
 
 def ovr_bce_sum(
@@ -234,6 +289,7 @@ def ovr_bce_sum(
     labels: torch.Tensor,
     negative_weight: float = 1.0,
     hard_negatives: int | None = None,
+    compiled: bool = False,
 ) -> torch.Tensor:
     """``sum_i [w * sum_{k != y_i} -log(1 - P_ik) - log P_{i y_i}]`` for [n, V] ``loc``/``scale``, [V] thresholds.
 
@@ -247,6 +303,9 @@ def ovr_bce_sum(
     ``hard_negatives=k`` sums the "no" terms of only the k wrong tokens with the largest ones in each row (the
     most probable wrong tokens: hard-negative mining), so the token gradient no longer grows with V; ``k`` is
     capped at V - 1 (where it equals the full sum).
+
+    ``compiled=True`` runs the [n, V] passes (the forward's row sums, the backward's gradients) as
+    ``torch.compile``-d kernels (:func:`_ovr_kernel`; eager where compiling fails).
     """
     if hard_negatives is not None:
         if hard_negatives < 1:
@@ -254,7 +313,9 @@ def ovr_bce_sum(
         hard_negatives = min(int(hard_negatives), loc.shape[-1] - 1)
         if hard_negatives < 1:
             hard_negatives = None
-    return _OvRBCESum.apply(loc, scale, threshold, labels, float(negative_weight), hard_negatives)
+    return _OvRBCESum.apply(
+        loc, scale, threshold, labels, float(negative_weight), hard_negatives, bool(compiled)
+    )
 
 
 def cauchy_nll(y: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

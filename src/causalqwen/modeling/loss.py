@@ -125,6 +125,7 @@ def _chunk_sums(
     hidden: torch.Tensor,
     labels: torch.Tensor,
     targets: torch.Tensor,
+    compile_kernels: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Summed OvR BCE, summed (weighted) gated NLL and the summed NLL weights over one chunk of labelled
     positions (the weights are 1 at every ``<NUM>`` position unless ``reg_beta`` > 0)."""
@@ -134,7 +135,9 @@ def _chunk_sums(
     thresholds = thresholds.float()
     # -sum_k [y_k log P_k + (1 - y_k) log(1 - P_k)] with one-hot y: every token's "no" term, with the
     # target's swapped for its "yes" term; one fused node with a closed-form backward (cauchy.ovr_bce_sum).
-    bce_sum = ovr_bce_sum(loc_S, scale_S, thresholds, labels, negative_weight, hard_negatives)
+    bce_sum = ovr_bce_sum(
+        loc_S, scale_S, thresholds, labels, negative_weight, hard_negatives, compile_kernels
+    )
 
     is_num = labels == num_token_id
     with torch.no_grad():
@@ -171,6 +174,7 @@ class _ChunkSpec:
     chunk_size: int
     labels: torch.Tensor
     targets: torch.Tensor
+    compile_kernels: bool = False
 
     def starts(self) -> range:
         # A batch with no labelled position still runs one (empty) chunk: its zero loss then depends on every
@@ -187,7 +191,7 @@ class _ChunkSpec:
         return _chunk_sums(
             lambda rows: self.head(rows, *head_inputs), self.thresholds, self.num_token_id, self.gate_alpha,
             self.negative_weight, self.hard_negatives, self.reg_beta, hidden, self.labels[start:end],
-            self.targets[start:end],
+            self.targets[start:end], self.compile_kernels,
         )  # fmt: skip
 
 
@@ -308,6 +312,7 @@ def gated_loss(
     reg_beta: float = 0.0,
     head_inputs: tuple[torch.Tensor, ...] = (),
     parameters: list[torch.Tensor] | None = None,
+    compile_kernels: bool = False,
 ) -> GatedLoss:
     """Gated loss from hidden states [B, S, H], unshifted ``labels`` [B, S] and value targets [B, S].
 
@@ -317,6 +322,7 @@ def gated_loss(
     ``parameters``: every tensor the head uses that may need a gradient, apart from ``hidden`` and
     ``head_inputs`` (the head's module parameters); given, chunk gradients are computed in the forward
     (module docstring). ``reg_beta``: beta-NLL weighting of the value term (module docstring).
+    ``compile_kernels``: the One-vs-Rest [chunk x V] passes as compiled kernels (``cauchy.ovr_bce_sum``).
     """
     if labels.shape != hidden_states.shape[:-1]:
         raise ValueError(
@@ -362,7 +368,7 @@ def gated_loss(
         raise ValueError("numeric targets at <NUM> labels must be finite (got NaN or inf)")
 
     spec = _ChunkSpec(head, thresholds, num_token_id, gate_alpha, negative_weight, hard, float(reg_beta),
-                      chunk_size, flat_labels, flat_targets)  # fmt: skip
+                      chunk_size, flat_labels, flat_targets, bool(compile_kernels))  # fmt: skip
     differentiable = [t for t in (hidden, *head_inputs, *(parameters or ())) if t.requires_grad]
     if parameters is not None and GRADIENTS_IN_FORWARD and torch.is_grad_enabled() and differentiable:
         cls_sum, reg_sum, weight_sum = _SumsWithForwardGradients.apply(

@@ -497,6 +497,7 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
             hard_negatives=self.config.cls_hard_negatives,
             head_inputs=() if scale_weight is None else (scale_weight,),
             parameters=self._head_parameters(),
+            compile_kernels=bool(self.config.loss_compile),
         )
 
     def _head_outputs(self, hidden, mode: str, temp: float, scale_weight=None) -> dict[str, torch.Tensor]:
