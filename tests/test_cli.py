@@ -126,6 +126,19 @@ def test_freeze_backbone_trains_only_the_causal_modules(tmp_path):
     assert metrics["parameters"]["trainable"] == expected
 
 
+def test_loss_compile_flag_trains_with_compiled_kernels_and_is_saved(tmp_path, monkeypatch):
+    from causalqwen.modeling import cauchy
+
+    monkeypatch.setattr(cauchy, "_compiled_kernels", {})
+    monkeypatch.setattr(cauchy, "_compile_failure", [])
+    out = tmp_path / "compiled"
+    metrics = cli.main(["--quick", "--loss-compile", "--calibration-rows", "0", "--output-dir", str(out)])
+    assert set(cauchy._compiled_kernels) == {"no_log_row_sums", "negative_grads"}
+    assert cauchy._compile_failure == []
+    assert math.isfinite(metrics["train"]["train_loss"])
+    assert json.loads((out / "config.json").read_text())["loss_compile"] is True
+
+
 def test_config_file_and_console_entry(tmp_path, monkeypatch):
     config = tmp_path / "train.json"
     config.write_text(json.dumps({"dataset": "synthetic:unit", "batch-size": 2, "seed": 3}))

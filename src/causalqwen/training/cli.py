@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     parser.add_argument("--max-length", type=int, default=256, help="prompt is cut from the left beyond it")
     parser.add_argument("--freeze-backbone", action="store_true", help="train only the CausalQwen modules")
+    parser.add_argument(
+        "--loss-compile",
+        action="store_true",
+        help="compile the loss's One-vs-Rest kernels (config.loss_compile; needs a C++ compiler on CPU)",
+    )
     parser.add_argument("--lora", action="store_true", help="PEFT LoRA (see causalqwen.training.lora)")
     parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
     parser.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha")
@@ -270,6 +275,9 @@ def build_model(
         )
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         raise UsageError(f"the tokenizer has {len(tokenizer)} tokens, more than the model's embedding rows")
+    if args.loss_compile:
+        # A training-speed choice, whatever the base: saved with the model (off again by config edit or flag).
+        model.config.loss_compile = True
     return model
 
 
