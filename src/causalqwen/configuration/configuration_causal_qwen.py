@@ -143,7 +143,7 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
             first use (seconds) with a dynamic row count. Off by default: compiling needs a C++ compiler on CPU
             (Triton on CUDA) and changes the float rounding of the sums (agreement ~1e-6 relative, tested);
             where compiling fails a warning is given and the eager kernels run. Measured on 2 CPU cores at
-            256 x 151,936 (docs/benchmarks.md): the chunk's One-vs-Rest forward + backward 3-4x faster, a small
+            256 x 151,936 (docs/benchmarks.md): the chunk's One-vs-Rest forward + backward about 3x faster, a small
             part of a 0.5B step whose head matmuls dominate there.
         value_scale_factor: post-hoc calibration of the value's Cauchy scale (``value_scale`` in the outputs is
             multiplied by it; the loss is not). Fitted by ``training.evaluation.calibrate_value_scale`` so that the

@@ -170,7 +170,7 @@ class _OvRBCESum(torch.autograd.Function):
             loc.gather(-1, idx), scale.gather(-1, idx), threshold[labels].unsqueeze(-1)
         )
         if hard_negatives is None:
-            row_sums = _ovr_kernel("no_log_row_sums", compiled)(loc, scale, threshold)
+            row_sums = _run_ovr_kernel("no_log_row_sums", compiled, loc, scale, threshold)
             sum_no = -(row_sums - loc.shape[-1] * LOG_PI) + log_q_y.squeeze(-1)
             selected = None
         else:
@@ -192,7 +192,9 @@ class _OvRBCESum(torch.autograd.Function):
         idx = labels.unsqueeze(-1)
         weight = ctx.negative_weight * grad_out
         if selected is None:
-            grad_loc, grad_scale = _ovr_kernel("negative_grads", ctx.compiled)(loc, scale, threshold, weight)
+            grad_loc, grad_scale = _run_ovr_kernel(
+                "negative_grads", ctx.compiled, loc, scale, threshold, weight
+            )
         else:
             # Only the selected negatives have a gradient; the rest of the row stays zero.
             sel_loc, sel_scale = _ovr_negative_grads(
@@ -250,8 +252,8 @@ _compiled_kernels: dict[str, object] = {}
 _compile_failure: list[str] = []
 
 
-def _ovr_kernel(name: str, compiled: bool):
-    """The kernel ``name`` of :data:`_OVR_KERNELS`, compiled when ``compiled`` and ``torch.compile`` works here.
+def _run_ovr_kernel(name: str, compiled: bool, *args: torch.Tensor):
+    """Run the kernel ``name`` of :data:`_OVR_KERNELS`, compiled when ``compiled`` and ``torch.compile`` works.
 
     Compiling needs a working backend (a C++ compiler on CPU, Triton on CUDA); when the first compiled call
     fails, a warning names the error and every later call runs eager (the results agree to float rounding).
@@ -259,27 +261,20 @@ def _ovr_kernel(name: str, compiled: bool):
     """
     eager = _OVR_KERNELS[name]
     if not compiled or _compile_failure or torch.compiler.is_compiling():
-        return eager
+        return eager(*args)
     if name not in _compiled_kernels:
         _compiled_kernels[name] = torch.compile(eager, dynamic=True, fullgraph=True)
-    kernel = _compiled_kernels[name]
-
-    def run(*args):
-        if _compile_failure:
-            return eager(*args)
-        try:
-            return kernel(*args)
-        except Exception as error:  # any backend failure: compiler missing, unsupported device, ...
-            _compile_failure.append(f"{type(error).__name__}: {error}")
-            warnings.warn(
-                f"loss_compile: torch.compile of the One-vs-Rest loss kernels failed ({_compile_failure[0]}); "
-                "running them eager from now on (same results, slower)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return eager(*args)
-
-    return run
+    try:
+        return _compiled_kernels[name](*args)
+    except Exception as error:  # any backend failure: compiler missing, unsupported device, ...
+        _compile_failure.append(f"{type(error).__name__}: {error}")
+        warnings.warn(
+            f"loss_compile: torch.compile of the One-vs-Rest loss kernels failed ({_compile_failure[0]}); "
+            "running them eager from now on (same results, slower)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return eager(*args)
 
 
 def ovr_bce_sum(
@@ -305,7 +300,7 @@ def ovr_bce_sum(
     capped at V - 1 (where it equals the full sum).
 
     ``compiled=True`` runs the [n, V] passes (the forward's row sums, the backward's gradients) as
-    ``torch.compile``-d kernels (:func:`_ovr_kernel`; eager where compiling fails).
+    ``torch.compile``-d kernels (:func:`_run_ovr_kernel`; eager where compiling fails).
     """
     if hard_negatives is not None:
         if hard_negatives < 1:
