@@ -50,7 +50,6 @@ def test_int_values_are_accepted_for_float_fields():
         ({"value_scale_factor": 0.0}, "value_scale_factor must be a positive"),
         ({"value_scale_factor": float("inf")}, "value_scale_factor must be a positive"),
         ({"ovr_threshold_init": float("inf")}, "ovr_threshold_init must be finite"),
-        ({"value_interval_table": [0.5, 1.0]}, "value_interval_table must be a dict with keys"),
         ({"value_interval_table": {"levels": [0.5]}}, "value_interval_table must be a dict with keys"),
         (
             {"value_interval_table": {"levels": [0.5, 0.9], "half_widths": [1.0]}},

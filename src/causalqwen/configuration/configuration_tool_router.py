@@ -12,7 +12,6 @@ Defaults follow seed 001 (d_tool 768 + d_resource 256 = d_model 1024, 8 heads, 1
 configs. ``d_model`` is derived (``d_tool + d_resource``) because the tool embedding is their concatenation.
 """
 
-from __future__ import annotations
 
 import math
 from typing import Any
@@ -84,7 +83,7 @@ class ToolRouterConfig(KnownKeysMixin, PreTrainedConfig):
         self._validate_router_settings()
 
     @classmethod
-    def for_pretrained_encoder(cls, encoder_path: str, **kwargs: Any) -> ToolRouterConfig:
+    def for_pretrained_encoder(cls, encoder_path: str, **kwargs: Any) -> "ToolRouterConfig":
         """A v2 router config around the transformers encoder saved in ``encoder_path`` (read locally).
 
         ``d_tool`` defaults to the encoder width, so the tool-set attention sees the pretrained embedding
