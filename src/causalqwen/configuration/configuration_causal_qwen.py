@@ -9,7 +9,6 @@ Unknown keys (``configuration/_keys.py``): an error naming the closest field whe
 means softmax temperature) and refuses to save a model config that carries one.
 """
 
-
 import math
 from typing import Any
 

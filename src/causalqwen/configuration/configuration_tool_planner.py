@@ -20,7 +20,6 @@ writes each chosen call's arguments after a ``call_token_id`` that carries the c
 unused reserved rows after ``<NUM>`` (151665), so a real Qwen2.5 vocabulary needs no resize.
 """
 
-
 import math
 from typing import Any
 

@@ -12,7 +12,6 @@ Defaults follow seed 001 (d_tool 768 + d_resource 256 = d_model 1024, 8 heads, 1
 configs. ``d_model`` is derived (``d_tool + d_resource``) because the tool embedding is their concatenation.
 """
 
-
 import math
 from typing import Any
 
