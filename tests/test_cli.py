@@ -139,6 +139,31 @@ def test_loss_compile_flag_trains_with_compiled_kernels_and_is_saved(tmp_path, m
     assert json.loads((out / "config.json").read_text())["loss_compile"] is True
 
 
+def test_standardize_flag_writes_z_scores_and_saves_the_statistics(tmp_path):
+    from causalqwen.training.data import table_standardization
+
+    out = tmp_path / "std"
+    metrics = cli.main(
+        [
+            "--quick",
+            "--dataset",
+            "sklearn:diabetes",
+            "--standardize",
+            "--numeric-input-noise",
+            "0.1",
+            "--calibration-rows",
+            "0",
+            "--output-dir",
+            str(out),
+        ]
+    )
+    assert math.isfinite(metrics["train"]["train_loss"]) and metrics["args"]["standardize"] is True
+    saved = json.loads((out / "table_standardization.json").read_text())
+    expected = table_standardization("sklearn:diabetes", seed=0)
+    assert saved == {column: list(pair) for column, pair in expected.items()}  # JSON floats: exact
+    assert json.loads((out / "config.json").read_text())["numeric_input_noise"] == 0.1
+
+
 def test_config_file_and_console_entry(tmp_path, monkeypatch):
     config = tmp_path / "train.json"
     config.write_text(json.dumps({"dataset": "synthetic:unit", "batch-size": 2, "seed": 3}))
@@ -182,6 +207,9 @@ def usage_error(capsys, argv):
         (["--dataset", "parquet:x"], "--dataset must be"),
         (["--dataset", "synthetic:cubic"], "--dataset synthetic:cubic: "),
         (["--steps", "0"], "--steps must be >= 1"),
+        (["--standardize"], "--standardize applies to table datasets (sklearn:<name>, csv:PATH)"),
+        (["--numeric-input-noise", "-1"], "--numeric-input-noise must be finite and >= 0, got -1.0"),
+        (["--numeric-input-noise", "nan"], "--numeric-input-noise must be finite and >= 0, got nan"),
         (["--calibration-rows", "-1"], "--calibration-rows must be >= 0 (0: no calibration), got -1"),
         (["--base", "/definitely/not/here"], "no config.json"),
     ],

@@ -1,5 +1,6 @@
 import json
 import math
+import re
 import struct
 
 import pytest
@@ -9,6 +10,7 @@ from causalqwen.training.data import (
     SYNTHETIC_KINDS,
     build_synthetic_dataset,
     build_table_dataset,
+    table_standardization,
     tokenize_numeric_dataset,
 )
 
@@ -257,3 +259,77 @@ def test_keep_cells_gives_the_raw_cells_per_row(tmp_path):
         {"city": "Paris", "rooms": 2.0, "area_m2": 41.25},
     ]
     assert "cells" not in build_table_dataset(path, "sale_price", test_size=0.34).column_names["train"]
+
+
+def _prompt_numbers(prompt: str) -> list[float]:
+    """The numbers of a default-template prompt ``"Entity: col v, col v."``, in column order."""
+    return [float(part.rsplit(" ", 1)[1]) for part in prompt.split(": ", 1)[1].rstrip(".").split(", ")]
+
+
+def test_standardize_writes_training_split_z_scores(tiny_tokenizer):
+    stats = table_standardization("sklearn:diabetes", seed=2)
+    assert list(stats) == ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
+    assert stats["bmi"][0] == pytest.approx(26.3, abs=0.3) and stats["sex"][1] == pytest.approx(0.5, abs=0.01)
+    data = build_table_dataset("sklearn:diabetes", seed=2, standardize=True, keep_cells=True)
+    raw = build_table_dataset("sklearn:diabetes", seed=2)
+    for name in ("train", "test"):
+        # the same rows, targets and values in the same order; only the features' writing changes
+        assert list(data[name]["target"]) == list(raw[name]["target"])
+        assert list(data[name]["value"]) == list(raw[name]["value"])
+        for row in data[name]:
+            cells = json.loads(row["cells"])  # the table's own values, not the z-scores
+            expected = [round((cells[c] - mean) / std, 2) for c, (mean, std) in stats.items()]
+            assert _prompt_numbers(row["prompt"]) == expected
+            assert re.search(r"-0(?![.\d])", row["prompt"]) is None  # a z-score rounding to -0 is written 0
+    # the statistics are the training split's: its z-scores have mean 0 and std 1 (to the rounding)
+    train = [_prompt_numbers(p) for p in data["train"]["prompt"]]
+    for j in range(10):
+        column = [row[j] for row in train]
+        mean = sum(column) / len(column)
+        std = (sum((v - mean) ** 2 for v in column) / len(column)) ** 0.5
+        assert abs(mean) < 0.005 and abs(std - 1) < 0.005
+    assert stats != table_standardization("sklearn:diabetes", seed=3)  # another split, other statistics
+    assert_round_trip(tiny_tokenizer, list(data["test"]))
+
+
+def test_standardize_keeps_text_and_missing_cells(tmp_path):
+    path = tmp_path / "homes.csv"
+    path.write_text(CSV + "Rome,3,80,500000\n")
+    stats = table_standardization(path, "sale_price", test_size=0.25, seed=1)
+    data = build_table_dataset(path, "sale_price", test_size=0.25, seed=1, standardize=True)
+    train = build_table_dataset(path, "sale_price", test_size=0.25, seed=1, keep_cells=True)["train"]
+    cells = [json.loads(c) for c in train["cells"]]
+    assert set(stats) == {"rooms", "area_m2"}  # city is text
+    rooms = [c["rooms"] for c in cells]
+    mean = sum(rooms) / len(rooms)
+    assert stats["rooms"] == pytest.approx((mean, (sum((r - mean) ** 2 for r in rooms) / len(rooms)) ** 0.5))
+    areas = [c["area_m2"] for c in cells if c["area_m2"] is not None]  # the missing area is left out
+    assert stats["area_m2"][0] == pytest.approx(sum(areas) / len(areas))
+    prompts = list(data["train"]["prompt"]) + list(data["test"]["prompt"])
+    oslo = next(p for p in prompts if "Oslo" in p)
+    assert oslo.startswith("Row: city Oslo, rooms ") and oslo.endswith("area_m2 unknown.")
+
+
+def test_standardize_with_given_statistics_and_bad_ones(tmp_path):
+    path = tmp_path / "homes.csv"
+    path.write_text(CSV)
+    data = build_table_dataset(
+        path, "sale_price", test_size=0.34, seed=1, standardize={"rooms": (3.0, 0.5), "area_m2": [50, 10]}
+    )
+    prompts = sorted(list(data["train"]["prompt"]) + list(data["test"]["prompt"]))
+    assert prompts == [
+        "Row: city Lyon, rooms 0, area_m2 2.25.",  # (3 - 3) / 0.5 is 0, not -0
+        "Row: city Oslo, rooms 2, area_m2 unknown.",
+        "Row: city Paris, rooms -2, area_m2 -0.88.",  # (41.25 - 50) / 10 = -0.875 rounds half to even
+    ]
+    constant = tmp_path / "constant.csv"
+    constant.write_text("k,y\n5,1\n5,2\n5,3\n")
+    assert table_standardization(constant, "y", test_size=0.34) == {"k": (5.0, 1.0)}
+    for stats, message in [
+        ({"nope": (0.0, 1.0)}, "standardize names column 'nope', not a feature column"),
+        ({"rooms": (0.0, 0.0)}, r"standardize\['rooms'\] must be \(mean, std\)"),
+        ({"rooms": (float("nan"), 1.0)}, r"standardize\['rooms'\] must be"),
+        ({"rooms": (1.0,)}, r"standardize\['rooms'\] must be"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            build_table_dataset(path, "sale_price", standardize=stats)

@@ -68,7 +68,13 @@ from ..modeling.modeling_causal_qwen import CausalQwenForNumericCausalLM
 from ..modeling.numeric_embedding import fit_symlog_normalization
 from .cli_errors import UsageError, add_debug_flag, exit_on_usage_error, require_positive
 from .collator import NumericDataCollator
-from .data import SYNTHETIC_KINDS, build_synthetic_dataset, build_table_dataset, tokenize_numeric_dataset
+from .data import (
+    SYNTHETIC_KINDS,
+    build_synthetic_dataset,
+    build_table_dataset,
+    table_standardization,
+    tokenize_numeric_dataset,
+)
 from .evaluation import (
     calibrate_value_intervals,
     cauchy_interval_coverage,
@@ -102,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"synthetic:<{'|'.join(SYNTHETIC_KINDS)}>, sklearn:diabetes or csv:PATH (with --target)",
     )
     parser.add_argument("--target", default=None, help="target column of a table dataset")
+    parser.add_argument(
+        "--standardize",
+        action="store_true",
+        help="table datasets: write numeric features as z-scores over the training split (saved to "
+        "table_standardization.json, to write new rows the same way)",
+    )
     parser.add_argument("--rows", type=int, default=2000, help="rows of a synthetic dataset")
     parser.add_argument("--steps", type=int, default=600, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=16, help="rows per device and step")
@@ -113,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--loss-compile",
         action="store_true",
         help="compile the loss's One-vs-Rest kernels (config.loss_compile; needs a C++ compiler on CPU)",
+    )
+    parser.add_argument(
+        "--numeric-input-noise",
+        type=float,
+        default=None,
+        help="std of Gaussian noise on input <NUM> values while training (config.numeric_input_noise; "
+        "for z-scored tables, e.g. 0.5 with --standardize); default: the base's setting",
     )
     parser.add_argument("--lora", action="store_true", help="PEFT LoRA (see causalqwen.training.lora)")
     parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
@@ -173,6 +192,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         raise UsageError(f"--lr must be positive, got {args.lr}")
     if args.calibration_rows < 0:
         raise UsageError(f"--calibration-rows must be >= 0 (0: no calibration), got {args.calibration_rows}")
+    noise = args.numeric_input_noise
+    if noise is not None and not (math.isfinite(noise) and noise >= 0):
+        raise UsageError(f"--numeric-input-noise must be finite and >= 0, got {noise}")
     if args.lora and args.freeze_backbone:
         raise UsageError(
             "--freeze-backbone and --lora exclude each other (LoRA already freezes the backbone)"
@@ -196,13 +218,15 @@ def load_rows(args: argparse.Namespace):
 def _load_rows(args: argparse.Namespace):
     kind, _, rest = args.dataset.partition(":")
     if kind == "synthetic":
+        if args.standardize:
+            raise UsageError("--standardize applies to table datasets (sklearn:<name>, csv:PATH)")
         return build_synthetic_dataset(rest or "linear", n=args.rows, seed=args.seed)
     if kind == "sklearn":
-        return build_table_dataset(args.dataset, args.target, seed=args.seed)
+        return build_table_dataset(args.dataset, args.target, seed=args.seed, standardize=args.standardize)
     if kind == "csv":
         if not rest or args.target is None:
             raise UsageError("--dataset csv:PATH needs a path and --target COLUMN")
-        return build_table_dataset(rest, args.target, seed=args.seed)
+        return build_table_dataset(rest, args.target, seed=args.seed, standardize=args.standardize)
     raise UsageError(f"--dataset must be synthetic:<kind>, sklearn:<name> or csv:PATH, got {args.dataset!r}")
 
 
@@ -278,6 +302,9 @@ def build_model(
     if args.loss_compile:
         # A training-speed choice, whatever the base: saved with the model (off again by config edit or flag).
         model.config.loss_compile = True
+    if args.numeric_input_noise is not None:
+        # A training regulariser: saved with the model, inert outside training mode.
+        model.config.numeric_input_noise = args.numeric_input_noise
     return model
 
 
@@ -436,7 +463,17 @@ def run(argv: list[str]) -> dict[str, Any]:
         model.save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)
         (out_dir / "metrics.json").write_text(json.dumps(_finite(metrics), indent=2, default=str))
+        if args.standardize:
+            (out_dir / "table_standardization.json").write_text(json.dumps(_table_stats(args), indent=2))
     return metrics
+
+
+def _table_stats(args: argparse.Namespace) -> dict[str, list[float]]:
+    """The ``{column: [mean, std]}`` that ``--standardize`` wrote the features with (training split)."""
+    kind, _, rest = args.dataset.partition(":")
+    source = args.dataset if kind == "sklearn" else rest
+    stats = table_standardization(source, args.target, seed=args.seed)
+    return {column: list(pair) for column, pair in stats.items()}
 
 
 def _point_adapter_at(adapter_dir: Path, base_path: str) -> None:
