@@ -555,3 +555,42 @@ def test_hard_negatives_learn_a_large_vocabulary_faster_than_the_sum():
     summed = _random_text_accuracy(60)
     assert hard >= 0.9, hard
     assert summed <= 0.3, summed
+
+
+def test_numeric_input_noise_perturbs_input_values_only_in_training():
+    ids, values = batch()
+    labels = ids.clone()
+    plain, noisy = tiny_model(), tiny_model(numeric_input_noise=0.5)
+    assert noisy.config.numeric_input_noise == 0.5 and plain.config.numeric_input_noise == 0.0
+    # evaluation (and so generation) never adds noise: the same weights give the same outputs, bit for bit
+    out_plain = plain(input_ids=ids, numeric_values=values, labels=labels)
+    out_noisy = noisy(input_ids=ids, numeric_values=values, labels=labels)
+    assert torch.equal(out_plain.logits, out_noisy.logits) and torch.equal(out_plain.loss, out_noisy.loss)
+    # in training: exactly the model fed values + N(0, 0.5^2) at the <NUM> positions, against clean targets
+    noisy.train()
+    torch.manual_seed(7)
+    trained = noisy(input_ids=ids, numeric_values=values, labels=labels)
+    torch.manual_seed(7)
+    hidden = noisy.model(input_ids=ids, numeric_values=values).last_hidden_state
+    torch.manual_seed(7)
+    drawn = values + 0.5 * torch.randn_like(values)
+    perturbed = torch.where(ids == NUM, drawn, values)
+    assert not torch.equal(perturbed, values) and torch.equal(perturbed[ids != NUM], values[ids != NUM])
+    noisy.eval()
+    expected = noisy(input_ids=ids, numeric_values=perturbed, labels=labels, numeric_labels=values)
+    assert torch.equal(trained.loss, expected.loss)
+    assert torch.equal(hidden, noisy.model(input_ids=ids, numeric_values=perturbed).last_hidden_state)
+    # ... and not the model trained on the noisy values as targets
+    wrong = noisy(input_ids=ids, numeric_values=perturbed, labels=labels)
+    assert not torch.equal(trained.loss, wrong.loss)
+    # off (0.0) in training mode: no random draw at all, the forward is the plain one
+    plain.train()
+    state = torch.random.get_rng_state()
+    assert torch.equal(plain(input_ids=ids, numeric_values=values, labels=labels).loss, out_plain.loss)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf")])
+def test_numeric_input_noise_must_be_finite_and_non_negative(bad):
+    with pytest.raises(ValueError, match="numeric_input_noise must be finite and >= 0"):
+        CausalQwenConfig(**TINY, numeric_input_noise=bad)

@@ -143,6 +143,13 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
             where compiling fails a warning is given and the eager kernels run. Measured on 2 CPU cores at
             256 x 151,936 (docs/benchmarks.md): the chunk's One-vs-Rest forward + backward about 3x faster, a small
             part of a 0.5B step whose head matmuls dominate there.
+        numeric_input_noise: standard deviation of Gaussian noise added to every input ``<NUM>`` value while
+            the model is in training mode (``model.train()``), in the units the numbers are written in; the
+            value *targets* stay exact and evaluation / generation never add noise. A regulariser for small
+            tables: noisy inputs, clean targets. Meant for inputs on a common scale, e.g. tables written as
+            z-scores (``build_table_dataset(standardize=True)``), where 0.1 (a tenth of a standard deviation)
+            took the diabetes benchmark from 45.7 to 43.6 MAE (docs/causal_qwen.md). 0.0 (default) = off, and
+            the forward pass is then exactly as without the option.
         value_scale_factor: post-hoc calibration of the value's Cauchy scale (``value_scale`` in the outputs is
             multiplied by it; the loss is not). Fitted by ``training.evaluation.calibrate_value_scale`` so that the
             median interval covers half the calibration rows; 1.0 = as trained.
@@ -180,6 +187,7 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
     cls_hard_negatives: int = 64
     isotropic_scale: bool = False
     loss_compile: bool = False
+    numeric_input_noise: float | int = 0.0
     value_scale_factor: float | int = 1.0
     value_interval_table: dict | None = None
 
@@ -204,7 +212,7 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
             _check(
                 math.isfinite(value) and value > 0, f"{name} must be a positive finite number, got {value}"
             )
-        for name in ("b_noise_init", "causal_temperature", "reg_lambda"):
+        for name in ("b_noise_init", "causal_temperature", "reg_lambda", "numeric_input_noise"):
             value = getattr(self, name)
             _check(math.isfinite(value) and value >= 0, f"{name} must be finite and >= 0, got {value}")
         for name in ("ovr_threshold_init", "value_norm_shift", "value_norm_log_shift"):

@@ -69,7 +69,13 @@ from ._compat import (
 )
 from .cauchy import SCALE_EPS, cauchy_sample, interval_half_width, linear_cauchy, softplus_inverse
 from .loss import CauchyHeads, chunk_rows, gated_loss
-from .numeric_embedding import ValueNormalizer, build_value_encoding, check_numeric_values, embed_numbers
+from .numeric_embedding import (
+    ValueNormalizer,
+    build_value_encoding,
+    check_numeric_values,
+    embed_numbers,
+    perturb_input_values,
+)
 
 __all__ = [
     "CausalAbduction",
@@ -346,6 +352,10 @@ class CausalQwenModel(RemoteCodeMixin, CausalQwenPreTrainedModel, Qwen2Model):
             returns it for its decode); accepted so that `model(**tokenizer(...))` works, not used.
         """
         if input_ids is not None and inputs_embeds is None:
+            if self.training and self.config.numeric_input_noise > 0 and numeric_values is not None:
+                numeric_values = perturb_input_values(
+                    numeric_values, input_ids == self.config.num_token_id, self.config.numeric_input_noise
+                )
             inputs_embeds = embed_numbers(
                 self.embed_tokens(input_ids),
                 input_ids,

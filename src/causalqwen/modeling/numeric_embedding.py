@@ -45,6 +45,7 @@ __all__ = [
     "fit_symlog_normalization",
     "multiscale_feature_count",
     "multiscale_features",
+    "perturb_input_values",
 ]
 
 # sigmoid(4) = 0.982: the token-embedding gate starts almost open, away from saturation so that it still
@@ -314,6 +315,14 @@ def build_value_encoding(config: CausalQwenConfig) -> nn.Module:
     if config.value_encoding == "log_additive":
         return LogAdditiveEncoding(config.hidden_size, normalizer)
     raise ValueError(f"unknown value_encoding {config.value_encoding!r}")
+
+
+def perturb_input_values(numeric_values: torch.Tensor, num_mask: torch.Tensor, std: float) -> torch.Tensor:
+    """``numeric_values`` plus ``N(0, std^2)`` noise at the ``<NUM>`` positions (``num_mask``), zeros elsewhere
+    kept: the training-time input noise of ``config.numeric_input_noise``. Only the embedding side sees it; the
+    caller keeps the clean values as targets. Non-finite values are left for :func:`check_numeric_values`."""
+    noise = torch.randn_like(numeric_values) * std
+    return torch.where(num_mask, numeric_values + noise, numeric_values)
 
 
 def embed_numbers(
