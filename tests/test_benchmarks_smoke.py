@@ -347,15 +347,24 @@ def test_perf_tokenizer_comparison_on_the_real_vocabulary():
 
 
 @pytest.mark.parametrize(
-    "name, prefix", [("synthetic-linear", "x is "), ("synthetic-unit", ""), ("diabetes", "Patient: ")]
+    "name, prefix",
+    [
+        ("synthetic-linear", "x is "),
+        ("synthetic-unit", ""),
+        ("diabetes", "Patient: age 66, sex 2, bmi 26, "),
+        ("diabetes-std", "Patient: age 1.33, sex 1.05, bmi -0.08, "),
+    ],
 )
 def test_numeric_tasks_come_from_the_package_builders(name, prefix):
     task, source = numeric.load_task(name)
     assert source == "causalqwen.training.data"
-    n = 442 if name == "diabetes" else numeric.SYNTHETIC_ROWS
+    n = 442 if name.startswith("diabetes") else numeric.SYNTHETIC_ROWS
     assert len(task.train.values) + len(task.test.values) == n
     assert len(task.test.values) == round(n * 0.2)
     assert task.train.prompts[0].startswith(prefix)
+    if name.startswith("diabetes"):  # the same rows; the baselines read the same raw cells either way
+        raw, _ = numeric.load_task("diabetes")
+        assert task.train_cells == raw.train_cells and list(task.test.values) == list(raw.test.values)
 
 
 def test_numeric_ablations_run_only_on_the_ablation_tasks(tmp_path):
@@ -375,6 +384,16 @@ def test_numeric_ablations_run_only_on_the_ablation_tasks(tmp_path):
         ]
     )
     assert list(results["tasks"]["synthetic-unit"]["results"]["0.0"]) == ["causalqwen", "linear"]
+
+
+def test_numeric_diabetes_std_runs_its_input_noise_variant_outside_the_ablations(tmp_path):
+    argv = ["--smoke", "--tasks", "diabetes-std,synthetic-unit", "--ablation-tasks", "synthetic-linear"]
+    argv += ["--sweep-tasks", "none", "--models", "causalqwen,cq-input-noise,cq-xval,linear"]
+    results = numeric.main([*argv, "--out", str(tmp_path / "n.json")])
+    runs = results["tasks"]["diabetes-std"]["results"]["0.0"]
+    assert list(runs) == ["causalqwen", "cq-input-noise", "linear"]
+    assert list(results["tasks"]["synthetic-unit"]["results"]["0.0"]) == ["causalqwen", "linear"]
+    assert numeric.MODEL_SPECS["cq-input-noise"].input_noise == numeric.INPUT_NOISE
 
 
 def test_table_design_one_hot_categories_and_flags_missing_cells():
@@ -508,3 +527,21 @@ def test_planning_smoke_with_arguments_scores_the_written_calls(tmp_path):
     assert saved["settings"]["planner"]["argument_weight"] == 0.5
     assert planning.parse_settings(["a=1", "b=balanced", "c=null"]) == {"a": 1, "b": "balanced", "c": None}
     assert saved["table"]["headers"][-3:] == ["argument match (1 %)", "argument exact", "train s"]
+
+
+def test_noisy_prompt_copies_perturb_only_the_prompt_numbers():
+    split = numeric.Split(
+        ["Patient: age 1.33, bmi -0.08.", "Patient: age 0, bmi 2."],
+        [" Disease progression is 151.", " Disease progression is 75."],
+        np.array([151.0, 75.0]),
+    )
+    copies = numeric.noisy_prompt_copies(split, 0.2, 3, np.random.default_rng(0))
+    assert len(copies.prompts) == 6 and copies.targets == split.targets * 3
+    assert list(copies.values) == [151.0, 75.0] * 3
+    numbers = [[float(x.split(" ")[-1]) for x in p[9:-1].split(", ")] for p in copies.prompts]
+    clean = [[1.33, -0.08], [0.0, 2.0]] * 3
+    deltas = np.array(numbers) - np.array(clean)
+    assert 0 < np.abs(deltas).max() < 1.0 and np.all(np.abs(deltas * 100 - np.round(deltas * 100)) < 1e-6)
+    assert len(set(copies.prompts)) == 6  # every copy has its own noise
+    again = numeric.noisy_prompt_copies(split, 0.2, 3, np.random.default_rng(0))
+    assert again.prompts == copies.prompts
