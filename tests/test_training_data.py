@@ -330,6 +330,8 @@ def test_standardize_with_given_statistics_and_bad_ones(tmp_path):
         ({"rooms": (0.0, 0.0)}, r"standardize\['rooms'\] must be \(mean, std\)"),
         ({"rooms": (float("nan"), 1.0)}, r"standardize\['rooms'\] must be"),
         ({"rooms": (1.0,)}, r"standardize\['rooms'\] must be"),
+        ({"rooms": 2.0}, r"standardize\['rooms'\] must be"),
+        ({"rooms": ("3", "1")}, r"standardize\['rooms'\] must be"),
     ]:
         with pytest.raises(ValueError, match=message):
             build_table_dataset(path, "sale_price", standardize=stats)

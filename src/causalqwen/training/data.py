@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import numbers
 import os
 import random
 import sys
@@ -375,7 +376,10 @@ def _check_standardization(
             raise ValueError(
                 f"standardize names column {column!r}, not a feature column ({', '.join(feature_columns)})"
             )
-        if len(pair) != 2 or not all(math.isfinite(v) for v in pair) or not pair[1] > 0:
+        real = isinstance(pair, Sequence) and all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in pair
+        )
+        if not real or len(pair) != 2 or not all(math.isfinite(v) for v in pair) or not pair[1] > 0:
             raise ValueError(
                 f"standardize[{column!r}] must be (mean, std) with a finite mean and std > 0, got {pair!r}"
             )
