@@ -206,8 +206,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def load_rows(args: argparse.Namespace):
-    """The DatasetDict (train/test rows of prompt/target/value) named by ``--dataset``; a missing file or column
-    and a target that is not a number are usage errors."""
+    """The DatasetDict (train/test rows of prompt/target/value) named by ``--dataset``, and the
+    ``{column: (mean, std)}`` its features were written with under ``--standardize`` (else ``None``); a missing
+    file or column and a target that is not a number are usage errors."""
     try:
         return _load_rows(args)
     except (OSError, KeyError, ValueError) as err:
@@ -220,14 +221,20 @@ def _load_rows(args: argparse.Namespace):
     if kind == "synthetic":
         if args.standardize:
             raise UsageError("--standardize applies to table datasets (sklearn:<name>, csv:PATH)")
-        return build_synthetic_dataset(rest or "linear", n=args.rows, seed=args.seed)
+        return build_synthetic_dataset(rest or "linear", n=args.rows, seed=args.seed), None
     if kind == "sklearn":
-        return build_table_dataset(args.dataset, args.target, seed=args.seed, standardize=args.standardize)
-    if kind == "csv":
+        source = args.dataset
+    elif kind == "csv":
         if not rest or args.target is None:
             raise UsageError("--dataset csv:PATH needs a path and --target COLUMN")
-        return build_table_dataset(rest, args.target, seed=args.seed, standardize=args.standardize)
-    raise UsageError(f"--dataset must be synthetic:<kind>, sklearn:<name> or csv:PATH, got {args.dataset!r}")
+        source = rest
+    else:
+        raise UsageError(
+            f"--dataset must be synthetic:<kind>, sklearn:<name> or csv:PATH, got {args.dataset!r}"
+        )
+    # Fitted once and passed on, so the saved statistics are exactly the ones the rows were written with.
+    stats = table_standardization(source, args.target, seed=args.seed) if args.standardize else None
+    return build_table_dataset(source, args.target, seed=args.seed, standardize=stats or False), stats
 
 
 def _base_kind(base: str) -> str:
@@ -390,7 +397,7 @@ def run(argv: list[str]) -> dict[str, Any]:
     out_dir = Path(args.output_dir)
     base_kind = _base_kind(args.base)
     tokenizer = load_tokenizer(args, base_kind)
-    rows = load_rows(args)
+    rows, table_stats = load_rows(args)
     if args.quick:
         rows["train"] = rows["train"].select(range(min(QUICK["rows"], len(rows["train"]))))
         rows["test"] = rows["test"].select(range(min(QUICK["rows"] // 4, len(rows["test"]))))
@@ -463,17 +470,10 @@ def run(argv: list[str]) -> dict[str, Any]:
         model.save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)
         (out_dir / "metrics.json").write_text(json.dumps(_finite(metrics), indent=2, default=str))
-        if args.standardize:
-            (out_dir / "table_standardization.json").write_text(json.dumps(_table_stats(args), indent=2))
+        if table_stats is not None:
+            saved = {column: list(pair) for column, pair in table_stats.items()}
+            (out_dir / "table_standardization.json").write_text(json.dumps(saved, indent=2))
     return metrics
-
-
-def _table_stats(args: argparse.Namespace) -> dict[str, list[float]]:
-    """The ``{column: [mean, std]}`` that ``--standardize`` wrote the features with (training split)."""
-    kind, _, rest = args.dataset.partition(":")
-    source = args.dataset if kind == "sklearn" else rest
-    stats = table_standardization(source, args.target, seed=args.seed)
-    return {column: list(pair) for column, pair in stats.items()}
 
 
 def _point_adapter_at(adapter_dir: Path, base_path: str) -> None:
