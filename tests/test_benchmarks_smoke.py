@@ -545,3 +545,46 @@ def test_noisy_prompt_copies_perturb_only_the_prompt_numbers():
     assert len(set(copies.prompts)) == 6  # every copy has its own noise
     again = numeric.noisy_prompt_copies(split, 0.2, 3, np.random.default_rng(0))
     assert again.prompts == copies.prompts
+
+
+def test_noisy_prompt_copies_relative_noise_scales_each_number():
+    split = numeric.Split(
+        ["Patient: age 50, bmi -26.5, sex 0."], [" Disease progression is 151."], np.array([151.0])
+    )
+    copies = numeric.noisy_prompt_copies(split, 0.08, 4, np.random.default_rng(0), relative=True)
+    rng = np.random.default_rng(0)
+    for prompt in copies.prompts:
+        factors = np.exp(0.08 * rng.standard_normal(3))
+        expected = [round(v * f, 2) for v, f in zip([50.0, -26.5, 0.0], factors)]
+        numbers = [float(x.split(" ")[-1]) for x in prompt[9:-1].split(", ")]
+        assert numbers == expected and numbers[1] < 0 and numbers[2] == 0.0
+    assert len(set(copies.prompts)) == 4
+
+
+def test_numeric_diabetes_runs_the_raw_table_recipe_with_its_budget(tmp_path, monkeypatch):
+    steps = []
+    real_train = numeric.train
+
+    def recording_train(model, enc, budget, seed, device, with_values):
+        steps.append(
+            (type(model).__name__, budget.steps, getattr(model.config, "value_encoding_bin_width", None))
+        )
+        return real_train(model, enc, budget, seed, device, with_values)
+
+    monkeypatch.setattr(numeric, "train", recording_train)
+    argv = ["--smoke", "--tasks", "diabetes", "--sweep-tasks", "none", "--ablation-tasks", "synthetic-linear"]
+    argv += ["--models", "causalqwen,cq-table,qwen2-digits-2x,cq-xval", "--seeds", "1"]
+    results = numeric.main([*argv, "--out", str(tmp_path / "n.json")])
+    assert list(results["tasks"]["diabetes"]["results"]["0.0"]) == [
+        "causalqwen",
+        "cq-table",
+        "qwen2-digits-2x",
+    ]
+    base = steps[0][1]
+    assert steps == [
+        ("CausalQwenForNumericCausalLM", base, 0.0),
+        ("CausalQwenForNumericCausalLM", 2 * base, numeric.TABLE_BIN_WIDTH),
+        ("Qwen2ForCausalLM", 2 * base, None),
+    ]
+    spec = numeric.MODEL_SPECS["cq-table"]
+    assert spec.input_noise == numeric.TABLE_RELATIVE_NOISE and spec.input_noise_relative

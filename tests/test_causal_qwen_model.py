@@ -590,6 +590,35 @@ def test_numeric_input_noise_perturbs_input_values_only_in_training():
     assert torch.equal(torch.random.get_rng_state(), state)
 
 
+def test_relative_input_noise_multiplies_each_value_by_a_log_normal_factor():
+    ids, values = batch()
+    values = torch.where(ids == NUM, values * torch.tensor([[1.0], [-1.0]]), values)  # both signs
+    values[0, (ids[0] == NUM).nonzero()[0, 0]] = 0.0  # and a zero
+    labels = ids.clone()
+    model = tiny_model(numeric_input_noise=0.1, numeric_input_noise_relative=True)
+    with torch.no_grad():  # open the fusion's value block (zero at init) so that the inputs' values matter
+        model.model.value_encoding.fusion_weight[:, model.config.hidden_size :].fill_(0.01)
+    model.train()
+    torch.manual_seed(3)
+    trained = model(input_ids=ids, numeric_values=values, labels=labels)
+    torch.manual_seed(3)
+    perturbed = torch.where(ids == NUM, values * torch.exp(0.1 * torch.randn_like(values)), values)
+    num = ids == NUM
+    assert torch.equal(torch.sign(perturbed), torch.sign(values)) and not torch.equal(perturbed, values)
+    moved = num & (values != 0)
+    assert (perturbed[moved] / values[moved]).log().abs().max() < 0.5 and perturbed[num & (values == 0)].eq(
+        0
+    ).all()
+    model.eval()
+    expected = model(input_ids=ids, numeric_values=perturbed, labels=labels, numeric_labels=values)
+    assert torch.equal(trained.loss, expected.loss)
+    absolute = tiny_model(numeric_input_noise=0.1)
+    absolute.load_state_dict(model.state_dict())
+    absolute.train()
+    torch.manual_seed(3)
+    assert not torch.equal(absolute(input_ids=ids, numeric_values=values, labels=labels).loss, trained.loss)
+
+
 @pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf")])
 def test_numeric_input_noise_must_be_finite_and_non_negative(bad):
     with pytest.raises(ValueError, match="numeric_input_noise must be finite and >= 0"):

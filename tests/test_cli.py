@@ -164,6 +164,23 @@ def test_standardize_flag_writes_z_scores_and_saves_the_statistics(tmp_path):
     assert json.loads((out / "config.json").read_text())["numeric_input_noise"] == 0.1
 
 
+def test_raw_table_recipe_flags_reach_the_saved_config(tmp_path, capsys):
+    out = tmp_path / "raw"
+    argv = ["--quick", "--dataset", "sklearn:diabetes", "--value-bin-width", "0.25", "--numeric-input-noise"]
+    argv += ["0.08", "--numeric-input-noise-relative", "--calibration-rows", "0", "--output-dir", str(out)]
+    metrics = cli.main(argv)
+    assert math.isfinite(metrics["train"]["train_loss"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["value_encoding_bin_width"] == 0.25 and config["numeric_input_noise"] == 0.08
+    assert config["numeric_input_noise_relative"] is True
+    # the bins size the encoding's weights, so a checkpoint base cannot take them
+    capsys.readouterr()
+    line = usage_error(
+        capsys, ["--base", str(out), "--value-bin-width", "0.5", "--output-dir", str(tmp_path / "x")]
+    )
+    assert "--value-bin-width applies to a fresh --base tiny model" in line
+
+
 def test_config_file_and_console_entry(tmp_path, monkeypatch):
     config = tmp_path / "train.json"
     config.write_text(json.dumps({"dataset": "synthetic:unit", "batch-size": 2, "seed": 3}))

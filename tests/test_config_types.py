@@ -27,6 +27,8 @@ WRONG_TYPES = [
     ("causal_qwen", "value_encoding", 3),
     ("causal_qwen", "gamma_init", "1.0"),
     ("causal_qwen", "value_interval_table", [0.5]),
+    ("causal_qwen", "value_encoding_bin_width", "0.25"),
+    ("causal_qwen", "numeric_input_noise_relative", 1),
     ("tool_router", "share_encoder", "no"),
     ("tool_router", "use_ffn", 0),
     ("tool_router", "d_tool", 64.0),

@@ -12,6 +12,9 @@ from causalqwen.modeling.numeric_embedding import (
     embed_numbers,
     fit_log_standardization,
     fit_symlog_normalization,
+    log_bin_centres,
+    log_bin_features,
+    multiscale_feature_count,
     multiscale_features,
 )
 
@@ -268,3 +271,83 @@ def test_symlog_log_space_standardisation():
     assert (from_config.log_shift, from_config.log_scale) == (log_shift, log_scale)
     with pytest.raises(ValueError, match="value_norm_log_scale must be a positive finite number"):
         CausalQwenConfig(**TINY, value_norm_log_scale=0.0)
+
+
+def test_log_bin_features_are_signed_hats_of_the_log_magnitude():
+    centres = log_bin_centres(0.25)
+    assert len(centres) == 85 and centres[0].item() == -7.0 and centres[-1].item() == 14.0
+    assert len(log_bin_centres(0.0)) == 0 and len(log_bin_centres(0.01)) == 2101
+    values = torch.tensor([math.exp(0.1), -math.exp(3.05), 0.0, 1e30, 1e-10])
+    f = log_bin_features(values, 0.25)
+    assert f.shape == (5, 85)
+    at = {round(c, 2): i for i, c in enumerate(centres.tolist())}
+    # ln v = 0.1 sits 0.4 of the way from centre 0 to centre 0.25: weights 0.6 and 0.4, nothing else
+    assert f[0, at[0.0]].item() == pytest.approx(0.6, abs=1e-6)
+    assert f[0, at[0.25]].item() == pytest.approx(0.4, abs=1e-6)
+    assert f[0].sum().item() == pytest.approx(1.0, abs=1e-6) and (f[0] != 0).sum() == 2
+    # a negative value lights the same bins as its magnitude, negated
+    assert f[1, at[3.0]].item() == pytest.approx(-0.8, abs=1e-5)
+    assert f[1, at[3.25]].item() == pytest.approx(-0.2, abs=1e-5)
+    assert f[2].abs().sum() == 0  # zero lights nothing
+    assert f[3, -1].item() == 1.0 and f[4, 0].item() == 1.0  # outside the range: the end bin
+    assert (f[3:] != 0).sum() == 2
+
+
+def test_bin_width_appends_the_bins_and_leaves_the_other_features_alone():
+    values = torch.tensor([2.0, 26.2, -0.5])
+    norm = ValueNormalizer("affine", 100.0, 50.0)
+    plain = multiscale_features(values, 16, norm)
+    binned = multiscale_features(values, 16, norm, bin_width=0.5)
+    assert binned.shape[-1] == multiscale_feature_count(16, True, 0.5) == plain.shape[-1] + 43
+    assert torch.equal(binned[:, : plain.shape[-1]], plain)
+    assert torch.equal(binned[:, plain.shape[-1] :], log_bin_features(values, 0.5))
+    assert multiscale_feature_count(16, True) == plain.shape[-1]
+
+
+def test_the_config_carries_the_bin_width_into_the_encoding():
+    encoding = model_for("multiscale_linear", value_encoding_bin_width=0.25).value_encoding
+    assert encoding.bin_width == 0.25
+    assert encoding.value_proj_weight.shape == (64, multiscale_feature_count(16, True, 0.25))
+    assert model_for("multiscale", value_encoding_bin_width=0.25).value_encoding.value_proj_weight.shape[
+        1
+    ] == (multiscale_feature_count(16, False, 0.25))
+    # at init the fused vector is still exactly embed(<NUM>) scaled back: the value block starts at zero
+    embeds, values = torch.randn(1, 3, 64), torch.tensor([[2.0, 30.0, -4.0]])
+    torch.testing.assert_close(encoding(embeds, values), embeds, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"value_encoding_bin_width": -0.25}, "value_encoding_bin_width must be 0 .no bins. or a finite"),
+        ({"value_encoding_bin_width": 0.001}, "value_encoding_bin_width must be 0 .no bins. or a finite"),
+        (
+            {"value_encoding_bin_width": float("inf")},
+            "value_encoding_bin_width must be 0 .no bins. or a finite",
+        ),
+        (
+            {"value_encoding_bin_width": float("nan")},
+            "value_encoding_bin_width must be 0 .no bins. or a finite",
+        ),
+        (
+            {"value_encoding_bin_width": 0.25, "value_encoding": "xval"},
+            "value_encoding_bin_width needs a multiscale value_encoding",
+        ),
+    ],
+)
+def test_bad_bin_widths_are_rejected(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        CausalQwenConfig(**TINY, **overrides)
+
+
+def test_a_binned_encoding_saves_and_loads_bit_exact(tmp_path):
+    model = model_for("multiscale_linear", value_encoding_bin_width=0.25, numeric_input_noise_relative=True)
+    with torch.no_grad():
+        model.value_encoding.fusion_weight[:, 64:].normal_(std=0.1)  # the value block off its zero start
+    model.save_pretrained(tmp_path)
+    loaded = CausalQwenModel.from_pretrained(tmp_path)
+    assert loaded.config.value_encoding_bin_width == 0.25 and loaded.config.numeric_input_noise_relative
+    ids = torch.tensor([[5, NUM, 7, NUM]])
+    values = torch.tensor([[0.0, 26.2, 0.0, -0.004]])
+    out, again = model(ids, numeric_values=values), loaded(ids, numeric_values=values)
+    assert torch.equal(out.last_hidden_state, again.last_hidden_state)

@@ -34,6 +34,8 @@ CLS_REDUCTIONS = ("sum", "balanced", "hard_negatives")
 INFERENCE_MODES = ("standard", "deterministic", "exogenous", "endogenous", "sampling")
 VALUE_ENCODINGS = ("multiscale", "multiscale_linear", "xval", "log_additive")
 VALUE_NORMALIZATIONS = ("none", "affine", "symlog")
+# Narrowest log-magnitude bin: 2,101 bins over ln|v| in [-7, 14]; narrower ones only add features that overfit.
+MIN_BIN_WIDTH = 0.01
 # Initialisation for a CausalQwen trained from scratch to write text (not converted with ``from_qwen2``, whose
 # thresholds are calibrated on the base). With the defaults (C = 0, gamma = 1) every token starts at P = 1/2 and
 # the rank z = W.h / (|W|_1 scale_U) is bounded by loc_U / scale_U, so nothing is ranked until scale_U shrinks:
@@ -94,6 +96,14 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
             by ``10000^(-k/K)``). At the seed's 1.0 the fastest sinusoid turns once per factor e^(2 pi) = 535 of
             the value, so two values 5 % apart differ by at most 0.05 in any feature; a comparison that must
             resolve a few percent (a budget against a tool's need) needs a higher one.
+        value_encoding_bin_width: with a multiscale encoding, > 0 adds log-magnitude bins: hat functions of
+            ``ln|v|`` centred every ``bin_width`` over [-7, 14] (values 1e-3 ... 1.2e6), times the sign, so each
+            value lights at most two bins and the projection reads a piecewise-linear function of ln|v|
+            (``numeric_embedding.log_bin_features``). Unlike the sinusoids these features change by order one
+            across a factor of e^bin_width whatever the magnitude, so a table whose columns live at different
+            magnitudes (bmi 18-42 beside s5 3.3-6.1) gives each column features that vary across its own range.
+            0.0 (default) = off; 0.25 is what the raw-table recipe uses (docs/causal_qwen.md). Must be 0 or
+            >= 0.01.
         value_normalization: ``"none"``, ``"affine"`` (``(y - shift) / scale``) or ``"symlog"``
             (``sign(y') log1p(|y'|)`` of the affine-normalised value); applied to regression targets and
             inverted for predictions, so outputs are in the data's units.
@@ -150,6 +160,9 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
             z-scores (``build_table_dataset(standardize=True)``), where 0.5 (half a standard deviation) took
             the z-scored diabetes benchmark from 45.7 to 41.4 MAE (docs/causal_qwen.md). 0.0 (default) = off, and
             the forward pass is then exactly as without the option.
+        numeric_input_noise_relative: make that noise multiplicative, ``v * exp(sigma * e)`` (log-normal: a
+            fraction sigma of each value, sign and zero kept) instead of ``v + sigma * e``. For tables written in
+            their raw units, where one absolute sigma cannot suit bmi (18-42) and s5 (3.3-6.1) at once.
         value_scale_factor: post-hoc calibration of the value's Cauchy scale (``value_scale`` in the outputs is
             multiplied by it; the loss is not). Fitted by ``training.evaluation.calibrate_value_scale`` so that the
             median interval covers half the calibration rows; 1.0 = as trained.
@@ -174,6 +187,7 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
     value_encoding: str = "multiscale_linear"
     value_encoding_frequencies: int = 16
     value_encoding_max_frequency: float | int = 1.0
+    value_encoding_bin_width: float | int = 0.0
     value_normalization: str = "none"
     value_norm_shift: float | int = 0.0
     value_norm_scale: float | int = 1.0
@@ -188,6 +202,7 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
     isotropic_scale: bool = False
     loss_compile: bool = False
     numeric_input_noise: float | int = 0.0
+    numeric_input_noise_relative: bool = False
     value_scale_factor: float | int = 1.0
     value_interval_table: dict | None = None
 
@@ -223,6 +238,15 @@ class CausalQwenConfig(KnownKeysMixin, Qwen2Config):
         _check(self.loss_chunk_size > 0, f"loss_chunk_size must be positive, got {self.loss_chunk_size}")
         _check(
             self.cls_hard_negatives > 0, f"cls_hard_negatives must be positive, got {self.cls_hard_negatives}"
+        )
+        _check(
+            self.value_encoding_bin_width == 0 or MIN_BIN_WIDTH <= self.value_encoding_bin_width < math.inf,
+            f"value_encoding_bin_width must be 0 (no bins) or a finite number >= {MIN_BIN_WIDTH}, "
+            f"got {self.value_encoding_bin_width}",
+        )
+        _check(
+            self.value_encoding_bin_width == 0 or self.value_encoding in ("multiscale", "multiscale_linear"),
+            f"value_encoding_bin_width needs a multiscale value_encoding, got {self.value_encoding!r}",
         )
         _check(
             self.value_encoding_frequencies > 0,

@@ -354,7 +354,10 @@ class CausalQwenModel(RemoteCodeMixin, CausalQwenPreTrainedModel, Qwen2Model):
         if input_ids is not None and inputs_embeds is None:
             if self.training and self.config.numeric_input_noise > 0 and numeric_values is not None:
                 numeric_values = perturb_input_values(
-                    numeric_values, input_ids == self.config.num_token_id, self.config.numeric_input_noise
+                    numeric_values,
+                    input_ids == self.config.num_token_id,
+                    self.config.numeric_input_noise,
+                    self.config.numeric_input_noise_relative,
                 )
             inputs_embeds = embed_numbers(
                 self.embed_tokens(input_ids),

@@ -24,6 +24,8 @@ Values are always handled in float32 (bf16 cannot even tell 1000 from 1001); NaN
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -38,11 +40,14 @@ __all__ = [
     "MultiScaleValueEncoding",
     "ValueNormalizer",
     "XValEncoding",
+    "LOG_BIN_RANGE",
     "build_value_encoding",
     "check_numeric_values",
     "embed_numbers",
     "fit_log_standardization",
     "fit_symlog_normalization",
+    "log_bin_centres",
+    "log_bin_features",
     "multiscale_feature_count",
     "multiscale_features",
     "perturb_input_values",
@@ -60,6 +65,9 @@ _VALUE_GATE_BIAS = 0.0
 # float32 expm1 overflows above ~88.7; symlog inverses clamp there instead of returning inf.
 _MAX_LOG = 88.0
 _MAX_NORMALISED = 1e30
+# Range of ln|v| covered by the log-magnitude bins (config.value_encoding_bin_width): 1e-3 ... 1.2e6 at full
+# resolution; a value outside it lights the end bin (the other features still tell its magnitude).
+LOG_BIN_RANGE = (-7.0, 14.0)
 
 
 def check_numeric_values(numeric_values: torch.Tensor, input_ids: torch.Tensor | None) -> None:
@@ -80,10 +88,30 @@ def _symlog(t: torch.Tensor) -> torch.Tensor:
     return torch.sign(t) * torch.log1p(t.abs())
 
 
-def multiscale_feature_count(num_frequencies: int, linear: bool = False) -> int:
-    """The width of :func:`multiscale_features`: 4 scalars, a sine and a cosine per frequency, and with a
-    normalizer (``linear``) the two features of the normalised value."""
-    return 4 + 2 * num_frequencies + (2 if linear else 0)
+def log_bin_centres(bin_width: float) -> torch.Tensor:
+    """Centres of the log-magnitude bins: every ``bin_width`` over :data:`LOG_BIN_RANGE` (none when 0)."""
+    if bin_width <= 0:
+        return torch.empty(0)
+    low, high = LOG_BIN_RANGE
+    return low + bin_width * torch.arange(int(math.floor((high - low) / bin_width + 1e-9)) + 1)
+
+
+def multiscale_feature_count(num_frequencies: int, linear: bool = False, bin_width: float = 0.0) -> int:
+    """The width of :func:`multiscale_features`: 4 scalars, a sine and a cosine per frequency, with a
+    normalizer (``linear``) the two features of the normalised value, and one feature per log-magnitude bin."""
+    return 4 + 2 * num_frequencies + (2 if linear else 0) + len(log_bin_centres(bin_width))
+
+
+def log_bin_features(values: torch.Tensor, bin_width: float) -> torch.Tensor:
+    """``sign(v) * max(0, 1 - |ln|v| - c| / bin_width)`` for every bin centre c: hat functions of the log
+    magnitude, so at most two are nonzero and they interpolate linearly between centres (a piecewise-linear
+    encoding, Gorishniy et al., NeurIPS 2022). Zero gives all zeros; ln|v| is clamped into the bins' range."""
+    centres = log_bin_centres(bin_width).to(values.device)
+    v = values.float()
+    nonzero = v != 0
+    log_abs = torch.log(torch.where(nonzero, v.abs(), 1.0)).clamp(float(centres[0]), float(centres[-1]))
+    hats = (1.0 - (log_abs.unsqueeze(-1) - centres).abs() / bin_width).clamp_min(0.0)
+    return hats * torch.sign(v).unsqueeze(-1)
 
 
 def multiscale_features(
@@ -91,9 +119,11 @@ def multiscale_features(
     num_frequencies: int,
     normalizer: ValueNormalizer | None = None,
     max_frequency: float = 1.0,
+    bin_width: float = 0.0,
 ) -> torch.Tensor:
-    """Features [..., 4 + 2K (+ 2)] of finite ``values``: sign, ln|v|/10, decade/10, position in the decade,
-    sin, cos; with a ``normalizer``, also ``symlog(t)`` and ``t / (1 + |t|)`` of the normalised value t.
+    """Features [..., 4 + 2K (+ 2) (+ bins)] of finite ``values``: sign, ln|v|/10, decade/10, position in the
+    decade, sin, cos; with a ``normalizer``, also ``symlog(t)`` and ``t / (1 + |t|)`` of the normalised value t;
+    with ``bin_width`` > 0, the :func:`log_bin_features`.
 
     Zero has sign 0 and ``ln|v|`` treated as 0, so it never produces ``-inf``.
     """
@@ -112,7 +142,10 @@ def multiscale_features(
         # A tiny normalisation scale can overflow float32 to inf; clamped, both features saturate instead.
         t = normalizer(v).clamp(-_MAX_NORMALISED, _MAX_NORMALISED)
         scalars += [_symlog(t), t / (1.0 + t.abs())]
-    return torch.cat([torch.stack(scalars, dim=-1), torch.sin(angles), torch.cos(angles)], dim=-1)
+    features = [torch.stack(scalars, dim=-1), torch.sin(angles), torch.cos(angles)]
+    if bin_width > 0:
+        features.append(log_bin_features(v, bin_width))
+    return torch.cat(features, dim=-1)
 
 
 def fit_log_standardization(values, shift: float, scale: float) -> tuple[float, float]:
@@ -221,11 +254,12 @@ class MultiScaleValueEncoding(nn.Module):
         num_frequencies: int,
         normalizer: ValueNormalizer | None = None,
         max_frequency: float = 1.0,
+        bin_width: float = 0.0,
     ):
         super().__init__()
         self.num_frequencies, self.max_frequency = num_frequencies, float(max_frequency)
-        self.normalizer = normalizer
-        num_features = multiscale_feature_count(num_frequencies, linear=normalizer is not None)
+        self.normalizer, self.bin_width = normalizer, float(bin_width)
+        num_features = multiscale_feature_count(num_frequencies, normalizer is not None, self.bin_width)
         h = hidden_size
         self.value_proj_weight = nn.Parameter(torch.empty(h, num_features))
         self.value_proj_bias = nn.Parameter(torch.empty(h))
@@ -258,7 +292,9 @@ class MultiScaleValueEncoding(nn.Module):
     def forward(self, num_embeds: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         dtype = self.value_proj_weight.dtype
         h = F.linear(
-            multiscale_features(values, self.num_frequencies, self.normalizer, self.max_frequency).to(dtype),
+            multiscale_features(
+                values, self.num_frequencies, self.normalizer, self.max_frequency, self.bin_width
+            ).to(dtype),
             self.value_proj_weight,
             self.value_proj_bias,
         )
@@ -309,6 +345,7 @@ def build_value_encoding(config: CausalQwenConfig) -> nn.Module:
             config.value_encoding_frequencies,
             normalizer if config.value_encoding == "multiscale_linear" else None,
             config.value_encoding_max_frequency,
+            config.value_encoding_bin_width,
         )
     if config.value_encoding == "xval":
         return XValEncoding(normalizer)
@@ -317,12 +354,17 @@ def build_value_encoding(config: CausalQwenConfig) -> nn.Module:
     raise ValueError(f"unknown value_encoding {config.value_encoding!r}")
 
 
-def perturb_input_values(numeric_values: torch.Tensor, num_mask: torch.Tensor, std: float) -> torch.Tensor:
-    """``numeric_values`` plus ``N(0, std^2)`` noise at the ``<NUM>`` positions (``num_mask``), zeros elsewhere
-    kept: the training-time input noise of ``config.numeric_input_noise``. Only the embedding side sees it; the
-    caller keeps the clean values as targets. Non-finite values are left for :func:`check_numeric_values`."""
+def perturb_input_values(
+    numeric_values: torch.Tensor, num_mask: torch.Tensor, std: float, relative: bool = False
+) -> torch.Tensor:
+    """The training-time input noise of ``config.numeric_input_noise`` at the ``<NUM>`` positions
+    (``num_mask``), other entries kept: ``v + std * e`` or, ``relative``, ``v * exp(std * e)`` with e ~ N(0, 1)
+    (log-normal: keeps the sign and zero, and is the same fraction of every column's values whatever their unit).
+    Only the embedding side sees it; the caller keeps the clean values as targets. Non-finite values are left
+    for :func:`check_numeric_values`."""
     noise = torch.randn_like(numeric_values) * std
-    return torch.where(num_mask, numeric_values + noise, numeric_values)
+    noisy = numeric_values * torch.exp(noise) if relative else numeric_values + noise
+    return torch.where(num_mask, noisy, numeric_values)
 
 
 def embed_numbers(

@@ -133,6 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="std of Gaussian noise on input <NUM> values while training (config.numeric_input_noise; "
         "for z-scored tables, e.g. 0.5 with --standardize); default: the base's setting",
     )
+    parser.add_argument(
+        "--numeric-input-noise-relative",
+        action="store_true",
+        help="make --numeric-input-noise a fraction of each value, v * exp(sigma * e) "
+        "(config.numeric_input_noise_relative; for tables in raw units, e.g. 0.08 with --value-bin-width 0.25)",
+    )
+    parser.add_argument(
+        "--value-bin-width",
+        type=float,
+        default=None,
+        help="--base tiny: log-magnitude bins of this width in the <NUM> encoding "
+        "(config.value_encoding_bin_width; 0.25 for raw tables); default: none",
+    )
     parser.add_argument("--lora", action="store_true", help="PEFT LoRA (see causalqwen.training.lora)")
     parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
     parser.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha")
@@ -195,6 +208,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     noise = args.numeric_input_noise
     if noise is not None and not (math.isfinite(noise) and noise >= 0):
         raise UsageError(f"--numeric-input-noise must be finite and >= 0, got {noise}")
+    if args.value_bin_width is not None and args.base != "tiny":
+        raise UsageError(
+            "--value-bin-width applies to a fresh --base tiny model (it sizes the encoding's weights)"
+        )
     if args.lora and args.freeze_backbone:
         raise UsageError(
             "--freeze-backbone and --lora exclude each other (LoRA already freezes the backbone)"
@@ -297,6 +314,7 @@ def build_model(
             eos_token_id=tokenizer.eos_token_id,
             **TINY_BASE,
             **normalization,
+            **({} if args.value_bin_width is None else {"value_encoding_bin_width": args.value_bin_width}),
         )
         model = CausalQwenForNumericCausalLM(config)
     if model.config.num_token_id != tokenizer.num_token_id:
@@ -312,6 +330,8 @@ def build_model(
     if args.numeric_input_noise is not None:
         # A training regulariser: saved with the model, inert outside training mode.
         model.config.numeric_input_noise = args.numeric_input_noise
+    if args.numeric_input_noise_relative:
+        model.config.numeric_input_noise_relative = True
     return model
 
 
