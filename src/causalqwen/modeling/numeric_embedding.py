@@ -14,6 +14,9 @@ pluggable through ``config.value_encoding`` (``benchmarks/numeric.py`` compares 
   (``config.value_normalization``): ``symlog(t)`` and ``t / (1 + |t|)``. The seed's features are all
   logarithmic, so a target linear in an input needed an exponential of them; measured (docs/causal_qwen.md),
   the linear features are what lets the tiny benchmark models learn tables such as diabetes.
+* Either multiscale encoding can add log-magnitude bins (``config.value_encoding_bin_width`` > 0): signed hat
+  functions of ``ln|v|`` (:func:`log_bin_features`), features that vary by order one across every column's own
+  range, which is what a table written in its raw units needs (docs/causal_qwen.md, "Raw tables").
 * ``"xval"`` (xVal): ``embed(<NUM>) * t`` with t the normalised value (``config.value_normalization``);
   like the xVal paper it needs values of order one, so pair it with an ``affine`` or ``symlog`` normalisation
   when the data spans large magnitudes (an un-normalised 1e12 multiplies the embedding by 1e12).
