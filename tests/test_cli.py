@@ -179,6 +179,10 @@ def test_raw_table_recipe_flags_reach_the_saved_config(tmp_path, capsys):
         capsys, ["--base", str(out), "--value-bin-width", "0.5", "--output-dir", str(tmp_path / "x")]
     )
     assert "--value-bin-width applies to a fresh --base tiny model" in line
+    line = usage_error(capsys, ["--value-bin-width", "-1", "--output-dir", str(tmp_path / "x")])
+    assert (
+        "--value-bin-width: value_encoding_bin_width must be 0 (no bins) or a finite number >= 0.01" in line
+    )
 
 
 def test_config_file_and_console_entry(tmp_path, monkeypatch):

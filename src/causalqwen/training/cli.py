@@ -208,10 +208,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     noise = args.numeric_input_noise
     if noise is not None and not (math.isfinite(noise) and noise >= 0):
         raise UsageError(f"--numeric-input-noise must be finite and >= 0, got {noise}")
-    if args.value_bin_width is not None and args.base != "tiny":
-        raise UsageError(
-            "--value-bin-width applies to a fresh --base tiny model (it sizes the encoding's weights)"
-        )
+    if args.value_bin_width is not None:
+        if args.base != "tiny":
+            raise UsageError(
+                "--value-bin-width applies to a fresh --base tiny model (it sizes the encoding's weights)"
+            )
+        # The config's own rule, checked before any data is read; a bad width is a usage error, not a traceback.
+        try:
+            CausalQwenConfig(value_encoding_bin_width=args.value_bin_width)
+        except ValueError as err:
+            raise UsageError(f"--value-bin-width: {err}") from err
     if args.lora and args.freeze_backbone:
         raise UsageError(
             "--freeze-backbone and --lora exclude each other (LoRA already freezes the backbone)"
