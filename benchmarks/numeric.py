@@ -14,11 +14,14 @@ learning rate, seeds) in the same training loop:
   ``cq-isotropic`` (``isotropic_scale=True``: one latent scale per position, the cheaper token head of issue #16),
   ``cq-input-noise`` (``numeric_input_noise=0.5``: Gaussian noise on the input numbers while training, for the
   z-scored ``diabetes-std`` task, where it runs by default),
+  ``cq-bins`` (``value_encoding_bin_width=0.25``: log-magnitude bins in the ``<NUM>`` encoding), ``cq-table``
+  (the raw-table recipe: bins, relative input noise 0.08, twice the steps; runs on ``diabetes`` by default),
   ``cq-mse`` (the value loss replaced by a squared error of the Cauchy median, same gate, see
   :class:`CausalQwenMSEAblation`; no trained spread, so no interval is reported for it);
 * ``qwen2-digits``: a ``Qwen2ForCausalLM`` of the same shape reading and writing numbers as digit text
   (greedy generation of the target; an unparsable output is a failure, counted and imputed with the
-  training mean);
+  training mean); ``qwen2-digits-input-noise`` / ``qwen2-digits-relative-noise`` (the same noise as noisy copies
+  of the training prompts) and ``qwen2-digits-2x`` (twice the steps), the fair baselines of the recipes;
 * scikit-learn ``linear`` and ``gbm`` (gradient boosting) on the raw feature values.
 
 Tasks: ``diabetes`` (442 patients, ten clinical numbers as a sentence), ``diabetes-std`` (the same rows with
@@ -249,7 +252,8 @@ def noisy_prompt_copies(
 ) -> Split:
     """``copies`` versions of every example whose prompt numbers carry N(0, std^2) noise (``relative``:
     ``v * exp(std * e)``, as ``numeric_input_noise_relative``), written to two decimals (the ``diabetes-std``
-    precision); targets unchanged. The digits model's input noise."""
+    precision; on raw diabetes the rounding of s5's four decimals, at most 0.005, is far inside the noise);
+    targets unchanged. The digits model's input noise."""
     prompts, targets, values = [], [], []
     for _ in range(copies):
         for prompt, target, value in zip(split.prompts, split.targets, split.values):
