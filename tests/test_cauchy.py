@@ -18,6 +18,7 @@ from causalqwen.modeling.cauchy import (
     ovr_log_probs,
     ovr_probability,
     softplus_inverse,
+    streamed_linear_cauchy,
 )
 
 torch.manual_seed(0)
@@ -159,6 +160,40 @@ def test_linear_cauchy_uses_a_precomputed_abs_weight():
     loc, scale = torch.tensor([0.5, -1.0]), torch.tensor([0.2, 0.1])
     _, out_scale = linear_cauchy(loc, scale, w, abs_weight=w.abs())
     torch.testing.assert_close(out_scale, torch.tensor([0.7, 0.1]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_streamed_linear_cauchy_equals_linear_cauchy_in_every_row_block(monkeypatch, dtype):
+    # Blocks of 3 rows over 10 (the last block is short) and inputs with two leading dims: each output is the
+    # same dot product as the dense matmul's, summed in the order the BLAS picks for the block's shape (so equal
+    # up to rounding, not always to the bit); a bias is added afterwards.
+    monkeypatch.setattr(cauchy, "STREAM_BLOCK_BYTES", 3 * 6 * torch.empty((), dtype=dtype).element_size())
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(10, 6, generator=g).to(dtype)
+    w[4, 1] = 0.0
+    loc = torch.randn(2, 3, 6, generator=g).to(dtype)
+    scale = torch.rand(2, 3, 6, generator=g).to(dtype)
+    got_loc, got_scale = streamed_linear_cauchy(loc, scale, w)
+    want_loc, want_scale = linear_cauchy(loc, scale, w, abs_weight=w.abs())
+    assert got_loc.shape == got_scale.shape == (2, 3, 10) and got_loc.dtype == dtype
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(got_loc, want_loc, **tol)
+    torch.testing.assert_close(got_scale, want_scale, **tol)
+    assert not torch.allclose(got_scale, got_loc.abs())  # |W| s, not |W s|
+    bias = torch.randn(10, generator=g).to(dtype)
+    torch.testing.assert_close(streamed_linear_cauchy(loc, scale, w, bias)[0], want_loc + bias, **tol)
+
+
+def test_streamed_linear_cauchy_refuses_gradients_and_mismatched_inputs():
+    w, x = torch.randn(4, 3), torch.rand(2, 3)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        streamed_linear_cauchy(x, x, w.requires_grad_())
+    with torch.no_grad():  # the same call without a graph to record is fine
+        assert streamed_linear_cauchy(x, x, w)[1].shape == (2, 4)
+    with pytest.raises(ValueError, match="must match"):
+        streamed_linear_cauchy(torch.rand(2, 3), torch.rand(2, 2), w.detach())
+    with pytest.raises(ValueError, match="input size 3"):
+        streamed_linear_cauchy(torch.rand(2, 5), torch.rand(2, 5), w.detach())
 
 
 def test_interval_half_width_reads_a_calibration_table():

@@ -390,6 +390,9 @@ def test_head_scale_cache_matches_grad_path_and_follows_weight_updates(isotropic
     ids, values = batch()
     with torch.no_grad():
         cached = model(input_ids=ids, numeric_values=values).scale_S
+        # Decoding and scoring stream the head (no full |W| kept); only a loss without gradients caches it.
+        assert getattr(model, "_scale_weight_cache", None) is None or isotropic
+        model(input_ids=ids, numeric_values=values, labels=ids.clone())
         first = model._token_scale_weight()
         assert model._token_scale_weight() is first  # reused while the weight is unchanged
     fresh = model(input_ids=ids, numeric_values=values).scale_S  # grad enabled: formed per forward, no cache

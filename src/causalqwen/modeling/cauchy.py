@@ -24,6 +24,7 @@ __all__ = [
     "ABS_BLOCK_ELEMENTS",
     "LOG_PI",
     "SCALE_EPS",
+    "STREAM_BLOCK_BYTES",
     "abs_linear",
     "cauchy_cdf",
     "cauchy_interval",
@@ -36,6 +37,7 @@ __all__ = [
     "ovr_log_probs",
     "ovr_probability",
     "softplus_inverse",
+    "streamed_linear_cauchy",
 ]
 
 LOG_PI = math.log(math.pi)
@@ -120,7 +122,7 @@ def linear_cauchy(
     """Push independent Cauchy variables through ``y = x W^T + b``.
 
     Returns ``(W loc + b, |W| scale)``; ``scale=None`` stands for a point mass (deterministic input).
-    ``abs_weight`` is a precomputed ``|W|`` (e.g. cached between decoding steps, when no gradient flows);
+    ``abs_weight`` is a precomputed ``|W|`` (e.g. cached between evaluation batches, when no gradient flows);
     without it ``|W|`` is formed block by block (:func:`abs_linear`).
     """
     out_loc = F.linear(loc, weight, bias)
@@ -128,6 +130,53 @@ def linear_cauchy(
         return out_loc, None
     out_scale = F.linear(scale, abs_weight) if abs_weight is not None else abs_linear(scale, weight)
     return out_loc, out_scale
+
+
+# Row blocks of about this many bytes in :func:`streamed_linear_cauchy`: a block and its |block| must stay in cache
+# between the two matmuls. At the Qwen2.5-0.5B head (151,936 x 896, float32, 2 cores with 1 MiB of L2 each and
+# 32 MiB of L3) 1.8 and 3.7 MB blocks both ran one decoding position's head in 47-52 ms against 39 ms for W alone
+# and 77 ms for W then a cached |W|; 7.3 MB blocks 59 ms.
+STREAM_BLOCK_BYTES = 2 << 20
+
+
+def streamed_linear_cauchy(
+    loc: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`linear_cauchy` for inference: ``(W loc + b, |W| scale)`` reading ``W`` from memory once.
+
+    With a precomputed ``|W|`` a decoding step reads two vocabulary-sized matrices, and at a few positions both
+    matmuls are bound by memory bandwidth, so the scale path doubles the head's time. Here ``W`` is walked in
+    row blocks of about ``STREAM_BLOCK_BYTES``: each block feeds the location matmul, its ``abs`` is written into
+    one reused cache-sized buffer, and the scale matmul reads that buffer while it is still in cache. No full
+    ``|W|`` exists, cached or not. Each output is the same dot product as the dense matmul's, summed in the
+    order the BLAS picks for the block's shape: equal up to rounding (to the bit at the 0.5B head here).
+    Refuses inputs that need gradients (no autograd graph is built; training uses :func:`linear_cauchy`).
+    """
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (loc, scale, weight)):
+        raise RuntimeError(
+            "streamed_linear_cauchy is inference-only; use linear_cauchy when gradients are needed"
+        )
+    if loc.shape != scale.shape or loc.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"loc {tuple(loc.shape)} and scale {tuple(scale.shape)} must match and end in the weight's input "
+            f"size {weight.shape[1]}"
+        )
+    flat_loc, flat_scale = loc.reshape(-1, loc.shape[-1]), scale.reshape(-1, scale.shape[-1])
+    vocab = weight.shape[0]
+    out_loc = flat_loc.new_empty(flat_loc.shape[0], vocab)
+    out_scale = flat_scale.new_empty(flat_scale.shape[0], vocab)
+    rows = max(1, STREAM_BLOCK_BYTES // max(weight.shape[1] * weight.element_size(), 1))
+    buffer = weight.new_empty(min(rows, vocab), weight.shape[1])
+    for start in range(0, vocab, rows):
+        block = weight[start : start + rows]
+        absolute = buffer[: block.shape[0]]
+        torch.abs(block, out=absolute)
+        torch.mm(flat_loc, block.t(), out=out_loc[:, start : start + rows])
+        torch.mm(flat_scale, absolute.t(), out=out_scale[:, start : start + rows])
+    if bias is not None:
+        out_loc += bias
+    batch_shape = loc.shape[:-1]
+    return out_loc.view(*batch_shape, vocab), out_scale.view(*batch_shape, vocab)
 
 
 def cauchy_cdf(x: torch.Tensor | float, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

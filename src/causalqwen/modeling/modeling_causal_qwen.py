@@ -67,7 +67,14 @@ from ._compat import (
     accepts_both_cache_names,
     cache_output_field,
 )
-from .cauchy import SCALE_EPS, cauchy_sample, interval_half_width, linear_cauchy, softplus_inverse
+from .cauchy import (
+    SCALE_EPS,
+    cauchy_sample,
+    interval_half_width,
+    linear_cauchy,
+    softplus_inverse,
+    streamed_linear_cauchy,
+)
 from .loss import CauchyHeads, chunk_rows, gated_loss
 from .numeric_embedding import (
     ValueNormalizer,
@@ -302,6 +309,12 @@ def _scale_weight(weight: torch.Tensor, isotropic: bool) -> torch.Tensor:
     return absolute.sum(-1) if isotropic else absolute
 
 
+def _inference_only() -> bool:
+    """No autograd graph is being recorded and no compiler is tracing (the streamed head is a Python loop over
+    row blocks: eager only)."""
+    return not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
 def _as_dtype(loc: torch.Tensor, scale: torch.Tensor | None, weight: torch.Tensor):
     """``loc``/``scale`` in the dtype of the head they enter (float32 value path next to a bf16 token head)."""
     return loc.to(weight.dtype), None if scale is None else scale.to(weight.dtype)
@@ -422,8 +435,9 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         With gradients it is an autograd node: the loss sums the chunks' gradients for it into one buffer and
         backward multiplies by ``sign(W)`` once (for the default: one |W| copy and its gradient alive during
         the step, 545 MB each in float32 at Qwen2.5-0.5B, against an ``abs`` of the whole head three times per
-        chunk before). Without gradients (decoding, evaluation) it is cached: every decoding step recomputing
-        ``abs`` of the head halved standard-mode tokens/s at 0.5B. The cache is keyed on the weight's storage,
+        chunk before). Without gradients it is needed only by a loss (evaluation with labels) and is cached between
+        batches; decoding and scoring without labels stream the head instead (``streamed_linear_cauchy``: W read
+        once, no |W| copy kept). The cache is keyed on the weight's storage,
         version counter (bumped by every in-place update: optimizer steps, ``load_state_dict``, ``copy_``),
         dtype, device and the option, so a stale value is never used; a plain attribute, never saved, rebuilt
         after ``.to()``. ``torch.compile`` cannot trace the key (storage pointers), so compiled code recomputes.
@@ -464,9 +478,12 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         loc_U, scale_U = self.abduction(hidden)
         loc, scale = self.action(loc_U, scale_U, mode, temperature)
         weight, value_weight = self.lm_head.weight, self.value_head.weight
-        if scale is not None and scale_weight is None:
+        isotropic = scale is not None and self.config.isotropic_scale
+        # Without gradients (decoding, scoring) the default head streams W once instead of reading W and |W|.
+        stream = scale is not None and not isotropic and scale_weight is None and _inference_only()
+        if scale is not None and scale_weight is None and not stream:
             scale_weight = self._token_scale_weight()
-        if scale is not None and self.config.isotropic_scale:
+        if isotropic:
             # One scale per position: |W| (s 1) = s ||W_k||_1, no vocabulary-sized matmul for the scale.
             scale = scale.mean(-1, keepdim=True)
             loc_S = F.linear(loc.to(weight.dtype), weight)
@@ -474,7 +491,12 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
             loc_Y = F.linear(loc.to(value_weight.dtype), value_weight, self.value_head.bias)
             scale_Y = scale.to(value_weight.dtype) * value_weight.abs().sum(-1)
         else:
-            loc_S, scale_S = linear_cauchy(*_as_dtype(loc, scale, weight), weight, abs_weight=scale_weight)
+            if stream:
+                loc_S, scale_S = streamed_linear_cauchy(*_as_dtype(loc, scale, weight), weight)
+            else:
+                loc_S, scale_S = linear_cauchy(
+                    *_as_dtype(loc, scale, weight), weight, abs_weight=scale_weight
+                )
             loc_Y, scale_Y = linear_cauchy(*_as_dtype(loc, scale, value_weight), value_weight,
                                            self.value_head.bias)  # fmt: skip
         heads = CauchyHeads(
@@ -605,7 +627,9 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         hidden = outputs.last_hidden_state
 
         loss = loss_cls = loss_reg = None
-        scale_weight = None if mode == "deterministic" else self._token_scale_weight()
+        # Formed once here only for the loss (shared by its chunks and the logits); without labels ``_heads``
+        # streams the head when no gradient is recorded.
+        scale_weight = None if mode == "deterministic" or labels is None else self._token_scale_weight()
         if labels is not None:
             targets = numeric_labels if numeric_labels is not None else numeric_values
             result = self._gated_loss(hidden, labels, targets, mode, temp, scale_weight)
