@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,11 @@ SHAPES: dict[str, dict[str, Any]] = {
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
     ),
 }
+
+
+# The per-size measurements, in the order they run (``--measure`` picks some: a 0.5B generate re-run needs
+# minutes, the train steps at 4 x 1,024 tokens a quarter of an hour).
+MEASURES = ("train", "loss_kernels", "generate")
 
 
 @dataclass
@@ -468,20 +473,24 @@ def ratio_row(
     return [*measured, f"{bound} {target}", "yes" if met else "NO"]
 
 
-def run_size(size: str, budget: Budget, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+def run_size(
+    size: str, budget: Budget, device: torch.device, dtype: torch.dtype, measures: Sequence[str] = MEASURES
+) -> dict[str, Any]:
     builders = build_models(size, device, dtype)
     result: dict[str, Any] = {"shape": SHAPES[size]}
     ok, why = fits_in_memory(size, device)
-    if ok:
+    if "train" in measures and ok:
         result["train"] = {
             f"{rows}x{seq}": measure_train(builders, budget, device, size, rows, seq)
             for rows, seq in budget.train_shapes
         }
-    else:
+    elif "train" in measures:
         result["train_skipped"] = why
         print(f"[perf] {size}: train step skipped ({why})", flush=True)
-    result["loss_kernels"] = measure_loss_kernels(size, budget, device)
-    result["generate"] = measure_generate(builders, budget, device, size)
+    if "loss_kernels" in measures:
+        result["loss_kernels"] = measure_loss_kernels(size, budget, device)
+    if "generate" in measures:
+        result["generate"] = measure_generate(builders, budget, device, size)
     return result
 
 
@@ -526,7 +535,7 @@ def summary_rows(size: str, result: dict[str, Any]) -> list[list[Any]]:
                 None,
             )
         )
-    for batch_key, gen in result["generate"].items():
+    for batch_key, gen in result.get("generate", {}).items():
         for mode in ("standard", "deterministic"):
             row = ratio_row(
                 f"generate {batch_key} ({mode})",
@@ -546,7 +555,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (>= 5)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--skip-tokenizer", action="store_true", help="skip the tokenizer comparison")
+    parser.add_argument(
+        "--measure",
+        default=",".join(MEASURES),
+        help=f"comma list of the per-size measurements to run (default: all of {','.join(MEASURES)})",
+    )
     args = parser.parse_args(argv)
+    measures = args.measure.split(",")
+    if not measures or any(m not in MEASURES for m in measures):
+        parser.error(f"--measure takes a comma list of {', '.join(MEASURES)}, got {args.measure!r}")
     device = resolve_device(args.device)
     apply_threads(args.threads)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
@@ -565,7 +582,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for size in sizes:
             with wall_clock(f"perf {size}"):
                 budget = budget_for(mode, size, args.repeats)
-                results[size] = run_size(size, budget, device, dtype)
+                results[size] = run_size(size, budget, device, dtype, measures)
                 results[size]["budget"] = vars(budget)
             rows += summary_rows(size, results[size])
         if not args.skip_tokenizer:

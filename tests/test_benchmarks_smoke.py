@@ -217,6 +217,14 @@ def test_perf_smoke_writes_ratios(tmp_path):
     assert gen["tokens_per_s"] == pytest.approx(8 * perf.BUDGETS["smoke"].new_tokens / gen["median_s"])
 
 
+def test_perf_measure_picks_the_measurements(tmp_path):
+    results = perf.main(["--smoke", "--skip-tokenizer", "--measure", "generate", "--out", str(tmp_path / "p.json")])
+    assert set(results["tiny"]) == {"shape", "generate", "budget"}
+    assert [r[1] for r in results["table"]["rows"]][0] == "generate batch1 (standard)"
+    with pytest.raises(SystemExit):
+        perf.main(["--smoke", "--measure", "generate,speed"])
+
+
 def test_perf_targets_follow_size_and_shape():
     assert perf.target_for("train_step", "0.5b", "1x64") == 1.3
     assert perf.target_for("peak_memory", "0.5b", "4x1024") == 0.85
