@@ -218,7 +218,9 @@ def test_perf_smoke_writes_ratios(tmp_path):
 
 
 def test_perf_measure_picks_the_measurements(tmp_path):
-    results = perf.main(["--smoke", "--skip-tokenizer", "--measure", "generate", "--out", str(tmp_path / "p.json")])
+    results = perf.main(
+        ["--smoke", "--skip-tokenizer", "--measure", "generate", "--out", str(tmp_path / "p.json")]
+    )
     assert set(results["tiny"]) == {"shape", "generate", "budget"}
     assert [r[1] for r in results["table"]["rows"]][0] == "generate batch1 (standard)"
     with pytest.raises(SystemExit):

@@ -411,6 +411,17 @@ def test_head_scale_cache_matches_grad_path_and_follows_weight_updates(isotropic
     assert not torch.allclose(after, cached)
 
 
+def test_head_streams_only_eagerly_without_gradients_on_the_cpu():
+    from causalqwen.modeling.modeling_causal_qwen import _streams_head
+
+    weight = torch.zeros(4, 3)
+    with torch.no_grad():
+        assert _streams_head(weight)
+        # A GPU reads a cached |W| faster than it launches a kernel per row block; meta stands in for it here.
+        assert not _streams_head(torch.empty(4, 3, device="meta"))
+    assert not _streams_head(weight)  # gradients recorded: the shared |W| autograd node
+
+
 def test_head_scale_weight_is_formed_once_per_forward_for_every_chunk(monkeypatch):
     """abs of the token head runs once per training forward, however many chunks (and recomputes) the loss
     has; gradients equal the one-chunk loss's."""

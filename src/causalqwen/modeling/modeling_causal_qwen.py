@@ -309,10 +309,12 @@ def _scale_weight(weight: torch.Tensor, isotropic: bool) -> torch.Tensor:
     return absolute.sum(-1) if isotropic else absolute
 
 
-def _inference_only() -> bool:
-    """No autograd graph is being recorded and no compiler is tracing (the streamed head is a Python loop over
-    row blocks: eager only)."""
-    return not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+def _streams_head(weight: torch.Tensor) -> bool:
+    """Whether a head without a caller's |W| uses ``streamed_linear_cauchy``: no autograd graph is being recorded,
+    no compiler is tracing (the streamed head is a Python loop over row blocks: eager only) and the weight is on
+    the CPU. On a GPU the loop's few hundred kernel launches per position would cost more than a second read
+    of |W| at GPU bandwidth (0.2 ms for the 0.5B head), so there the cached |W| stays."""
+    return not torch.is_grad_enabled() and not torch.compiler.is_compiling() and weight.device.type == "cpu"
 
 
 def _as_dtype(loc: torch.Tensor, scale: torch.Tensor | None, weight: torch.Tensor):
@@ -435,9 +437,9 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         With gradients it is an autograd node: the loss sums the chunks' gradients for it into one buffer and
         backward multiplies by ``sign(W)`` once (for the default: one |W| copy and its gradient alive during
         the step, 545 MB each in float32 at Qwen2.5-0.5B, against an ``abs`` of the whole head three times per
-        chunk before). Without gradients it is needed only by a loss (evaluation with labels) and is cached between
-        batches; decoding and scoring without labels stream the head instead (``streamed_linear_cauchy``: W read
-        once, no |W| copy kept). The cache is keyed on the weight's storage,
+        chunk before). Without gradients it is needed only by a loss (evaluation with labels) and is cached
+        between batches; decoding and scoring without labels on the CPU stream the head instead
+        (``streamed_linear_cauchy``: W read once, no |W| copy kept). The cache is keyed on the weight's storage,
         version counter (bumped by every in-place update: optimizer steps, ``load_state_dict``, ``copy_``),
         dtype, device and the option, so a stale value is never used; a plain attribute, never saved, rebuilt
         after ``.to()``. ``torch.compile`` cannot trace the key (storage pointers), so compiled code recomputes.
@@ -479,8 +481,9 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         loc, scale = self.action(loc_U, scale_U, mode, temperature)
         weight, value_weight = self.lm_head.weight, self.value_head.weight
         isotropic = scale is not None and self.config.isotropic_scale
-        # Without gradients (decoding, scoring) the default head streams W once instead of reading W and |W|.
-        stream = scale is not None and not isotropic and scale_weight is None and _inference_only()
+        # Without gradients (decoding, scoring) on the CPU the default head streams W once instead of reading W
+        # and a cached |W|.
+        stream = scale is not None and not isotropic and scale_weight is None and _streams_head(weight)
         if scale is not None and scale_weight is None and not stream:
             scale_weight = self._token_scale_weight()
         if isotropic:
