@@ -411,6 +411,31 @@ def test_head_scale_cache_matches_grad_path_and_follows_weight_updates(isotropic
     assert not torch.allclose(after, cached)
 
 
+def test_frozen_head_caches_its_scale_weight_across_training_steps(monkeypatch):
+    """With lm_head frozen (LoRA leaves it alone) no gradient reaches W, so training reuses one cached |W|
+    instead of forming it in every forward; the other parameters get the same gradients as with a trainable
+    head."""
+    import causalqwen.modeling.modeling_causal_qwen as modeling
+
+    calls = []
+    original = modeling._scale_weight
+    monkeypatch.setattr(modeling, "_scale_weight", lambda *a: calls.append(1) or original(*a))
+    grads = {}
+    for frozen, formed in ((True, 1), (False, 2)):
+        model = tiny_model().train()
+        model.lm_head.weight.requires_grad_(not frozen)
+        calls.clear()
+        for seed in (0, 1):
+            ids, values = batch(seed)
+            model.zero_grad()
+            model(input_ids=ids, numeric_values=values, labels=ids.clone()).loss.backward()
+        assert len(calls) == formed
+        assert (model.lm_head.weight.grad is None) == frozen
+        grads[frozen] = [p.grad.clone() for p in model.abduction.parameters()]
+    for a, b in zip(grads[True], grads[False]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_head_streams_only_eagerly_without_gradients_on_the_cpu():
     from causalqwen.modeling.modeling_causal_qwen import _streams_head
 

@@ -437,8 +437,8 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         With gradients it is an autograd node: the loss sums the chunks' gradients for it into one buffer and
         backward multiplies by ``sign(W)`` once (for the default: one |W| copy and its gradient alive during
         the step, 545 MB each in float32 at Qwen2.5-0.5B, against an ``abs`` of the whole head three times per
-        chunk before). Without gradients it is needed only by a loss (evaluation with labels) and is cached
-        between batches; decoding and scoring without labels on the CPU stream the head instead
+        chunk before). When no gradient reaches W (evaluation with labels, or training with a frozen head, as
+        under LoRA) it is cached between batches; decoding and scoring without labels on the CPU stream the head instead
         (``streamed_linear_cauchy``: W read once, no |W| copy kept). The cache is keyed on the weight's storage,
         version counter (bumped by every in-place update: optimizer steps, ``load_state_dict``, ``copy_``),
         dtype, device and the option, so a stale value is never used; a plain attribute, never saved, rebuilt
@@ -446,8 +446,10 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         """
         weight = self.lm_head.weight
         isotropic = bool(self.config.isotropic_scale)
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if (torch.is_grad_enabled() and weight.requires_grad) or torch.compiler.is_compiling():
             return _scale_weight(weight, isotropic)
+        # No gradient reaches W (no grad mode, or a frozen head: LoRA and other adapters that leave lm_head
+        # alone): a constant |W| is cached between steps instead of formed again in every training forward.
         key = (
             weight.data_ptr(),
             weight._version,
