@@ -385,7 +385,10 @@ def test_backbone_gradient_checkpointing_trains():
 
 
 @pytest.mark.parametrize("isotropic", [False, True])
-def test_head_scale_cache_matches_grad_path_and_follows_weight_updates(isotropic):
+def test_head_scale_cache_matches_grad_path_and_follows_weight_updates(isotropic, monkeypatch):
+    from causalqwen.modeling import cauchy as cauchy_module
+
+    monkeypatch.setattr(cauchy_module, "STREAM_BLOCK_BYTES", 1024)  # the tiny head spans several blocks
     model = tiny_model(ovr_threshold_init=0.3, isotropic_scale=isotropic)
     ids, values = batch()
     with torch.no_grad():
@@ -436,14 +439,15 @@ def test_frozen_head_caches_its_scale_weight_across_training_steps(monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_head_streams_only_eagerly_without_gradients_on_the_cpu():
+def test_head_streams_only_eagerly_without_gradients_on_the_cpu_for_multi_block_heads():
     from causalqwen.modeling.modeling_causal_qwen import _streams_head
 
-    weight = torch.zeros(4, 3)
+    weight = torch.zeros(1025, 512)  # just over 2 MiB: more than one block of STREAM_BLOCK_BYTES
     with torch.no_grad():
         assert _streams_head(weight)
         # A GPU reads a cached |W| faster than it launches a kernel per row block; meta stands in for it here.
-        assert not _streams_head(torch.empty(4, 3, device="meta"))
+        assert not _streams_head(torch.empty(1025, 512, device="meta"))
+        assert not _streams_head(torch.zeros(4, 3))  # one cache-sized block: the cached |W| takes fewer ops
     assert not _streams_head(weight)  # gradients recorded: the shared |W| autograd node
 
 

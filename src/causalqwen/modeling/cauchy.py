@@ -37,6 +37,7 @@ __all__ = [
     "ovr_log_probs",
     "ovr_probability",
     "softplus_inverse",
+    "spans_stream_blocks",
     "streamed_linear_cauchy",
 ]
 
@@ -137,6 +138,12 @@ def linear_cauchy(
 # 32 MiB of L3) 1.8 and 3.7 MB blocks both ran one decoding position's head in 47-52 ms against 39 ms for W alone
 # and 77 ms for W then a cached |W|; 7.3 MB blocks 59 ms.
 STREAM_BLOCK_BYTES = 2 << 20
+
+
+def spans_stream_blocks(weight: torch.Tensor) -> bool:
+    """Whether ``weight`` is larger than one block of :func:`streamed_linear_cauchy` (a smaller head is
+    cache-sized: streaming it saves no memory traffic)."""
+    return weight.numel() * weight.element_size() > STREAM_BLOCK_BYTES
 
 
 def streamed_linear_cauchy(

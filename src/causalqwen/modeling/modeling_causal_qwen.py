@@ -73,6 +73,7 @@ from .cauchy import (
     interval_half_width,
     linear_cauchy,
     softplus_inverse,
+    spans_stream_blocks,
     streamed_linear_cauchy,
 )
 from .loss import CauchyHeads, chunk_rows, gated_loss
@@ -311,10 +312,17 @@ def _scale_weight(weight: torch.Tensor, isotropic: bool) -> torch.Tensor:
 
 def _streams_head(weight: torch.Tensor) -> bool:
     """Whether a head without a caller's |W| uses ``streamed_linear_cauchy``: no autograd graph is being recorded,
-    no compiler is tracing (the streamed head is a Python loop over row blocks: eager only) and the weight is on
-    the CPU. On a GPU the loop's few hundred kernel launches per position would cost more than a second read
-    of |W| at GPU bandwidth (0.2 ms for the 0.5B head), so there the cached |W| stays."""
-    return not torch.is_grad_enabled() and not torch.compiler.is_compiling() and weight.device.type == "cpu"
+    no compiler is tracing (the streamed head is a Python loop over row blocks: eager only), the weight is on
+    the CPU and spans more than one block. On a GPU the loop's few hundred kernel launches per position would
+    cost more than a second read of |W| at GPU bandwidth (0.2 ms for the 0.5B head); a head of one block is
+    cache-sized, so streaming saves no memory traffic, and the cached |W| takes fewer ops (tiny shape, H = 64,
+    V = 512: 93 against 130-148 us per decoding step for the heads), so both keep the cached |W|."""
+    return (
+        not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and weight.device.type == "cpu"
+        and spans_stream_blocks(weight)
+    )
 
 
 def _as_dtype(loc: torch.Tensor, scale: torch.Tensor | None, weight: torch.Tensor):
