@@ -446,8 +446,8 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         backward multiplies by ``sign(W)`` once (for the default: one |W| copy and its gradient alive during
         the step, 545 MB each in float32 at Qwen2.5-0.5B, against an ``abs`` of the whole head three times per
         chunk before). When no gradient reaches W (evaluation with labels, or training with a frozen head, as
-        under LoRA) it is cached between batches; decoding and scoring without labels on the CPU stream the head instead
-        (``streamed_linear_cauchy``: W read once, no |W| copy kept). The cache is keyed on the weight's storage,
+        under LoRA) it is cached between batches; decoding and scoring without labels on the CPU stream a multi-block head instead
+        (``streamed_linear_cauchy``: W read once, no |W| copy kept; ``_streams_head``). The cache is keyed on the weight's storage,
         version counter (bumped by every in-place update: optimizer steps, ``load_state_dict``, ``copy_``),
         dtype, device and the option, so a stale value is never used; a plain attribute, never saved, rebuilt
         after ``.to()``. ``torch.compile`` cannot trace the key (storage pointers), so compiled code recomputes.
