@@ -101,8 +101,11 @@ class _AbsLinear(torch.autograd.Function):
         return None if grad_x is None else grad_x.view_as(x), grad_w
 
 
-def _row_blocks(weight: torch.Tensor) -> list[slice]:
-    rows = max(1, ABS_BLOCK_ELEMENTS // max(weight.shape[1], 1))
+def _row_blocks(weight: torch.Tensor, block_elements: int | None = None) -> list[slice]:
+    """Row slices of ``weight`` holding at most ``block_elements`` elements each (at least one row);
+    ``ABS_BLOCK_ELEMENTS`` when not given (read at call time, so tests can shrink it)."""
+    limit = ABS_BLOCK_ELEMENTS if block_elements is None else block_elements
+    rows = max(1, limit // max(weight.shape[1], 1))
     return [slice(start, start + rows) for start in range(0, weight.shape[0], rows)]
 
 
@@ -172,14 +175,14 @@ def streamed_linear_cauchy(
     vocab = weight.shape[0]
     out_loc = flat_loc.new_empty(flat_loc.shape[0], vocab)
     out_scale = flat_scale.new_empty(flat_scale.shape[0], vocab)
-    rows = max(1, STREAM_BLOCK_BYTES // max(weight.shape[1] * weight.element_size(), 1))
-    buffer = weight.new_empty(min(rows, vocab), weight.shape[1])
-    for start in range(0, vocab, rows):
-        block = weight[start : start + rows]
+    blocks = _row_blocks(weight, STREAM_BLOCK_BYTES // weight.element_size())
+    buffer = weight.new_empty(min(blocks[0].stop, vocab), weight.shape[1])
+    for rows in blocks:
+        block = weight[rows]
         absolute = buffer[: block.shape[0]]
         torch.abs(block, out=absolute)
-        torch.mm(flat_loc, block.t(), out=out_loc[:, start : start + rows])
-        torch.mm(flat_scale, absolute.t(), out=out_scale[:, start : start + rows])
+        torch.mm(flat_loc, block.t(), out=out_loc[:, rows])
+        torch.mm(flat_scale, absolute.t(), out=out_scale[:, rows])
     if bias is not None:
         out_loc += bias
     batch_shape = loc.shape[:-1]

@@ -445,19 +445,21 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         With gradients it is an autograd node: the loss sums the chunks' gradients for it into one buffer and
         backward multiplies by ``sign(W)`` once (for the default: one |W| copy and its gradient alive during
         the step, 545 MB each in float32 at Qwen2.5-0.5B, against an ``abs`` of the whole head three times per
-        chunk before). When no gradient reaches W (evaluation with labels, or training with a frozen head, as
-        under LoRA) it is cached between batches; decoding and scoring without labels on the CPU stream a multi-block head instead
-        (``streamed_linear_cauchy``: W read once, no |W| copy kept; ``_streams_head``). The cache is keyed on the weight's storage,
-        version counter (bumped by every in-place update: optimizer steps, ``load_state_dict``, ``copy_``),
-        dtype, device and the option, so a stale value is never used; a plain attribute, never saved, rebuilt
-        after ``.to()``. ``torch.compile`` cannot trace the key (storage pointers), so compiled code recomputes.
+        chunk before). When no gradient reaches W (evaluation with labels, or training with a frozen head) it is
+        cached between batches; decoding and scoring without labels on the CPU stream a multi-block head instead
+        (``streamed_linear_cauchy``: W read once, no |W| copy kept; ``_streams_head``). The cache is keyed on the
+        weight's storage, version counter (bumped by every in-place update: optimizer steps,
+        ``load_state_dict``, ``copy_``), dtype, device and the option, so a stale value is never used; a plain
+        attribute, never saved, rebuilt after ``.to()``. ``torch.compile`` cannot trace the key (storage
+        pointers), so compiled code recomputes.
         """
         weight = self.lm_head.weight
         isotropic = bool(self.config.isotropic_scale)
         if (torch.is_grad_enabled() and weight.requires_grad) or torch.compiler.is_compiling():
             return _scale_weight(weight, isotropic)
-        # No gradient reaches W (no grad mode, or a frozen head: LoRA and other adapters that leave lm_head
-        # alone): a constant |W| is cached between steps instead of formed again in every training forward.
+        # No gradient reaches W (no grad mode, or a frozen head; not apply_lora's recipe, whose trainable <NUM>
+        # row makes the head's weight need gradients): a constant |W| is cached between steps instead of formed
+        # again in every training forward.
         key = (
             weight.data_ptr(),
             weight._version,
@@ -641,7 +643,7 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
 
         loss = loss_cls = loss_reg = None
         # Formed once here only for the loss (shared by its chunks and the logits); without labels ``_heads``
-        # streams the head when no gradient is recorded.
+        # decides (``_streams_head``).
         scale_weight = None if mode == "deterministic" or labels is None else self._token_scale_weight()
         if labels is not None:
             targets = numeric_labels if numeric_labels is not None else numeric_values
