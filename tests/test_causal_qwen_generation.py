@@ -382,3 +382,54 @@ def test_strategies_that_run_hub_code_are_refused_clearly(flags, name):
     ids, values, mask = left_pad(prompts())
     with pytest.raises(ValueError, match=f"does not support {name}: .*does not carry the <NUM> value track"):
         model.generate(input_ids=ids, attention_mask=mask, numeric_values=values, **GEN, **flags)
+
+
+@pytest.mark.parametrize("mode", ["standard", "deterministic", "exogenous"])
+def test_packed_heads_decode_as_the_modules(mode, monkeypatch):
+    """generate packs a small head once per call (_PackedHeads): same tokens, values and scores as the head
+    modules; the modes it does not cover (here exogenous) run the modules."""
+    model = tiny_model(num_bias=0.3)
+    with torch.no_grad():  # both abduction maps away from their init, so that each one matters
+        for parameter in model.abduction.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    ids, values, mask = left_pad(prompts())
+    kwargs = dict(input_ids=ids, attention_mask=mask, numeric_values=values, inference_mode=mode,
+                  return_dict_in_generate=True, output_logits=True, **GEN)  # fmt: skip
+    module_calls = []
+    heads = model._heads
+    monkeypatch.setattr(model, "_heads", lambda *a, **k: module_calls.append(1) or heads(*a, **k))
+    packed = model.generate(**kwargs)
+    assert len(module_calls) == (0 if mode != "exogenous" else GEN["max_new_tokens"])
+    monkeypatch.setattr(model, "_packed_heads", lambda: None)
+    modules = model.generate(**kwargs)
+    assert torch.equal(packed.sequences, modules.sequences)
+    if mode != "deterministic":  # (thresholds do not rank there: no <NUM> is generated)
+        assert (packed.sequences[:, ids.shape[1] :] == NUM).any()  # generated values are fed back
+    torch.testing.assert_close(packed.numeric_values, modules.numeric_values, rtol=1e-6, atol=1e-6)
+    for step_packed, step_modules in zip(packed.logits, modules.logits, strict=True):
+        torch.testing.assert_close(step_packed, step_modules, rtol=1e-5, atol=1e-6)
+
+
+def test_heads_are_packed_only_when_small_and_of_one_dtype(monkeypatch):
+    from causalqwen.modeling import cauchy
+
+    model = tiny_model()
+    packed = model._packed_heads()
+    C, H = model.config.causal_size, model.config.hidden_size
+    assert packed.abduction_weight.shape == (2 * C, H) and packed.head_weight.shape == (V + 1, C)
+    assert torch.equal(packed.head_weight[-1], model.value_head.weight[0])
+    assert torch.equal(packed.head_abs_weight, packed.head_weight.abs())
+    assert torch.equal(packed.abduction_weight[C:], model.abduction.scale_weight)
+    assert not packed.head_weight.requires_grad and packed.normalizer.kind == model.normalizer.kind
+    # A head of several stream blocks streams W instead; the isotropic scale and mixed dtypes keep the modules.
+    monkeypatch.setattr(cauchy, "STREAM_BLOCK_BYTES", 1024)
+    assert model._packed_heads() is None
+    monkeypatch.undo()
+    model.config.isotropic_scale = True
+    assert model._packed_heads() is None
+    model.config.isotropic_scale = False
+    with torch.device("meta"):
+        offloaded = CausalQwenForNumericCausalLM(CausalQwenConfig(**TINY))
+    assert offloaded._packed_heads() is None
+    model.lm_head.to(torch.bfloat16)
+    assert model._packed_heads() is None

@@ -117,12 +117,19 @@ def test_config_mode_is_the_default_and_overrides_validate():
 def test_nan_or_inf_numeric_values_raise():
     model = tiny_model()
     ids, values = batch()
-    values[1, 3] = float("nan")
-    with pytest.raises(ValueError, match="NaN or infinite"):
-        model(input_ids=ids, numeric_values=values)
-    values[1, 3] = float("inf")
-    with pytest.raises(ValueError, match="NaN or infinite"):
-        model(input_ids=ids, numeric_values=values)
+    clean = model(input_ids=ids, numeric_values=values).logits
+    for bad in (float("nan"), float("inf")):
+        at_num = values.clone()
+        at_num[1, 2] = bad  # a <NUM>
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            model(input_ids=ids, numeric_values=at_num)
+        # A training loss reads every value as a target: the whole tensor must be finite there.
+        elsewhere = values.clone()
+        elsewhere[1, 3] = bad  # not a <NUM>
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            model(input_ids=ids, numeric_values=elsewhere, labels=ids)
+        # Without labels only the <NUM> values are read: one elsewhere changes nothing.
+        assert torch.equal(model(input_ids=ids, numeric_values=elsewhere).logits, clean)
 
 
 def test_padded_equals_unpadded():

@@ -9,6 +9,7 @@ from causalqwen.modeling.numeric_embedding import (
     MultiScaleValueEncoding,
     ValueNormalizer,
     XValEncoding,
+    check_numeric_values,
     embed_numbers,
     fit_log_standardization,
     fit_symlog_normalization,
@@ -162,7 +163,7 @@ def test_embed_numbers_without_num_is_identity():
 @pytest.mark.parametrize(
     ("values", "error", "match"),
     [
-        (torch.tensor([[1.0, float("nan")]]), ValueError, "NaN or infinite"),
+        (torch.tensor([[float("nan"), 1.0]]), ValueError, "NaN or infinite"),
         (torch.tensor([[float("inf"), 1.0]]), ValueError, "NaN or infinite"),
         (torch.tensor([[1.0, 2.0, 3.0]]), ValueError, "must have the shape of input_ids"),
         (torch.tensor([[1, 2]]), TypeError, "floating-point"),
@@ -174,6 +175,20 @@ def test_bad_numeric_values_raise(values, error, match):
     ids = torch.tensor([[NUM, 1]])
     with pytest.raises(error, match=match):
         embed_numbers(model.embed_tokens(ids), ids, values, NUM, model.value_encoding)
+
+
+def test_only_num_values_are_read_and_checked():
+    """embed_numbers reads the values of <NUM> tokens only, so a NaN elsewhere changes nothing; the strict check
+    (generate's prompt, a loss's targets) still refuses it anywhere."""
+    model = model_for("multiscale")
+    ids = torch.tensor([[NUM, 1]])
+    clean = embed_numbers(model.embed_tokens(ids), ids, torch.tensor([[2.0, 0.0]]), NUM, model.value_encoding)
+    noisy = embed_numbers(
+        model.embed_tokens(ids), ids, torch.tensor([[2.0, math.nan]]), NUM, model.value_encoding
+    )
+    assert torch.equal(clean, noisy)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        check_numeric_values(torch.tensor([[2.0, math.nan]]), ids)
 
 
 def test_gradients_reach_the_fusion():

@@ -13,7 +13,12 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
-from causalqwen.modeling._compat import CACHE_NAME, LEGACY_CACHE_NAME, cache_output_field
+from causalqwen.modeling._compat import (
+    CACHE_NAME,
+    LEGACY_CACHE_NAME,
+    assigns_fields_directly,
+    cache_output_field,
+)
 from causalqwen.modeling.modeling_causal_qwen import CausalQwenOutput
 from test_causal_qwen_model import NUM, batch, tiny_model
 
@@ -44,6 +49,42 @@ def test_output_has_one_cache_field_in_place_and_an_alias():
     assert out.cache is other and out[CACHE_NAME] is other
     out.cache = cache
     assert out.past_key_values is cache and out[CACHE_NAME] is cache
+
+
+def test_direct_field_assignment_behaves_as_model_output():
+    """``assigns_fields_directly`` skips ModelOutput's per-assignment field scan, nothing else: keys, attributes,
+    tuples and the cache alias match an undecorated twin after construction and after reassignments."""
+
+    def output_class(direct: bool) -> type:
+        @dataclass
+        @cache_output_field
+        class Output(ModelOutput):
+            loss: torch.Tensor | None = None
+            logits: torch.Tensor | None = None
+            extra: torch.Tensor | None = None
+            cache: object | None = None
+
+        return assigns_fields_directly(Output) if direct else Output
+
+    Plain, Direct = output_class(False), output_class(True)
+    assert _field_names(Direct) == _field_names(Plain)
+    cache, logits, extra = object(), torch.ones(2), torch.zeros(3)
+    outputs = [cls(logits=logits, **{CACHE_NAME: cache}) for cls in (Plain, Direct)]
+    for out in outputs:
+        out.extra = extra  # a field set after construction becomes a key
+        out.loss = None  # None stays out of the keys
+        out.note = "x"  # not a field: an attribute only
+    plain, direct = outputs
+    assert list(direct.keys()) == list(plain.keys()) == ["logits", CACHE_NAME, "extra"]
+    assert direct.to_tuple()[0] is logits and direct.to_tuple()[2] is extra and len(direct.to_tuple()) == 3
+    assert direct.note == "x" and "note" not in direct and direct.loss is None
+    assert direct.cache is cache and direct.past_key_values is cache
+    other = object()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        direct.past_key_values = other  # the alias name, through ModelOutput's own __setattr__
+    assert direct[CACHE_NAME] is other and direct.cache is other
+    assert CausalQwenOutput.__setattr__ is not ModelOutput.__setattr__
 
 
 def test_cache_output_field_needs_a_cache_field():

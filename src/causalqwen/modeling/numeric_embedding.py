@@ -73,8 +73,14 @@ _MAX_NORMALISED = 1e30
 LOG_BIN_RANGE = (-7.0, 14.0)
 
 
-def check_numeric_values(numeric_values: torch.Tensor, input_ids: torch.Tensor | None) -> None:
-    """Raise a clear error for a malformed ``numeric_values`` tensor (shape, dtype, NaN/inf)."""
+_NOT_FINITE = "numeric_values contains NaN or infinite entries; numbers must be finite"
+
+
+def check_numeric_values(
+    numeric_values: torch.Tensor, input_ids: torch.Tensor | None, finite: bool = True
+) -> None:
+    """Raise a clear error for a malformed ``numeric_values`` tensor (shape, dtype, and NaN/inf unless
+    ``finite=False``: the caller checks the entries it uses)."""
     if not isinstance(numeric_values, torch.Tensor):
         raise TypeError(f"numeric_values must be a torch.Tensor, got {type(numeric_values).__name__}")
     if not numeric_values.is_floating_point():
@@ -84,7 +90,8 @@ def check_numeric_values(numeric_values: torch.Tensor, input_ids: torch.Tensor |
             f"numeric_values must have the shape of input_ids {tuple(input_ids.shape)}, "
             f"got {tuple(numeric_values.shape)}"
         )
-    check_finite(numeric_values, "numeric_values contains NaN or infinite entries; numbers must be finite")
+    if finite:
+        check_finite(numeric_values, _NOT_FINITE)
 
 
 def _symlog(t: torch.Tensor) -> torch.Tensor:
@@ -381,7 +388,9 @@ def embed_numbers(
 
     Only the ``<NUM>`` rows are encoded (no [B, S, H] work for ordinary tokens), except under torch.compile,
     where every position is encoded and the ``<NUM>`` rows selected (no dynamic shapes). ``numeric_values`` may
-    be ``None`` only when there is no ``<NUM>``.
+    be ``None`` only when there is no ``<NUM>``. Only the values of ``<NUM>`` tokens are read, so only they
+    must be finite (one check fewer per decoding step without a ``<NUM>``; the prompt's whole track is checked
+    by ``generate`` and a training batch's by the loss).
     """
     mask = input_ids == num_token_id
     if numeric_values is None:
@@ -395,7 +404,7 @@ def embed_numbers(
             )
         numeric_values = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
     else:
-        check_numeric_values(numeric_values, input_ids)
+        check_numeric_values(numeric_values, input_ids, finite=False)
     if torch.compiler.is_compiling():
         # Static shapes for torch.compile: encode every position and select (decoding steps are [B, 1]).
         fused = encoding(inputs_embeds, numeric_values.to(inputs_embeds.device))
@@ -408,7 +417,9 @@ def embed_numbers(
             empty = encoding(inputs_embeds[:0, 0], numeric_values[:0, 0])
             return inputs_embeds + empty.sum().to(inputs_embeds.dtype)
         return inputs_embeds
-    fused = encoding(inputs_embeds[mask], numeric_values[mask])
+    values = numeric_values[mask]
+    check_finite(values, _NOT_FINITE)
+    fused = encoding(inputs_embeds[mask], values)
     out = inputs_embeds.clone()
     out[mask] = fused.to(out.dtype)
     return out
