@@ -3,7 +3,8 @@
 Measured in one process, on the same inputs, median of ``--repeats`` (>= 5) runs after a warm-up:
 
 * train step (forward + backward + AdamW step) time and peak memory (weights, gradients, optimizer
-  state and activations: the growth above the process level before the model is built), at two batch
+  state and activations: the growth of the allocated bytes above their level before the model is built, on
+  the CPU malloc's own count (``common.MemoryMeter``; the RSS is reported beside it)), at two batch
   shapes per size: a short one and a realistic one (tiny: 4 x 128 and 8 x 512 tokens; 0.5B: 1 x 64 and
   4 x 1,024, where plain Qwen2 materialises float32 logits of [4,096 x 151,936], 2.5 GB, and CausalQwen's
   chunked loss never does); CausalQwen three times: the default, ``isotropic_scale=True`` (one scale per
@@ -165,6 +166,10 @@ VARIANTS = (
     ("causalqwen[loss_compile]", ", loss_compile", {"loss_compile": True}),
 )
 
+# Variants whose memory is sampled only (``common.MemoryMeter(per_operation=False)``): their peak can be missed
+# by up to one operation's temporaries.
+COMPILED_VARIANTS = frozenset(name for name, _, options in VARIANTS if options.get("loss_compile"))
+
 
 def build_models(size: str, device: torch.device, dtype: torch.dtype) -> dict[str, Callable[[], Any]]:
     """Constructors (not models: only one model lives at a time) for the base, CausalQwen and the
@@ -265,17 +270,18 @@ def prepare_train(
     device: torch.device,
     shape: dict,
     checkpointing: bool = False,
-) -> tuple[int, Callable[[], None], float]:
+) -> tuple[MemoryMeter, Callable[[], None], float]:
     """Peak memory of building the model and optimizer and running a step on ``rows`` x ``seq`` tokens at
-    steady state; returns it, the step and that step's seconds. A first step on 8 tokens allocates the
-    gradients and the AdamW state cheaply, so the measured step's peak holds weights, state, activations and
-    gradients, as every later step's does. Timing is separate (the meter's sampling thread steals CPU), except
+    steady state; returns its meter (allocated bytes and RSS), the step and that step's seconds. A first step on
+    8 tokens allocates the gradients and the AdamW state cheaply, so the measured step's peak holds weights,
+    state, activations and gradients, as every later step's does. Timing is separate (the meter's sampling thread steals CPU), except
     for ``single_run_shapes``.
     """
     vocab = shape["vocab_size"]
     batch = model_inputs(name, make_batch(vocab, vocab - 1, rows, seq, device))
     warm = model_inputs(name, make_batch(vocab, vocab - 1, 1, 8, device))
-    with MemoryMeter(device) as meter:
+    # The loss_compile variant runs compiled kernels, which a per-operation meter would force back to eager.
+    with MemoryMeter(device, per_operation=name not in COMPILED_VARIANTS) as meter:
         model = build()
         if checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -284,7 +290,7 @@ def prepare_train(
         train_step(model, optimizer, warm)()
         step = train_step(model, optimizer, batch)
         seconds = time_call(step, repeats=1, warmup=0, device=device).median
-    return meter.peak_bytes, step, seconds
+    return meter, step, seconds
 
 
 def measure_train(
@@ -318,7 +324,9 @@ def measure_train(
     return {
         name: {
             "train_step": timings[name].to_dict(),
-            "peak_memory_bytes": memory[name],
+            "peak_memory_bytes": memory[name].peak_bytes,
+            "peak_rss_bytes": memory[name].peak_rss_bytes,
+            "memory_meter": memory[name].kind,
             "interleaved": interleave and not single,
             "single_run": single,
             "activation_checkpointing": checkpointing,
@@ -502,6 +510,10 @@ def summary_rows(size: str, result: dict[str, Any]) -> list[list[Any]]:
         for name, label in (("causalqwen", ""), *((name, label) for name, label, _ in VARIANTS)):
             causal = train[name]
             default = name == "causalqwen"
+            memory = [("peak_memory", "peak_memory_bytes")]
+            if default and base["memory_meter"] != "rss":
+                # The resident set beside the allocated bytes: what the OS sees, freed-but-kept heap included.
+                memory.append(("peak_rss", "peak_rss_bytes"))
             rows.append(
                 ratio_row(
                     f"train_step {shown}{label}",
@@ -512,16 +524,19 @@ def summary_rows(size: str, result: dict[str, Any]) -> list[list[Any]]:
                     target_for("train_step", size, shape) if default else None,
                 )
             )
-            rows.append(
-                ratio_row(
-                    f"peak_memory {shown}{label}",
-                    base["peak_memory_bytes"] / 2**20,
-                    causal["peak_memory_bytes"] / 2**20,
-                    False,
-                    "MiB",
-                    target_for("peak_memory", size, shape) if default else None,
+            for metric, key in memory:
+                rows.append(
+                    ratio_row(
+                        f"{metric} {shown}{label}",
+                        base[key] / 2**20,
+                        causal[key] / 2**20,
+                        False,
+                        "MiB",
+                        target_for("peak_memory", size, shape)
+                        if default and metric == "peak_memory"
+                        else None,
+                    )
                 )
-            )
     kernels = result.get("loss_kernels")
     if kernels is not None:
         # Columns: the eager kernels where the other rows have Qwen2, the compiled ones under CausalQwen.

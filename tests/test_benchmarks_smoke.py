@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,27 @@ def test_memory_meter_sees_a_large_cpu_allocation():
 
         time.sleep(0.05)
     assert 28 * 2**20 <= meter.peak_bytes < 200 * 2**20
+    assert 28 * 2**20 <= meter.peak_rss_bytes < 200 * 2**20
     del block
+
+
+def test_memory_meter_counts_allocated_bytes_not_retained_pages():
+    """On glibc the meter reads malloc's count: a freed block no longer counts, and a block allocated, freed
+    and allocated again inside the meter counts once."""
+    if common.malloc_live_bytes() is None:
+        pytest.skip("needs glibc's mallinfo2")
+    before = common.malloc_live_bytes()
+    block = torch.ones(16 * 2**20 // 4)
+    assert common.malloc_live_bytes() - before >= 16 * 2**20
+    del block
+    assert common.malloc_live_bytes() - before < 2**20
+    with common.MemoryMeter(torch.device("cpu")) as meter:
+        for _ in range(2):
+            block = torch.ones(24 * 2**20 // 4)
+            time.sleep(0.05)
+            del block
+    assert meter.kind == "allocated"
+    assert 24 * 2**20 <= meter.peak_bytes < 40 * 2**20
 
 
 def test_resolve_device_rejects_unavailable_or_unknown_devices():
@@ -193,6 +214,7 @@ def test_perf_smoke_writes_ratios(tmp_path):
     assert [r[1] for r in rows] == [
         "train_step 2x16",
         "peak_memory 2x16",
+        *(["peak_rss 2x16"] if common.malloc_live_bytes() is not None else []),
         "train_step 2x16, isotropic",
         "peak_memory 2x16, isotropic",
         "train_step 2x16, loss_compile",

@@ -443,6 +443,37 @@ def test_fused_ovr_bce_equals_the_reference_and_its_gradients(negative_weight, h
         torch.testing.assert_close(fused, full, rtol=0, atol=0)
 
 
+def _peak_allocated_during(fn) -> int:
+    """Peak bytes malloc holds during ``fn`` above its level at entry, read after every tensor operation
+    (``benchmarks/common.MemoryMeter``, the perf benchmark's meter)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from common import MemoryMeter, malloc_live_bytes
+
+    if malloc_live_bytes() is None:
+        pytest.skip("needs glibc's mallinfo2")
+    with MemoryMeter(torch.device("cpu")) as meter:
+        result = fn()
+        del result
+    return meter.peak_bytes
+
+
+def test_ovr_kernels_keep_few_vocabulary_sized_temporaries():
+    """The One-vs-Rest passes bound a training step's peak at small shapes (the loss chunk is the largest thing
+    alive then): the gradient kernel holds at most 3 [n, V] buffers beside its inputs at once (safe scale,
+    excess, their combination; the angle overwrites the excess), the row sums 2."""
+    from causalqwen.modeling.cauchy import _no_log_row_sums, _ovr_negative_grads
+
+    n, vocab = 256, 4096  # 4 MiB per [n, V] float32 buffer
+    loc, scale, threshold = torch.randn(n, vocab), torch.rand(n, vocab) + 0.1, torch.zeros(vocab)
+    unit = n * vocab * 4
+    grads = _peak_allocated_during(lambda: _ovr_negative_grads(loc, scale, threshold, torch.tensor(0.5)))
+    assert 3 * unit <= grads < 3.5 * unit  # the two outputs are two of the three
+    assert _peak_allocated_during(lambda: _no_log_row_sums(loc, scale, threshold)) < 2.5 * unit
+
+
 def test_hard_negatives_must_be_positive():
     from causalqwen.modeling.cauchy import ovr_bce_sum
 
