@@ -1,7 +1,8 @@
 """causalqwen: a numeric causal LM (CausalQwen), a tool router (ToolRouter) and a tool planner (ToolPlanner),
 native to transformers.
 
-Importing the package registers the three model families with the transformers Auto classes.
+Importing the package registers the three model families with the transformers Auto classes, and the
+``"numeric-text-generation"`` pipeline (:mod:`causalqwen.pipelines`).
 """
 
 from .configuration.configuration_causal_qwen import CausalQwenConfig
@@ -10,6 +11,7 @@ from .configuration.configuration_tool_router import ToolRouterConfig
 from .modeling.modeling_causal_qwen import CausalQwenForNumericCausalLM, CausalQwenModel
 from .modeling.modeling_tool_planner import ToolPlannerModel
 from .modeling.modeling_tool_router import ToolRouterModel
+from .pipelines import NumericTextGenerationPipeline, register_pipeline
 from .registration import ModelFamily, register_family
 from .tokenization.tokenization_causal_qwen import CausalQwenTokenizer
 
@@ -29,6 +31,7 @@ MODEL_FAMILIES: tuple[ModelFamily, ...] = (
 
 for _family in MODEL_FAMILIES:
     register_family(_family)
+register_pipeline()
 
 __all__ = [
     "MODEL_FAMILIES",
@@ -37,6 +40,7 @@ __all__ = [
     "CausalQwenModel",
     "CausalQwenTokenizer",
     "ModelFamily",
+    "NumericTextGenerationPipeline",
     "ToolPlannerConfig",
     "ToolPlannerModel",
     "ToolRouterConfig",
