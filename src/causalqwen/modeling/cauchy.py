@@ -280,10 +280,10 @@ def _ovr_negative_grads(loc, scale, threshold, weight) -> tuple[torch.Tensor, to
     With e = loc - c, r^2 = s^2 + e^2 and a_q = atan2(s, e): d log a_q / d loc = -s / (r^2 a_q) and
     d log a_q / d s = e / (r^2 a_q), so the "no" term gives w s / (r^2 a_q) and -w e / (r^2 a_q).
     """
-    # Four [n, V] temporaries at most beside the inputs (the chunk's memory peak in a training step): the angle
-    # overwrites ``excess`` and ``loc - c`` is recomputed for the scale's gradient, where a fifth buffer for the
-    # angle made CausalQwen's step peak 1.1x plain Qwen2's at the tiny 4 x 128 shape. Same arithmetic, so the
-    # same bits.
+    # Three [n, V] temporaries at most beside the inputs (the chunk's memory peak in a training step): the angle
+    # overwrites ``excess``, ``loc - c`` is recomputed for the scale's gradient and the loc gradient takes the
+    # clamped scale's buffer, where a fourth buffer for the angle made CausalQwen's step peak 1.1x plain Qwen2's
+    # at the tiny 4 x 128 shape. Same arithmetic, so the same bits.
     safe = scale.clamp_min(SCALE_EPS)
     excess = loc - threshold
     base = (safe * safe).addcmul_(excess, excess)
