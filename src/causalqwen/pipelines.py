@@ -6,7 +6,8 @@ each ``<NUM>``), and a generated ``<NUM>`` would be written as the token's name,
 This subclass threads the tokenizer's ``numeric_values`` / ``numeric_formats`` into ``generate``, asks it for the
 generated values (``return_dict_in_generate``) and decodes with them, so the text holds real numbers, the prompt's
 written as they were. Everything else (batching with left padding, ``max_new_tokens``, ``return_full_text``,
-``return_tensors``, chat messages, decoding strategies) is the parent's.
+``return_tensors``, decoding strategies) is the parent's; a chat's reply is appended as the assistant's message
+(a tokenizer's ``response_template`` is not parsed, as CausalQwen's tokenizer has none).
 
 Importing ``causalqwen`` registers it under the task ``"numeric-text-generation"``::
 
