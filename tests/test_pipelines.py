@@ -98,3 +98,21 @@ def test_the_plain_text_generation_pipeline_loses_the_numbers(model_and_tokenize
     assert type(plain) is TextGenerationPipeline
     with pytest.raises(ValueError, match="the prompt contains <NUM> but numeric_values is None"):
         plain(PROMPT, **GEN)
+
+
+def test_chat_replies_carry_numbers(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    # The turns' text, joined.
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    pipe = pipeline("numeric-text-generation", model=model, tokenizer=tokenizer)
+    [record] = pipe([{"role": "user", "content": PROMPT}], **GEN)
+    _, text = direct(model, tokenizer, PROMPT)
+    user, reply = record["generated_text"]
+    assert user == {"role": "user", "content": PROMPT}
+    assert reply == {"role": "assistant", "content": text.removeprefix(PROMPT)}
+    # A final assistant turn is continued, not answered.
+    turns = [{"role": "user", "content": "the price is"}, {"role": "assistant", "content": "12.50 and"}]
+    [record] = pipe(turns, **GEN)
+    assert len(record["generated_text"]) == 2
+    continued = record["generated_text"][1]["content"]
+    assert continued.startswith("12.50 and ") and len(continued.split()) == 2 + GEN["max_new_tokens"]
