@@ -251,11 +251,6 @@ class MemoryMeter:
         self._per_op: _AfterEveryOp | None = None
         self._lock = threading.Lock()
 
-    def _record_allocated(self) -> None:
-        level = malloc_live_bytes()
-        with self._lock:  # the sampler thread updates the same peaks
-            self._peak["allocated"] = max(self._peak["allocated"], level)
-
     def _levels(self) -> dict[str, int]:
         levels = {"rss": _rss_bytes()}
         allocated = malloc_live_bytes()
@@ -263,11 +258,17 @@ class MemoryMeter:
             levels["allocated"] = allocated
         return levels
 
-    def _record(self) -> None:
-        levels = self._levels()
-        with self._lock:
+    def _raise_peaks(self, levels: dict[str, int]) -> None:
+        with self._lock:  # the sampler thread and the per-operation hook update the same peaks
             for name, level in levels.items():
                 self._peak[name] = max(self._peak.get(name, 0), level)
+
+    def _record(self) -> None:
+        self._raise_peaks(self._levels())
+
+    def _record_allocated(self) -> None:
+        # After every tensor operation: malloc's count only (reading the RSS costs a system call).
+        self._raise_peaks({"allocated": malloc_live_bytes()})
 
     def _sample(self) -> None:
         while not self._stop.is_set():

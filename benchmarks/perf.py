@@ -274,8 +274,9 @@ def prepare_train(
     """Peak memory of building the model and optimizer and running a step on ``rows`` x ``seq`` tokens at
     steady state; returns its meter (allocated bytes and RSS), the step and that step's seconds. A first step on
     8 tokens allocates the gradients and the AdamW state cheaply, so the measured step's peak holds weights,
-    state, activations and gradients, as every later step's does. Timing is separate (the meter's sampling thread steals CPU), except
-    for ``single_run_shapes``.
+    state, activations and gradients, as every later step's does. Timing is separate (the meter's sampling
+    thread steals CPU and its per-operation reads add a few microseconds each), except for
+    ``single_run_shapes``.
     """
     vocab = shape["vocab_size"]
     batch = model_inputs(name, make_batch(vocab, vocab - 1, rows, seq, device))
