@@ -162,6 +162,45 @@ def test_linear_cauchy_uses_a_precomputed_abs_weight():
     torch.testing.assert_close(out_scale, torch.tensor([0.7, 0.1]))
 
 
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_linear_cauchy_with_gradients_folds_the_scale_path_into_one_weight_gradient(monkeypatch, with_bias):
+    # Training form (W needs a gradient, |W| given): values and every gradient equal autograd's through
+    # F.linear(loc, W) + F.linear(scale, W.abs()), including sgn(0) = 0; blocks of 3 rows over 10 (short last).
+    monkeypatch.setattr(cauchy, "ABS_BLOCK_ELEMENTS", 3 * 6)
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(10, 6, generator=g, dtype=torch.float64)
+    w[4, 1] = 0.0
+    loc, scale = (
+        torch.randn(2, 3, 6, generator=g, dtype=torch.float64),
+        torch.rand(2, 3, 6, generator=g, dtype=torch.float64),
+    )
+    bias = torch.randn(10, generator=g, dtype=torch.float64) if with_bias else None
+    inputs = [t.clone().requires_grad_() for t in (loc, scale, w)]
+    ref = [t.clone().requires_grad_() for t in (loc, scale, w)]
+    got = linear_cauchy(*inputs[:2], inputs[2], bias, abs_weight=inputs[2].abs())
+    want = (
+        torch.nn.functional.linear(ref[0], ref[2], bias),
+        torch.nn.functional.linear(ref[1], ref[2].abs()),
+    )
+    assert got[0].grad_fn is not None and "LinearCauchy" in type(got[1].grad_fn).__name__
+    up = [torch.randn(2, 3, 10, generator=g, dtype=torch.float64) for _ in range(2)]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(got, inputs, up), torch.autograd.grad(want, ref, up)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # One output unused (its gradient arrives as None); only W needs a gradient.
+    w_only = w.clone().requires_grad_()
+    (grad_w,) = torch.autograd.grad(linear_cauchy(loc, scale, w_only, abs_weight=w.abs())[1].sum(), [w_only])
+    torch.testing.assert_close(
+        grad_w, w.sign() * scale.reshape(-1, 6).sum(0).expand(10, 6), rtol=1e-12, atol=0
+    )
+    assert grad_w[4, 1] == 0.0
+    assert torch.autograd.gradcheck(
+        lambda a, b, c: linear_cauchy(a, b, c, abs_weight=c.detach().abs()), [t[0].detach().requires_grad_()
+        if t.dim() == 3 else t.detach().requires_grad_() for t in (loc, scale, w)]
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_streamed_linear_cauchy_equals_linear_cauchy_in_every_row_block(monkeypatch, dtype):
     # Blocks of 3 rows over 10 (the last block is short) and inputs with two leading dims: each output is the

@@ -52,6 +52,28 @@ def test_only_lora_heads_and_num_rows_are_trainable(tiny_tokenizer, tie):
         assert any(f"{module}.modules_to_save" in n for n in trainable), module
 
 
+def test_num_head_row_gets_the_whole_gradient_under_peft(tiny_tokenizer):
+    """Untied: PEFT's trainable <NUM> row of lm_head gets the gradient the plain model's lm_head row gets (both
+    the location and the Cauchy scale path). The property PEFT puts on lm_head.weight builds a new tensor at
+    every read; the loss must differentiate against the one its head used (only |W|'s path arrived before)."""
+    rows = linear_rows(tiny_tokenizer, 4)
+    batch = {
+        k: v
+        for k, v in pad_collate(rows).items()
+        if k in ("input_ids", "attention_mask", "numeric_values", "labels")
+    }
+    plain = tiny_model(tiny_tokenizer).eval()  # eval: no LoRA dropout, the same function in both models
+    plain(**batch).loss.backward()
+    want = plain.lm_head.weight.grad[tiny_tokenizer.num_token_id]
+    peft_model = apply_lora(tiny_model(tiny_tokenizer), r=R, alpha=8).eval()
+    peft_model(**batch).loss.backward()
+    (delta,) = [
+        p for n, p in peft_model.named_parameters() if "lm_head" in n and "trainable_tokens_delta" in n
+    ]
+    assert want.abs().sum() > 0
+    torch.testing.assert_close(delta.grad[0], want, rtol=1e-5, atol=1e-7)
+
+
 def test_config_choices(tiny_tokenizer):
     model = tiny_model(tiny_tokenizer)
     config = lora_config_for(model, r=8, alpha=16, dropout=0.05)

@@ -470,7 +470,9 @@ def test_ovr_kernels_keep_few_vocabulary_sized_temporaries():
     loc, scale, threshold = torch.randn(n, vocab), torch.rand(n, vocab) + 0.1, torch.zeros(vocab)
     unit = n * vocab * 4
     grads = _peak_allocated_during(lambda: _ovr_negative_grads(loc, scale, threshold, torch.tensor(0.5)))
-    assert 3 * unit <= grads < 3.5 * unit  # the two outputs are two of the three
+    # The two outputs are two of the three. The reading is the growth of malloc's total, so memory an earlier
+    # test's garbage gives back during the call lowers it a little (seen: 36 KB under 3 units in the full run).
+    assert 2.9 * unit <= grads < 3.5 * unit
     assert _peak_allocated_during(lambda: _no_log_row_sums(loc, scale, threshold)) < 2.5 * unit
 
 

@@ -33,7 +33,8 @@ linear cross-entropy kernels: with the default chunk of 256 positions each float
 
 Gradients in the forward (``parameters=`` given, the model's path): a chunk's [chunk x V] tensors must not
 outlive it, so its gradients are computed right away, inside the forward, and kept: with respect to its hidden
-rows ([chunk x H]), the head's parameters and ``head_inputs`` (the head's ``|W|``, formed once per forward),
+rows ([chunk x H]), the head's parameters and ``head_inputs`` (the token head's weight as the forward read it,
+and its ``|W|``, formed once per forward),
 separately for the token and the value term (callers weight ``loss_cls`` and ``loss_reg`` differently, e.g.
 the Trainer's exact gradient accumulation). Backward then only scales the kept gradients. Before, each chunk
 ran under ``torch.utils.checkpoint`` and backward recomputed it: at the 0.5B head that was two more

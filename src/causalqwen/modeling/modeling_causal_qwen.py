@@ -482,15 +482,15 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
             raise ValueError(f"temperature must be a finite number >= 0, got {temp!r}")
         return mode, float(temp)
 
-    def _token_scale_weight(self) -> torch.Tensor:
+    def _token_scale_weight(self, weight: torch.Tensor | None = None) -> torch.Tensor:
         """What the token head's scale needs from its weight W [V x C]: ``|W|`` (default) or the row L1 norms
         ``||W_k||_1`` [V] (``config.isotropic_scale``). Formed once per forward and shared by every loss chunk
         and the logits (not once per chunk).
 
-        With gradients it is an autograd node: the loss sums the chunks' gradients for it into one buffer and
-        backward multiplies by ``sign(W)`` once (for the default: one |W| copy and its gradient alive during
-        the step, 545 MB each in float32 at Qwen2.5-0.5B, against an ``abs`` of the whole head three times per
-        chunk before). When no gradient reaches W (evaluation with labels, or training with a frozen head) it is
+        With gradients, the row norms (isotropic) are an autograd node; ``|W|`` is a constant: the head's matmul
+        (``cauchy.linear_cauchy``) folds the scale path's gradient into W's own, ``sgn(W)`` a row block at a
+        time, so the step holds one |W| copy (545 MB in float32 at Qwen2.5-0.5B) and no gradient for it. When
+        no gradient reaches W (evaluation with labels, or training with a frozen head) it is
         cached between batches; decoding and scoring without labels on the CPU stream a multi-block head instead
         (``streamed_linear_cauchy``: W read once, no |W| copy kept; ``_streams_head``). The cache is keyed on the
         weight's storage, version counter (bumped by every in-place update: optimizer steps,
@@ -498,10 +498,10 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         attribute, never saved, rebuilt after ``.to()``. ``torch.compile`` cannot trace the key (storage
         pointers), so compiled code recomputes.
         """
-        weight = self.lm_head.weight
+        weight = self.lm_head.weight if weight is None else weight
         isotropic = bool(self.config.isotropic_scale)
         if (torch.is_grad_enabled() and weight.requires_grad) or torch.compiler.is_compiling():
-            return _scale_weight(weight, isotropic)
+            return _scale_weight(weight if isotropic else weight.detach(), isotropic)
         # No gradient reaches W (no grad mode, or a frozen head; not apply_lora's recipe, whose trainable <NUM>
         # row makes the head's weight need gradients): a constant |W| is cached between steps instead of formed
         # again in every training forward.
@@ -547,27 +547,35 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
     def _head_parameters(self) -> list[torch.Tensor]:
         """The parameters :meth:`_heads` uses (abduction, action noise, token and value heads), once each: the
         chunked loss computes their gradients in its forward (``modeling/loss.py``)."""
-        # lm_head.weight as _heads reads it: the active copy under PEFT's modules_to_save.
-        tensors = [*self.abduction.parameters(), *self.action.parameters(), *self.value_head.parameters(),
-                   self.lm_head.weight]  # fmt: skip
+        # Not lm_head.weight: the loss takes it as a head input, read once per forward (under PEFT's
+        # trainable_token_indices the property builds a new tensor, index_copy of the trained rows, at each read,
+        # and a read inside a chunk would be a tensor the loss never differentiates against).
+        tensors = [*self.abduction.parameters(), *self.action.parameters(), *self.value_head.parameters()]
         return list({id(t): t for t in tensors}.values())
 
     def _heads(
-        self, hidden: torch.Tensor, mode: str, temperature: float, scale_weight: torch.Tensor | None = None
+        self,
+        hidden: torch.Tensor,
+        mode: str,
+        temperature: float,
+        scale_weight: torch.Tensor | None = None,
+        weight: torch.Tensor | None = None,
     ) -> tuple[CauchyHeads, torch.Tensor, torch.Tensor]:
         """Cauchy parameters of the token and value heads (value in normalised units), plus loc_U, scale_U.
 
-        ``scale_weight`` is :meth:`_token_scale_weight` when the caller already formed it (once per forward).
+        ``scale_weight`` is :meth:`_token_scale_weight` when the caller already formed it (once per forward);
+        ``weight`` is ``lm_head.weight`` as the caller read it (the loss differentiates against that tensor).
         """
         loc_U, scale_U = self.abduction(hidden)
         loc, scale = self.action(loc_U, scale_U, mode, temperature)
-        weight, value_weight = self.lm_head.weight, self.value_head.weight
+        weight = self.lm_head.weight if weight is None else weight
+        value_weight = self.value_head.weight
         isotropic = scale is not None and self.config.isotropic_scale
         # Without gradients (decoding, scoring) on the CPU the default head streams W once instead of reading W
         # and a cached |W|.
         stream = scale is not None and not isotropic and scale_weight is None and _streams_head(weight)
         if scale is not None and scale_weight is None and not stream:
-            scale_weight = self._token_scale_weight()
+            scale_weight = self._token_scale_weight(weight)
         if isotropic:
             # One scale per position: |W| (s 1) = s ||W_k||_1, no vocabulary-sized matmul for the scale.
             scale = scale.mean(-1, keepdim=True)
@@ -590,8 +598,9 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         return heads, loc_U, scale_U
 
     def _gated_loss(self, hidden, labels, numeric_targets, mode: str, temp: float, scale_weight=None,
-                    cls_reduction: str | None = None):  # fmt: skip
-        """The gated loss of hidden states [B, S, H] against unshifted ``labels`` and raw-unit value targets."""
+                    cls_reduction: str | None = None, weight=None):  # fmt: skip
+        """The gated loss of hidden states [B, S, H] against unshifted ``labels`` and raw-unit value targets;
+        ``weight`` is ``lm_head.weight`` as the caller read it (read here when not given)."""
         if mode == "deterministic":
             raise ValueError(
                 "labels with inference_mode='deterministic': that mode is a point mass (scale 0), so the One-vs-Rest "
@@ -602,11 +611,12 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         if numeric_targets is not None:
             check_numeric_values(numeric_targets, labels)
             numeric_targets = self.normalizer(numeric_targets.float())
+        weight = self.lm_head.weight if weight is None else weight
         return gated_loss(
             hidden,
             labels,
             numeric_targets,
-            lambda h, *weight: self._heads(h, mode, temp, *weight)[0],
+            lambda h, w, *scale_w: self._heads(h, mode, temp, *scale_w, weight=w)[0],
             self.action.ovr_thresholds,
             num_token_id=self.config.num_token_id,
             gate_alpha=float(self.config.gate_alpha),
@@ -615,7 +625,7 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
             chunk_size=chunk_rows(self.config.loss_chunk_size, self.config.vocab_size),
             cls_reduction=cls_reduction or self.config.cls_reduction,
             hard_negatives=self.config.cls_hard_negatives,
-            head_inputs=() if scale_weight is None else (scale_weight,),
+            head_inputs=(weight, *(() if scale_weight is None else (scale_weight,))),
             parameters=self._head_parameters(),
             compile_kernels=bool(self.config.loss_compile),
         )
@@ -661,8 +671,11 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         unshifted, ``numeric_labels`` the raw values at ``<NUM>`` labels; ``cls_reduction`` overrides the
         config's for this loss."""
         mode, temp = self._resolve_mode(None, None)
-        scale_weight = None if mode == "deterministic" else self._token_scale_weight()
-        return self._gated_loss(hidden, labels, numeric_labels, mode, temp, scale_weight, cls_reduction)
+        weight = self.lm_head.weight
+        scale_weight = None if mode == "deterministic" else self._token_scale_weight(weight)
+        return self._gated_loss(
+            hidden, labels, numeric_labels, mode, temp, scale_weight, cls_reduction, weight
+        )
 
     def hidden_state_heads(self, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
         """The head fields of :class:`CausalQwenOutput` for last hidden states [..., H] computed elsewhere."""
@@ -728,10 +741,11 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         loss = loss_cls = loss_reg = None
         # Formed once here only for the loss (shared by its chunks and the logits); without labels ``_heads``
         # decides (``_streams_head``).
-        scale_weight = None if mode == "deterministic" or labels is None else self._token_scale_weight()
+        weight = None if labels is None else self.lm_head.weight
+        scale_weight = None if mode == "deterministic" or labels is None else self._token_scale_weight(weight)
         if labels is not None:
             targets = numeric_labels if numeric_labels is not None else numeric_values
-            result = self._gated_loss(hidden, labels, targets, mode, temp, scale_weight)
+            result = self._gated_loss(hidden, labels, targets, mode, temp, scale_weight, weight=weight)
             loss, loss_cls, loss_reg = result.total, result.cls, result.reg
 
         if return_logits is None:

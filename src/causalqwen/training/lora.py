@@ -17,7 +17,11 @@
 forward and whose ``weight`` property both apply the trained delta rows. That matters twice here:
 ``embed_numbers`` calls ``model.embed_tokens(input_ids)`` and fuses the values on top (so the trained ``<NUM>``
 input row flows into the fusion), while the token head reads ``lm_head.weight`` directly (``linear_cauchy``
-needs the weight itself to propagate Cauchy scales), which still sees the delta through that property. Checked
+needs the weight itself to propagate Cauchy scales), which still sees the delta through that property. That
+property builds a new tensor (``index_copy`` of the trained rows) at every read, so the forward reads it once and
+the loss differentiates against that tensor (``_gated_loss``'s ``weight``): until 2026-12-05 the chunks read it
+again, and only the scale path's share of the gradient (through the shared ``|W|``) reached the ``<NUM>`` row;
+``test_num_head_row_gets_the_whole_gradient_under_peft`` compares the row's gradient with the plain model's. Checked
 before choosing: after a few LoRA steps the ``<NUM>`` head row moves (by 0.048 untied, 0.039 tied, tiny model)
 and ``merge_and_unload`` reproduces the adapted ``loc_S``/``value_loc`` to 2e-7 / 4e-7, tied or not. So no
 fallback (such as ``modules_to_save`` on the whole embedding) is needed. Untied models get the ``<NUM>`` row of
