@@ -141,7 +141,10 @@ def time_interleaved(
     """Like :func:`time_call` for several functions, alternating them run by run.
 
     On a shared machine the load drifts over seconds; alternating A, B, A, B... exposes every function to
-    the same drift, so their *ratio* stays meaningful even when absolute times are noisy.
+    the same drift, so their *ratio* stays meaningful even when absolute times are noisy. Each round starts one
+    function later (A B C, B C A, C A B, ...): a step can pay for what the one before it left behind (freed
+    pages the kernel reclaims, a cold cache), and a fixed order would charge that to the same function every
+    round (seen at 0.5B: whichever train step came first in a round had the slower optimizer step, by ~0.4 s).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -150,8 +153,11 @@ def time_interleaved(
         for _ in range(warmup):
             fn()
     seconds: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    for round_index in range(repeats):
+        start_at = round_index % len(names)
+        for name in names[start_at:] + names[:start_at]:
+            fn = fns[name]
             synchronize(device)
             start = time.perf_counter()
             fn()

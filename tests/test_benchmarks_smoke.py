@@ -54,13 +54,12 @@ def test_time_call_runs_warmup_plus_repeats():
         common.time_call(lambda: None, repeats=0)
 
 
-def test_time_interleaved_alternates_functions():
+def test_time_interleaved_alternates_functions_and_rotates_who_goes_first():
     order = []
-    timings = common.time_interleaved(
-        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=3, warmup=1
-    )
-    assert order == ["a", "b"] + ["a", "b"] * 3
-    assert {k: len(t.seconds) for k, t in timings.items()} == {"a": 3, "b": 3}
+    fns = {name: (lambda name=name: order.append(name)) for name in "abc"}
+    timings = common.time_interleaved(fns, repeats=4, warmup=1)
+    assert "".join(order) == "abc" + "abc" + "bca" + "cab" + "abc"
+    assert {k: len(t.seconds) for k, t in timings.items()} == {"a": 4, "b": 4, "c": 4}
 
 
 def test_memory_meter_sees_a_large_cpu_allocation():
@@ -237,6 +236,34 @@ def test_perf_smoke_writes_ratios(tmp_path):
     gen = results["tiny"]["generate"]["batch8"]["qwen2"]
     assert len(gen["runs_s"]) == perf.BUDGETS["smoke"].repeats
     assert gen["tokens_per_s"] == pytest.approx(8 * perf.BUDGETS["smoke"].new_tokens / gen["median_s"])
+
+
+def test_perf_times_each_variant_beside_the_base_when_only_pairs_fit(monkeypatch):
+    """The 0.5B case: not every model fits at once, the base and one variant do. Each variant alternates with
+    the live base, its ratio reads the base's runs of its own pair, and the table shows those runs."""
+    calls = []
+    real = perf.time_interleaved
+
+    def spy(fns, **kwargs):
+        calls.append(list(fns))
+        return real(fns, **kwargs)
+
+    monkeypatch.setattr(perf, "fits_in_memory", lambda *a, **k: (False, "test"))
+    monkeypatch.setattr(perf, "pair_fits", lambda memory, device: True)
+    monkeypatch.setattr(perf, "time_interleaved", spy)
+    budget = perf.budget_for("smoke", "tiny")
+    builders = perf.build_models("tiny", torch.device("cpu"), torch.float32)
+    train = perf.measure_train(builders, budget, torch.device("cpu"), "tiny", 2, 16)
+    variants = [name for name in builders if name != "qwen2"]
+    assert calls == [["qwen2", name] for name in variants]
+    for name in variants:
+        assert train[name]["interleaved"] and len(train[name]["paired_base_step"]["runs_s"]) == budget.repeats
+    assert train["qwen2"]["train_step"] == train["causalqwen"]["paired_base_step"]
+    rows = perf.summary_rows("tiny", {"train": {"2x16": train}})
+    isotropic = next(r for r in rows if r[1] == "train_step 2x16, isotropic")
+    paired = train["causalqwen[isotropic]"]
+    assert isotropic[2] == f"{paired['paired_base_step']['median_s'] * 1e3:.4g} ms"
+    assert isotropic[4] == paired["train_step"]["median_s"] / paired["paired_base_step"]["median_s"]
 
 
 def test_perf_measure_picks_the_measurements(tmp_path):
