@@ -201,6 +201,28 @@ def test_linear_cauchy_with_gradients_folds_the_scale_path_into_one_weight_gradi
     )  # fmt: skip
 
 
+def test_linear_cauchy_with_gradients_takes_row_norms_for_an_isotropic_scale(monkeypatch):
+    # abs_weight = ||W_k||_1 as a [V, 1] column, one scale per position: s ||W_k||_1 and its gradients, as
+    # autograd gives them through s * W.abs().sum(-1).
+    monkeypatch.setattr(cauchy, "ABS_BLOCK_ELEMENTS", 3 * 6)
+    g = torch.Generator().manual_seed(8)
+    w = torch.randn(10, 6, generator=g, dtype=torch.float64)
+    w[2, 5] = 0.0
+    loc, scale = (
+        torch.randn(4, 6, generator=g, dtype=torch.float64),
+        torch.rand(4, 1, generator=g, dtype=torch.float64),
+    )
+    inputs = [t.clone().requires_grad_() for t in (loc, scale, w)]
+    ref = [t.clone().requires_grad_() for t in (loc, scale, w)]
+    got = linear_cauchy(*inputs, abs_weight=w.abs().sum(-1, keepdim=True))
+    want = (torch.nn.functional.linear(ref[0], ref[2]), ref[1] * ref[2].abs().sum(-1))
+    up = [torch.randn(4, 10, generator=g, dtype=torch.float64) for _ in range(2)]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(got, inputs, up), torch.autograd.grad(want, ref, up)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_streamed_linear_cauchy_equals_linear_cauchy_in_every_row_block(monkeypatch, dtype):
     # Blocks of 3 rows over 10 (the last block is short) and inputs with two leading dims: each output is the

@@ -125,7 +125,8 @@ class _LinearCauchy(torch.autograd.Function):
     one is page-faulted in again). Here backward writes ``g_loc^T loc`` into the gradient and adds
     ``sgn(W) * (g_scale^T scale)`` to it a row block at a time through one block-sized buffer; the result is
     autograd's (``sgn(W)``, 0 where ``W == 0``), and ``|W|`` (an input, formed once per forward by the caller)
-    gets no gradient of its own: it reaches ``W`` here.
+    gets no gradient of its own: it reaches ``W`` here. ``abs_weight`` may also be the row L1 norms as a column
+    [V x 1] with a one-column ``scale`` (the isotropic scale, ``s ||W_k||_1``): the same formulas, broadcast.
     """
 
     @staticmethod
@@ -152,7 +153,7 @@ class _LinearCauchy(torch.autograd.Function):
             flat_loc, flat_scale = loc.reshape(-1, loc.shape[-1]), scale.reshape(-1, scale.shape[-1])
             grad_weight = g_loc.t() @ flat_loc
             blocks = _row_blocks(weight)
-            buffer = weight.new_empty(min(blocks[0].stop, weight.shape[0]), weight.shape[1])
+            buffer = weight.new_empty(min(blocks[0].stop, weight.shape[0]), flat_scale.shape[1])
             for rows in blocks:
                 part = buffer[: grad_weight[rows].shape[0]]
                 torch.mm(g_scale[:, rows].t(), flat_scale, out=part)
@@ -171,7 +172,8 @@ def linear_cauchy(
 
     Returns ``(W loc + b, |W| scale)``; ``scale=None`` stands for a point mass (deterministic input).
     ``abs_weight`` is a precomputed ``|W|`` (e.g. formed once per forward and shared by loss chunks, or cached
-    between evaluation batches); it must equal ``weight.abs()``: when ``weight`` needs a gradient, the scale
+    between evaluation batches); it must equal ``weight.abs()``, or be the row L1 norms ``||W_k||_1`` as a
+    [V x 1] column with a one-column ``scale`` (the isotropic scale): when ``weight`` needs a gradient, the scale
     path's share of it is computed from ``weight`` itself (:class:`_LinearCauchy`), and ``abs_weight`` gets none.
     Without it ``|W|`` is formed block by block (:func:`abs_linear`).
     """

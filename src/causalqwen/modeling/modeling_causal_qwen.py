@@ -350,9 +350,8 @@ FP32_VALUE_PATH = ("value_encoding", "abduction", "action", "value_head")
 
 
 def _scale_weight(weight: torch.Tensor, isotropic: bool) -> torch.Tensor:
-    """``|W|``, or its row sums (the row L1 norms) for the isotropic scale."""
-    absolute = weight.abs()
-    return absolute.sum(-1) if isotropic else absolute
+    """``|W|``, or its row sums (the row L1 norms) for the isotropic scale (a reduction: no |W| copy)."""
+    return torch.linalg.vector_norm(weight, 1, dim=-1) if isotropic else weight.abs()
 
 
 def _streams_head(weight: torch.Tensor) -> bool:
@@ -487,9 +486,9 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         ``||W_k||_1`` [V] (``config.isotropic_scale``). Formed once per forward and shared by every loss chunk
         and the logits (not once per chunk).
 
-        With gradients, the row norms (isotropic) are an autograd node; ``|W|`` is a constant: the head's matmul
-        (``cauchy.linear_cauchy``) folds the scale path's gradient into W's own, ``sgn(W)`` a row block at a
-        time, so the step holds one |W| copy (545 MB in float32 at Qwen2.5-0.5B) and no gradient for it. When
+        With gradients it is still a constant: the head's matmul (``cauchy.linear_cauchy``) folds the scale path's
+        gradient into W's own, ``sgn(W)`` a row block at a time, so the step holds one |W| copy (545 MB in float32
+        at Qwen2.5-0.5B; none for the row norms) and no gradient for it. When
         no gradient reaches W (evaluation with labels, or training with a frozen head) it is
         cached between batches; decoding and scoring without labels on the CPU stream a multi-block head instead
         (``streamed_linear_cauchy``: W read once, no |W| copy kept; ``_streams_head``). The cache is keyed on the
@@ -501,7 +500,7 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         weight = self.lm_head.weight if weight is None else weight
         isotropic = bool(self.config.isotropic_scale)
         if (torch.is_grad_enabled() and weight.requires_grad) or torch.compiler.is_compiling():
-            return _scale_weight(weight if isotropic else weight.detach(), isotropic)
+            return _scale_weight(weight.detach(), isotropic)
         # No gradient reaches W (no grad mode, or a frozen head; not apply_lora's recipe, whose trainable <NUM>
         # row makes the head's weight need gradients): a constant |W| is cached between steps instead of formed
         # again in every training forward.
@@ -577,10 +576,11 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
         if scale is not None and scale_weight is None and not stream:
             scale_weight = self._token_scale_weight(weight)
         if isotropic:
-            # One scale per position: |W| (s 1) = s ||W_k||_1, no vocabulary-sized matmul for the scale.
+            # One scale per position: |W| (s 1) = s ||W_k||_1, a scale "matmul" of one column (the row norms).
             scale = scale.mean(-1, keepdim=True)
-            loc_S = F.linear(loc.to(weight.dtype), weight)
-            scale_S = scale.to(weight.dtype) * scale_weight
+            loc_S, scale_S = linear_cauchy(
+                *_as_dtype(loc, scale, weight), weight, abs_weight=scale_weight.unsqueeze(-1)
+            )
             loc_Y = F.linear(loc.to(value_weight.dtype), value_weight, self.value_head.bias)
             scale_Y = scale.to(value_weight.dtype) * value_weight.abs().sum(-1)
         else:
