@@ -476,6 +476,61 @@ def test_ovr_kernels_keep_few_vocabulary_sized_temporaries():
     assert _peak_allocated_during(lambda: _no_log_row_sums(loc, scale, threshold)) < 2.5 * unit
 
 
+def test_chunked_loss_allocates_one_head_gradient_whatever_the_chunk_count(monkeypatch):
+    """The token head's weight gradient is summed over chunks in place (cauchy.WeightGradientSink): a forward over
+    10 chunks makes two vocabulary-sized tensors, |W| and that one gradient, not one gradient per chunk; the
+    loss and every gradient stay those of one chunk."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from causalqwen import CausalQwenConfig, CausalQwenForNumericCausalLM
+    from causalqwen.modeling import cauchy
+    from causalqwen.modeling import loss as loss_module
+
+    vocab, hidden = 1024, 32
+    monkeypatch.setattr(cauchy, "ABS_BLOCK_ELEMENTS", 64 * hidden)  # the sign is taken 64 rows at a time
+
+    class CountLarge(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = {
+                a.data_ptr()
+                for a in torch.utils._pytree.tree_leaves((args, kwargs))
+                if isinstance(a, torch.Tensor)
+            }
+            for t in torch.utils._pytree.tree_leaves(out):
+                if isinstance(t, torch.Tensor) and t.numel() >= vocab * hidden and t.data_ptr() not in inputs:
+                    self.names.append(func.__name__)
+            return out
+
+    torch.manual_seed(0)
+    config = CausalQwenConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, num_token_id=vocab - 1, pad_token_id=0, loss_chunk_size=8,
+    )  # fmt: skip
+    model = CausalQwenForNumericCausalLM(config)
+    ids = torch.randint(1, vocab - 1, (2, 41))
+    ids[:, ::7] = vocab - 1
+    values = torch.where(ids == vocab - 1, torch.randn(ids.shape), 0.0)
+    monkeypatch.setattr(loss_module, "MIN_CHUNK_ELEMENTS", 0)  # 80 labelled positions in 10 chunks of 8
+    results = {}
+    for chunk in (8, 80):
+        model.config.loss_chunk_size = chunk
+        model.zero_grad()
+        with CountLarge() as counter:
+            out = model(input_ids=ids, numeric_values=values, labels=ids)
+        out.loss.backward()
+        results[chunk] = (counter.names, out.loss.detach(), [p.grad.clone() for p in model.parameters()])
+    # (One chunk of 80 positions has [80 x V] tensors above the size counted, so only the 10 chunks are counted.)
+    assert results[8][0] == ["abs.default", "mm.default"]
+    torch.testing.assert_close(results[8][1], results[80][1], rtol=1e-6, atol=1e-6)
+    for a, b in zip(results[8][2], results[80][2]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_hard_negatives_must_be_positive():
     from causalqwen.modeling.cauchy import ovr_bce_sum
 

@@ -61,7 +61,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..configuration.configuration_causal_qwen import CLS_REDUCTIONS
-from .cauchy import SCALE_EPS, cauchy_nll, ovr_bce_sum, ovr_log_probs
+from .cauchy import SCALE_EPS, WeightGradientSink, cauchy_nll, ovr_bce_sum, ovr_log_probs
 
 __all__ = [
     "GRADIENTS_IN_FORWARD",
@@ -245,6 +245,12 @@ class _SumsWithForwardGradients(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec: _ChunkSpec, hidden: torch.Tensor, n_inputs: int, *tensors: torch.Tensor):
         head_inputs = [t.detach().requires_grad_(t.requires_grad) for t in tensors[:n_inputs]]
+        # A head input the head multiplies through cauchy.linear_cauchy (the token head's weight) gets its chunks'
+        # gradients summed in place in one buffer, not one fresh [V x C] tensor per chunk.
+        sinks = [WeightGradientSink() if t.requires_grad else None for t in head_inputs]
+        for alias, sink in zip(head_inputs, sinks):
+            if sink is not None:
+                sink.attach(alias)
         wrt = [*head_inputs, *tensors[n_inputs:]]
         wanted = [i for i, t in enumerate(wrt) if t.requires_grad]
         grads = {"cls": [None] * len(wrt), "reg": [None] * len(wrt)}
@@ -259,6 +265,9 @@ class _SumsWithForwardGradients(torch.autograd.Function):
                 sums = dict(zip(grads, chunk_sums))
                 inputs = [rows] * hidden.requires_grad + [wrt[i] for i in wanted]
                 for name, value in sums.items():
+                    for sink in sinks:
+                        if sink is not None:
+                            sink.key = name
                     chunk_grads = torch.autograd.grad(
                         value, inputs, allow_unused=True, retain_graph=name == "cls"
                     ) if inputs and value.requires_grad else [None] * len(inputs)  # fmt: skip
@@ -271,6 +280,9 @@ class _SumsWithForwardGradients(torch.autograd.Function):
             cls_sum += sums["cls"].detach()
             reg_sum += sums["reg"].detach()
             weight_sum += chunk_weights.detach()
+        for i, sink in enumerate(sinks):
+            for name, grad in ({} if sink is None else sink.buffers).items():
+                _add_kept(grads[name], i, grad)
         ctx.grads, ctx.grad_hidden = grads, grad_hidden
         ctx.mark_non_differentiable(weight_sum)
         return cls_sum, reg_sum, weight_sum
