@@ -195,6 +195,11 @@ def test_linear_cauchy_with_gradients_folds_the_scale_path_into_one_weight_gradi
         grad_w, w.sign() * scale.reshape(-1, 6).sum(0).expand(10, 6), rtol=1e-12, atol=0
     )
     assert grad_w[4, 1] == 0.0
+    with pytest.raises(RuntimeError, match="double backward|once_differentiable|does not require grad"):
+        (g,) = torch.autograd.grad(
+            linear_cauchy(loc, scale, w_only, abs_weight=w.abs())[1].sum(), [w_only], create_graph=True
+        )
+        g.sum().backward()
     assert torch.autograd.gradcheck(
         lambda a, b, c: linear_cauchy(a, b, c, abs_weight=c.detach().abs()), [t[0].detach().requires_grad_()
         if t.dim() == 3 else t.detach().requires_grad_() for t in (loc, scale, w)]

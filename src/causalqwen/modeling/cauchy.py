@@ -19,6 +19,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "ABS_BLOCK_ELEMENTS",
@@ -166,6 +167,7 @@ class _LinearCauchy(torch.autograd.Function):
         return F.linear(loc, weight), F.linear(scale, abs_weight)
 
     @staticmethod
+    @once_differentiable  # backward accumulates in place: a second-order graph through it would be wrong
     def backward(ctx, grad_loc_out: torch.Tensor | None, grad_scale_out: torch.Tensor | None):
         loc, scale, weight, abs_weight = ctx.saved_tensors
         # An unused output's gradient arrives as None; zeros keep one code path (only the rare unused case pays).
