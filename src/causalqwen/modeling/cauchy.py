@@ -149,9 +149,9 @@ class _LinearCauchy(torch.autograd.Function):
     """``(loc W^T, scale |W|^T)`` from a given ``|W|``, with ``W``'s gradient formed in one buffer.
 
     Composed from ``F.linear`` twice and ``W.abs()``, autograd gives ``W`` two vocabulary-sized gradients (one
-    per matmul), multiplies the second by a full ``sgn(W)`` and adds them: five [V x C] allocations per step
-    beside the one gradient that remains (545 MB each for the Qwen2.5-0.5B head, and on the CPU every fresh
-    one is page-faulted in again). Here backward writes ``g_loc^T loc`` into the gradient and adds
+    per matmul), multiplies the second by a full ``sgn(W)`` and adds them: four more [V x C] allocations per step
+    than here (``|W|``'s gradient, ``sgn(W)``, the product, the sum; 545 MB each for the Qwen2.5-0.5B head, and on
+    the CPU every fresh one is page-faulted in again). Here backward writes ``g_loc^T loc`` into the gradient and adds
     ``sgn(W) * (g_scale^T scale)`` to it a row block at a time through one block-sized buffer; the result is
     autograd's (``sgn(W)``, 0 where ``W == 0``), and ``|W|`` (an input, formed once per forward by the caller)
     gets no gradient of its own: it reaches ``W`` here. ``abs_weight`` may also be the row L1 norms as a column
