@@ -230,13 +230,17 @@ def fits_in_memory(size: str, device: torch.device, copies: int = 1) -> tuple[bo
     )
     params = vocab * h + layers * (4 * h * h + 3 * h * inter)
     need = copies * 16 * params * 1.5
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        import psutil
-
-        free = psutil.virtual_memory().available
+    free = free_memory_bytes(device)
     return need < free, f"needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB available"
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Memory available for one more model: free GPU memory, or the system's available RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
 
 
 def train_step(model, optimizer, batch: dict[str, torch.Tensor]) -> Callable[[], None]:
@@ -354,13 +358,7 @@ def pair_fits(base_memory: MemoryMeter, device: torch.device) -> bool:
     """Whether a second model fits beside the live base, judged by the base's measured peak (+25 %): at the 0.5B
     shape four copies do not fit in 23 GB but two do at 1 x 64 tokens (8.6 GB each), so each variant's
     step can alternate with the base's instead of being timed minutes apart."""
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        import psutil
-
-        free = psutil.virtual_memory().available
-    return 1.25 * base_memory.peak_bytes < free
+    return 1.25 * base_memory.peak_bytes < free_memory_bytes(device)
 
 
 def measure_loss_kernels(size: str, budget: Budget, device: torch.device) -> dict[str, Any]:

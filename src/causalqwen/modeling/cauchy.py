@@ -91,16 +91,28 @@ class _AbsLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         flat = x.reshape(-1, x.shape[-1])
         grad = grad_out.reshape(-1, weight.shape[0])
-        grad_x = flat.new_zeros(flat.shape) if ctx.needs_input_grad[0] else None
-        grad_w = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
-        for rows in _row_blocks(weight):
-            block, g = weight[rows], grad[:, rows]
-            if grad_x is not None:
-                grad_x.addmm_(g, block.abs())
-            if grad_w is not None:
-                torch.mm(g.t(), flat, out=grad_w[rows])
-                grad_w[rows].mul_(block.sign())
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = flat.new_zeros(flat.shape)
+            for rows in _row_blocks(weight):
+                grad_x.addmm_(grad[:, rows], weight[rows].abs())
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.zeros_like(weight)
+            _add_sign_weighted(grad_w, grad, flat, weight)
         return None if grad_x is None else grad_x.view_as(x), grad_w
+
+
+def _add_sign_weighted(
+    grad_weight: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
+) -> None:
+    """``grad_weight += sgn(W) * (grad^T x)``, the gradient ``|W|`` passes on to ``W`` (``grad`` [n, V], ``x``
+    [n, C] or [n, 1]), a row block at a time through one block-sized buffer: no [V x C] temporary."""
+    blocks = _row_blocks(weight)
+    buffer = weight.new_empty(min(blocks[0].stop, weight.shape[0]), x.shape[1])
+    for rows in blocks:
+        part = buffer[: grad_weight[rows].shape[0]]
+        torch.mm(grad[:, rows].t(), x, out=part)
+        grad_weight[rows].addcmul_(part, weight[rows].sign())
 
 
 def _row_blocks(weight: torch.Tensor, block_elements: int | None = None) -> list[slice]:
@@ -185,21 +197,15 @@ class _LinearCauchy(torch.autograd.Function):
             )
             flat_loc, flat_scale = loc.reshape(-1, loc.shape[-1]), scale.reshape(-1, scale.shape[-1])
             sink = ctx.sink
-            grad_weight = None if sink is None else sink.buffers.get(sink.key)
-            if grad_weight is None:
-                grad_weight = g_loc.t() @ flat_loc
+            total = None if sink is None else sink.buffers.get(sink.key)
+            if total is None:
+                total = g_loc.t() @ flat_loc
                 if sink is not None:
-                    sink.buffers[sink.key] = grad_weight
+                    sink.buffers[sink.key] = total
             else:
-                grad_weight.addmm_(g_loc.t(), flat_loc)
-            blocks = _row_blocks(weight)
-            buffer = weight.new_empty(min(blocks[0].stop, weight.shape[0]), flat_scale.shape[1])
-            for rows in blocks:
-                part = buffer[: grad_weight[rows].shape[0]]
-                torch.mm(g_scale[:, rows].t(), flat_scale, out=part)
-                grad_weight[rows].addcmul_(part, weight[rows].sign())
-            if sink is not None:
-                grad_weight = None
+                total.addmm_(g_loc.t(), flat_loc)
+            _add_sign_weighted(total, g_scale, flat_scale, weight)
+            grad_weight = total if sink is None else None  # with a sink the gradient stays in its buffer
         return grad_loc, grad_scale, grad_weight, None
 
 
