@@ -112,7 +112,13 @@ def build_task(name: str, sizes: tuple[int, int, int]) -> Task:
     # from scratch on 1,180 questions cannot learn English).
     columns = (("multi-call multiset match", "multiset_match"), ("abstain precision", "abstain_precision"),
                ("abstain recall", "abstain_recall"), ("abstain F1", "abstain_f1"))  # fmt: skip
-    settings = {"runtime_context_dim": 0, "use_query_state": True, "max_plan_steps": 6}
+    # BFCL's functions carry no resource values (all zero), so there is no budget to compare with a need.
+    settings = {
+        "runtime_context_dim": 0,
+        "use_query_state": True,
+        "max_plan_steps": 6,
+        "budget_frequencies": 0,
+    }
     return Task(
         name, build_bfcl_planning_dataset(max_steps=6), 6, settings, bfcl_metrics, "multiset_match", columns
     )

@@ -116,6 +116,8 @@ def test_config_nests_the_router_and_the_backbone_and_round_trips():
         ({"latency_weight": float("nan")}, "latency_weight must be finite"),
         ({"resource_frequencies": -1}, "resource_frequencies must be >= 0"),
         ({"resource_max_frequency": 0.0}, "resource_max_frequency must be a positive"),
+        ({"budget_frequencies": -1}, "budget_frequencies must be >= 0"),
+        ({"budget_max_frequency": float("inf")}, "budget_max_frequency must be a positive"),
     ],
 )
 def test_config_rejects_bad_settings(overrides, message):
@@ -126,6 +128,11 @@ def test_config_rejects_bad_settings(overrides, message):
 def test_config_rejects_an_unknown_backbone():
     with pytest.raises(ValueError, match="text_config must be one of causal_qwen, qwen2"):
         planner_config(text_config={"model_type": "llama", "vocab_size": V + 4})
+
+
+def test_config_rejects_budget_comparison_on_a_digits_backbone():
+    with pytest.raises(ValueError, match="budget_frequencies > 0 .* needs a causal_qwen backbone"):
+        planner_config("qwen2", budget_frequencies=4)
 
 
 # ----------------------------------------------------------------------------- forward
@@ -198,7 +205,9 @@ def test_resource_values_read_as_numbers_resolve_a_one_percent_change_and_reach_
         given.pop(key, None)
     with torch.no_grad():
         torch.testing.assert_close(model(**given).pointer_logits, out.pointer_logits)
-    with pytest.raises(ValueError, match="resource_frequencies > 0 reads resource_vectors"):
+    with pytest.raises(
+        ValueError, match="resource_frequencies > 0 or budget_frequencies > 0 reads resource_vectors"
+    ):
         model(**{k: v for k, v in given.items() if k != "resource_vectors"})
     bad = inputs["resource_vectors"].clone()
     bad[0, 0, 3] = float("nan")
@@ -214,6 +223,58 @@ def test_resource_values_read_as_numbers_resolve_a_one_percent_change_and_reach_
     loaded = AutoModel.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(loaded(**inputs).pointer_logits, out.pointer_logits)
+
+
+def test_budget_comparator_reads_each_request_number_against_each_resource_field(tmp_path):
+    model = tiny(budget_frequencies=3, budget_max_frequency=50.0)
+    assert tiny().budget_comparator is None  # off by default: no parameters added
+    comparator = model.budget_comparator
+    assert comparator.mlp.linear_1.in_features == 6 * (1 + 2 * 3 + 7 * 4)
+    # seven thresholds per field, 3 apart in ln from -9 to 9 (stored / 10)
+    torch.testing.assert_close(comparator.threshold[3] * 10, torch.arange(-9.0, 10.0, 3.0))
+    with torch.no_grad():
+        comparator.threshold.add_(torch.linspace(-0.03, 0.07, 6)[:, None])
+    inputs = batch(model, plans=[[0, 1], [], [2]])
+    numbers, mask = model._request_numbers(
+        inputs["input_ids"], inputs["numeric_values"], inputs["input_ids"] == model.config.tool_token_id
+    )
+    assert mask.tolist() == [[True], [False], [True]] and numbers[:, 0].tolist() == [300.0, 0.0, 0.5]
+    # d = ln|v| - ln r per field, with zero resources floored at 1e-6 (never -inf)
+    raw = torch.expm1(inputs["resource_vectors"][0, 0])
+    d = torch.log(torch.tensor(300.0)) - raw.clamp_min(1e-6).log()
+    angles = d[:, None] * comparator.frequencies
+    shifted = (d[:, None] - 10.0 * comparator.threshold.detach())[..., None]
+    steps = torch.tanh(shifted * torch.tensor([1.0, 10.0, 100.0, 1000.0])).flatten(-2)
+    features = torch.cat([d[:, None] / 10.0, angles.sin(), angles.cos(), steps], -1).flatten()
+    with torch.no_grad():
+        compared = comparator(numbers, mask, inputs["resource_vectors"])
+        torch.testing.assert_close(compared[0, 0], comparator.mlp(features), atol=1e-5, rtol=1e-5)
+        assert torch.equal(
+            compared[1], torch.zeros_like(compared[1])
+        )  # no number in the request: nothing added
+        out = model(**inputs)
+        # 1 % more budget moves the scores of that request only
+        nudged = inputs["numeric_values"].clone()
+        nudged[0][inputs["input_ids"][0] == TOK.num_token_id] *= 1.01
+        moved = model(**dict(inputs, numeric_values=nudged)).pointer_logits
+    assert (out.pointer_logits[0] - moved[0]).abs().max() > 1e-4
+    torch.testing.assert_close(out.pointer_logits[1:], moved[1:])
+    # precomputed tool states need the resource vectors beside them, so plan() decodes with the comparison too
+    given = {k: v for k, v in inputs.items() if k not in ("tool_input_ids", "tool_attention_mask")}
+    with torch.no_grad():
+        torch.testing.assert_close(model(**dict(given, tool_states=out.tool_states)).pointer_logits,
+                                   out.pointer_logits)  # fmt: skip
+    proc = processor(model)
+    assert_plan_starts_at_the_argmax(
+        model, proc, model.plan(proc, QUERIES[0], TOOLS, runtime_context=[[0.5]])
+    )
+    model.save_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(
+            AutoModel.from_pretrained(tmp_path).eval()(**inputs).pointer_logits, out.pointer_logits
+        )
+    with pytest.raises(ValueError, match="budget_frequencies > 0 reads the request's <NUM> values"):
+        model(**{k: v for k, v in inputs.items() if k != "numeric_values"})
 
 
 def test_allow_repeated_tools_false_masks_earlier_choices():
@@ -770,6 +831,22 @@ def test_a_fresh_causal_qwen_planner_reads_budgets_at_the_planner_frequency():
     given = planner(backbone_settings={"value_encoding_max_frequency": 1.0})
     assert given.backbone.value_encoding.max_frequency == 1.0
     assert not hasattr(planner("qwen2").config.text_config, "value_encoding_max_frequency")
+
+
+def test_a_causal_qwen_planner_compares_budgets_by_default_fresh_or_from_a_checkpoint(tmp_path):
+    from causalqwen.training.planner_trainer import CAUSAL_QWEN_PLANNER_SETTINGS, build_planner
+
+    def planner(backbone="causal_qwen", **kwargs):
+        return build_planner(backbone, tokenizer=TOK, **kwargs)[0]
+
+    assert CAUSAL_QWEN_PLANNER_SETTINGS == {"budget_frequencies": 8}
+    fresh = planner()
+    assert fresh.config.budget_frequencies == 8 and fresh.budget_comparator.num_frequencies == 8
+    assert planner(budget_frequencies=0).budget_comparator is None  # a given key wins
+    assert planner("qwen2").budget_comparator is None  # no parsed numbers to compare
+    CausalQwenForNumericCausalLM(CausalQwenConfig(**text_config())).save_pretrained(tmp_path)
+    ids = dict(tool_token_id=V, plan_token_id=V + 1, context_token_id=V + 2)  # inside the tiny vocabulary
+    assert planner(str(tmp_path), **ids).config.budget_frequencies == 8
 
 
 def test_a_fresh_causal_qwen_argument_planner_gets_the_argument_recipe():

@@ -72,6 +72,10 @@ class ToolPlannerConfig(KnownKeysMixin, PreTrainedConfig):
     up to ``resource_max_frequency``) of its 6 fields, through a two-layer MLP, added to the tool's projected
     state. The tool tower reads them through ``log1p`` and LayerNorms, which blur a few percent; a plan that
     compares a budget with a tool's need must resolve them (docs/tool_planner.md). 0 (default) = off.
+    ``budget_frequencies`` > 0 (CausalQwen backbone only) adds to each tool's state a comparison of its 6 raw
+    resource fields with every ``<NUM>`` value of the request: the log-ratio ``ln|v| - ln r`` and its sinusoids
+    at ``budget_frequencies`` frequencies up to ``budget_max_frequency``, through a two-layer MLP, averaged over
+    the request's numbers (``BudgetComparator``). 0 (default) = off.
     """
 
     model_type = "tool_planner"
@@ -103,6 +107,8 @@ class ToolPlannerConfig(KnownKeysMixin, PreTrainedConfig):
     latency_weight: float | int = 0.1
     resource_frequencies: int = 0
     resource_max_frequency: float | int = 100.0
+    budget_frequencies: int = 0
+    budget_max_frequency: float | int = 100.0
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
 
@@ -161,13 +167,17 @@ class ToolPlannerConfig(KnownKeysMixin, PreTrainedConfig):
             f"argument_cls_reduction must be None or one of {', '.join(CLS_REDUCTIONS)}, got "
             f"{self.argument_cls_reduction!r}",
         )
+        for name in ("resource", "budget"):
+            count, top = getattr(self, f"{name}_frequencies"), getattr(self, f"{name}_max_frequency")
+            _check(count >= 0, f"{name}_frequencies must be >= 0, got {count}")
+            _check(
+                math.isfinite(top) and top > 0,
+                f"{name}_max_frequency must be a positive finite number, got {top}",
+            )
         _check(
-            self.resource_frequencies >= 0,
-            f"resource_frequencies must be >= 0, got {self.resource_frequencies}",
-        )
-        _check(
-            math.isfinite(self.resource_max_frequency) and self.resource_max_frequency > 0,
-            f"resource_max_frequency must be a positive finite number, got {self.resource_max_frequency}",
+            not self.budget_frequencies or self.backbone_type == "causal_qwen",
+            "budget_frequencies > 0 compares the request's <NUM> values with the tools' resources: it needs a "
+            f"causal_qwen backbone (a {self.backbone_type} backbone reads numbers as digit text)",
         )
         for name in ("pointer_weight", "latency_weight", "argument_weight"):
             value = getattr(self, name)

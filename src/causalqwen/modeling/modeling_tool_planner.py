@@ -163,6 +163,72 @@ class ResourceValueEncoder(nn.Module):
         return self.mlp(features.flatten(-2).to(self.mlp.linear_1.weight.dtype))
 
 
+# The budget comparator's stand-in for ln 0 (a CPU tool's GPU count, a budget of 0): below any real need or budget.
+_LOG_FLOOR = 1e-6
+# Steps at each field's learned threshold, from soft (a gradient far from it) to sharp (a decision within 1 %).
+_STEP_SHARPNESS = (1.0, 10.0, 100.0, 1000.0)
+_THRESHOLDS_PER_FIELD, _THRESHOLD_REACH, _THRESHOLD_SCALE = 7, 9.0, 10.0
+
+
+class BudgetComparator(nn.Module):
+    """Each tool's resource fields compared with the request's numbers (``config.budget_frequencies`` > 0).
+
+    Whether a tool fits "under 350 ms" is the sign of ``ln 350 - ln(need)`` up to a unit offset; a backbone that
+    sees the budget at one position and the need at another has to form that difference through attention, and
+    the tool tower blurs the need through ``log1p`` and LayerNorms. This module hands it the difference: for
+    every ``<NUM>`` value v of the request and every raw resource field r_k of a tool, d_k = ln|v| - ln r_k,
+    read as ``d_k / 10``, sinusoids of ``d_k`` at ``num_frequencies`` frequencies up to ``max_frequency`` (the
+    ``<NUM>`` encoding's ladder) and steps ``tanh(s (d_k - c_kg))`` at learned thresholds c_kg (7 per field,
+    started 3 apart from -9 to 9 in ln) of sharpness s = 1, 10, 100, 1000, through a two-layer MLP to the
+    backbone width, averaged over the request's numbers (zero when it has none). Sinusoids alone left the
+    decisions within a few percent of a need wrong (a step is many frequencies' sum); a learned threshold
+    settles where the data puts it (ln 1000 = 6.908 for ms against s: 6.913 after 1,000 steps) and the sharp
+    steps decide to within a fraction of a percent. Which field a number bounds (latency, memory, cost) is left
+    to the backbone, which reads the words around the number.
+    """
+
+    def __init__(
+        self, resource_dim: int, num_frequencies: int, max_frequency: float, hidden_size: int, act: str
+    ):
+        super().__init__()
+        # Plain numbers, not a buffer: from_pretrained builds modules on the meta device and never fills a
+        # non-persistent buffer.
+        self.num_frequencies, self.max_frequency = num_frequencies, float(max_frequency)
+        # Learned thresholds per field, started on a grid 3 apart in ln (a factor 20) so that one of them lies
+        # within reach of the softest step's gradient wherever the units put the decision (ln 1000 between ms
+        # and s); stored in units of _THRESHOLD_SCALE so that Adam moves them in tens of steps, not thousands.
+        grid = torch.linspace(-_THRESHOLD_REACH, _THRESHOLD_REACH, _THRESHOLDS_PER_FIELD) / _THRESHOLD_SCALE
+        self.threshold = nn.Parameter(grid.repeat(resource_dim, 1))
+        features = 1 + 2 * num_frequencies + _THRESHOLDS_PER_FIELD * len(_STEP_SHARPNESS)
+        self.mlp = ToolProjector(resource_dim * features, hidden_size, act)
+
+    @property
+    def frequencies(self) -> torch.Tensor:
+        """The ``<NUM>`` encoding's ladder: ``max_frequency * 10000^(-i / n)``."""
+        steps = torch.arange(
+            self.num_frequencies, dtype=torch.float32, device=self.mlp.linear_1.weight.device
+        )
+        return self.max_frequency * torch.pow(10000.0, -steps / self.num_frequencies)
+
+    def forward(
+        self, numbers: torch.Tensor, number_mask: torch.Tensor, resource_vectors: torch.Tensor
+    ) -> torch.Tensor:
+        """``numbers`` / ``number_mask`` [B, N], ``resource_vectors`` [B, T, R] (the processor's log1p) ->
+        [B, T, H]."""
+        log_v = numbers.float().abs().clamp_min(_LOG_FLOOR).log()
+        log_r = torch.expm1(resource_vectors.float()).clamp_min(_LOG_FLOOR).log()
+        d = log_v[:, :, None, None] - log_r[:, None]  # [B, N, T, R]
+        angles = d.unsqueeze(-1) * self.frequencies
+        shifted = (d.unsqueeze(-1) - _THRESHOLD_SCALE * self.threshold.float()).unsqueeze(
+            -1
+        )  # [..., R, G, 1]
+        steps = torch.tanh(shifted * shifted.new_tensor(_STEP_SHARPNESS)).flatten(-2)
+        features = torch.cat([d.unsqueeze(-1) / 10.0, torch.sin(angles), torch.cos(angles), steps], dim=-1)
+        per_number = self.mlp(features.flatten(-2).to(self.mlp.linear_1.weight.dtype))  # [B, N, T, H]
+        weights = number_mask.to(per_number.dtype)[:, :, None, None]
+        return (per_number * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
 class PlanPointer(nn.Module):
     """Scores STOP and every offered tool from a plan step's hidden state."""
 
@@ -191,6 +257,17 @@ class PlannerLatencyHead(nn.Module):
 
     def forward(self, tool_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.loc(tool_hidden).squeeze(-1), nn.functional.softplus(self.scale(tool_hidden)).squeeze(-1)
+
+
+def _resource_reader(cls, num_frequencies: int, max_frequency: float, config: ToolPlannerConfig):
+    """``cls`` (a module that reads the tools' raw resource fields as numbers) at the backbone width, or None when
+    the config turns it off (``num_frequencies`` = 0)."""
+    if not num_frequencies:
+        return None
+    hidden = config.text_config.hidden_size
+    return cls(
+        config.router_config.resource_dim, num_frequencies, max_frequency, hidden, config.projector_hidden_act
+    )
 
 
 def _rows_to_padded(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -230,12 +307,12 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
         self.language_model = classes[config.text_config.model_type](config.text_config)
         hidden = config.text_config.hidden_size
         self.tool_projector = ToolProjector(config.router_config.d_model, hidden, config.projector_hidden_act)
-        self.resource_encoder = (
-            ResourceValueEncoder(config.router_config.resource_dim, config.resource_frequencies,
-                                 config.resource_max_frequency, hidden, config.projector_hidden_act)
-            if config.resource_frequencies
-            else None
-        )  # fmt: skip
+        self.resource_encoder = _resource_reader(
+            ResourceValueEncoder, config.resource_frequencies, config.resource_max_frequency, config
+        )
+        self.budget_comparator = _resource_reader(
+            BudgetComparator, config.budget_frequencies, config.budget_max_frequency, config
+        )
         self.context_projector = (
             ToolProjector(config.runtime_context_dim, hidden, config.projector_hidden_act)
             if config.runtime_context_dim
@@ -305,9 +382,7 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
     def _tool_states(self, tool_states, tool_kwargs: dict[str, Any]) -> torch.Tensor:
         if tool_states is not None:
             # The resource encoder reads resource_vectors beside precomputed states (decoding passes both).
-            allowed = (
-                ("tool_mask", "resource_vectors") if self.resource_encoder is not None else ("tool_mask",)
-            )
+            allowed = ("tool_mask", "resource_vectors") if self._reads_resource_values else ("tool_mask",)
             if any(tool_kwargs.get(k) is not None for k in _TOOL_KEYS if k not in allowed):
                 raise ValueError("pass either tool_states or the tool inputs (tool_input_ids, ...), not both")
             check_finite(tool_states, "tool_states contain NaN or inf")
@@ -327,18 +402,43 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_tool_tower):
             return self.tool_tower.encode_tools(**tool_kwargs).tool_states
 
-    def _tool_embeds(self, states: torch.Tensor, resource_vectors: torch.Tensor | None) -> torch.Tensor:
-        """Tool states projected to the backbone width, plus their resource values read as numbers."""
+    @property
+    def _reads_resource_values(self) -> bool:
+        """The heads read the raw resource values beside the tool states (decoding passes both)."""
+        return self.resource_encoder is not None or self.budget_comparator is not None
+
+    def _tool_embeds(self, states, resource_vectors, input_ids, numeric_values, tool_slots) -> torch.Tensor:
+        """Tool states projected to the backbone width, plus their resource values read as numbers and compared
+        with the request's numbers."""
         embeds = self.tool_projector(states)
-        if self.resource_encoder is None:
+        if not self._reads_resource_values:
             return embeds
         if resource_vectors is None or resource_vectors.shape[:2] != states.shape[:2]:
             got = None if resource_vectors is None else tuple(resource_vectors.shape)
             raise ValueError(
-                f"resource_frequencies > 0 reads resource_vectors [B, T, 6] beside the tool states "
-                f"{tuple(states.shape[:2])}, got {got}"
+                f"resource_frequencies > 0 or budget_frequencies > 0 reads resource_vectors [B, T, 6] beside the "
+                f"tool states {tuple(states.shape[:2])}, got {got}"
             )
-        return embeds + self.resource_encoder(resource_vectors).to(embeds.dtype)
+        if self.resource_encoder is not None:
+            embeds = embeds + self.resource_encoder(resource_vectors).to(embeds.dtype)
+        if self.budget_comparator is not None:
+            numbers, number_mask = self._request_numbers(input_ids, numeric_values, tool_slots)
+            embeds = embeds + self.budget_comparator(numbers, number_mask, resource_vectors).to(embeds.dtype)
+        return embeds
+
+    def _request_numbers(self, input_ids, numeric_values, tool_slots) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``<NUM>`` values of the request text (before the first ``<TOOL>``: argument numbers after the plan
+        are outputs, not budgets) as [B, N] with a mask, N = the most in a row (at least 1)."""
+        request = (input_ids == self.config.text_config.num_token_id) & (tool_slots.cumsum(-1) == 0)
+        counts = request.sum(-1)
+        width = max(int(counts.max()), 1)
+        mask = torch.arange(width, device=input_ids.device)[None, :] < counts[:, None]
+        numbers = torch.zeros(mask.shape, dtype=torch.float32, device=input_ids.device)
+        if numeric_values is not None:
+            numbers[mask] = numeric_values[request].float()
+        elif bool(counts.any()):
+            raise ValueError("budget_frequencies > 0 reads the request's <NUM> values: pass numeric_values")
+        return numbers, mask
 
     def _check_layout(self, input_ids, tool_mask, runtime_context) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
@@ -549,7 +649,7 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
         previous = self._previous_tools(plan_labels, previous_tools, steps, input_ids)
         if previous.shape != (input_ids.shape[0], steps):
             raise ValueError(f"previous_tools must be [B, {steps}], got {tuple(previous.shape)}")
-        tool_embeds = self._tool_embeds(states, resource_vectors)
+        tool_embeds = self._tool_embeds(states, resource_vectors, input_ids, numeric_values, tool_slots)
         query_states = self._query_state(
             query_input_ids, query_attention_mask, query_embeddings, input_ids.shape[0]
         )
@@ -730,7 +830,7 @@ def _tool_inputs(
 ) -> dict[str, Any]:
     """The precomputed tool states of ``rows``, with their resource vectors when the planner reads those too."""
     inputs = {"tool_states": states[rows]}
-    if model.resource_encoder is not None:
+    if model._reads_resource_values:
         inputs["resource_vectors"] = batch["resource_vectors"][rows]
     return inputs
 

@@ -10,6 +10,7 @@ collator.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from ..configuration.configuration_causal_qwen import FROM_SCRATCH_TOKEN_PRIOR
 from ..modeling.modeling_tool_planner import ToolPlannerModel
 from .lora import LORA_TARGET_MODULES, _peft
 
-__all__ = ["ARGUMENT_BACKBONE_SETTINGS", "ARGUMENT_PLANNER_SETTINGS", "CPU_BACKBONE", "PLANNER_BACKBONE_SETTINGS", "PlannerDataCollator", "apply_planner_lora", "build_planner", "load_planner",
+__all__ = ["ARGUMENT_BACKBONE_SETTINGS", "ARGUMENT_PLANNER_SETTINGS", "CAUSAL_QWEN_PLANNER_SETTINGS", "CPU_BACKBONE", "PLANNER_BACKBONE_SETTINGS", "PlannerDataCollator", "apply_planner_lora", "build_planner", "load_planner",
            "planner_lora_config", "planner_training_args", "rows_tools", "train_planner"]  # fmt: skip
 
 # The CPU-sized backbone of the benchmark, the CLI and the quickstart (over the real Qwen2.5 vocabulary: only the
@@ -32,6 +33,11 @@ BACKBONE_KINDS = ("causal_qwen", "qwen2")
 # 0.976 (seeds 0-2, --threads 1; docs/tool_planner.md); for regression tables the finer features overfit, so
 # CausalQwenConfig keeps 1 (diabetes MAE 48.3 -> 53.2; docs/causal_qwen.md, "Numeric input").
 PLANNER_BACKBONE_SETTINGS = {"value_encoding_max_frequency": 100.0}
+# What every planner on a CausalQwen backbone (fresh or a checkpoint) gets under the config keys given: the
+# request's <NUM> values compared with each tool's resource fields (BudgetComparator). With it the remaining wrong
+# plans are budgets within about 1 % of a need: synthetic exact match 0.972 -> 0.99 (seeds 0-2, --threads 2;
+# docs/tool_planner.md, "Budget comparison"). A Qwen2 backbone has no parsed numbers to compare.
+CAUSAL_QWEN_PLANNER_SETTINGS = {"budget_frequencies": 8}
 # What a fresh CausalQwen backbone gets when the planner writes arguments (generate_arguments), under any
 # backbone_settings given: without it it writes no correct call and its plans collapse (docs/tool_planner.md,
 # "Arguments"). The token prior and hard negatives make its One-vs-Rest head learn text from scratch
@@ -89,7 +95,7 @@ class PlannerDataCollator:
 
 def _full_training_modules(model: ToolPlannerModel) -> list[str]:
     names = ["tool_projector", "step_embedding", "pointer", "latency_head"]
-    for optional in ("context_projector", "query_projector", "resource_encoder"):
+    for optional in ("context_projector", "query_projector", "resource_encoder", "budget_comparator"):
         if getattr(model, optional) is not None:
             names.append(optional)
     if not model.config.freeze_tool_tower:
@@ -230,7 +236,8 @@ def build_planner(backbone: str = "causal_qwen", *, router=None, tokenizer=None,
     ``{"ovr_threshold_init": 8.0}``); a checkpoint brings its own config, so they are refused with one. A fresh
     CausalQwen backbone starts from :data:`PLANNER_BACKBONE_SETTINGS`, with ``generate_arguments=True`` also from
     :data:`ARGUMENT_BACKBONE_SETTINGS` (``backbone_settings`` override them key by key), and the planner then takes
-    :data:`ARGUMENT_PLANNER_SETTINGS` under the config keys given.
+    :data:`ARGUMENT_PLANNER_SETTINGS` under the config keys given. A planner on a CausalQwen backbone (fresh or a
+    checkpoint) takes :data:`CAUSAL_QWEN_PLANNER_SETTINGS` under the config keys given.
     """
     import torch
 
@@ -259,6 +266,8 @@ def build_planner(backbone: str = "causal_qwen", *, router=None, tokenizer=None,
         language_model = backbone
         if tokenizer is None:
             tokenizer = _checkpoint_tokenizer(backbone) or CausalQwenTokenizer.from_qwen_vocab()
+    if _backbone_type(language_model) == "causal_qwen":
+        config_overrides = {**CAUSAL_QWEN_PLANNER_SETTINGS, **config_overrides}
     torch.manual_seed(seed)
     if router is None:
         router = ToolRouterModel.from_pretrained_encoder(str(minilm_path()), d_resource=32, num_attention_heads=4,
@@ -270,6 +279,14 @@ def build_planner(backbone: str = "causal_qwen", *, router=None, tokenizer=None,
     if freeze_text_encoder:
         _freeze_text_encoders(model)
     return model, _processor_for(model, tokenizer, freeze_text_encoder)
+
+
+def _backbone_type(language_model) -> str | None:
+    """``model_type`` of a fresh backbone config or of a checkpoint directory's ``config.json``."""
+    if not isinstance(language_model, (str, Path)):
+        return language_model.model_type
+    config = Path(language_model) / "config.json"
+    return json.loads(config.read_text()).get("model_type") if config.is_file() else None
 
 
 def _fresh_backbone_config(kind: str, tokenizer, backbone_settings: dict[str, Any]):
