@@ -185,6 +185,41 @@ def test_raw_table_recipe_flags_reach_the_saved_config(tmp_path, capsys):
     )
 
 
+@pytest.mark.parametrize(
+    ("extra", "applied"),
+    [
+        (["--dataset", "sklearn:diabetes"], cli.TABLE_RECIPE),
+        (["--dataset", "csv:rows.csv", "--target", "y"], cli.TABLE_RECIPE),
+        # given flags win key by key; a given noise keeps its absolute form
+        (["--dataset", "sklearn:diabetes", "--steps", "50", "--numeric-input-noise", "0.2"], {"value_bin_width": 0.25}),
+        (["--dataset", "sklearn:diabetes", "--value-bin-width", "0.5"],
+         {"numeric_input_noise": 0.08, "numeric_input_noise_relative": True, "steps": 2400}),
+        (["--dataset", "sklearn:diabetes", "--table-recipe", "off"], {}),
+        (["--dataset", "sklearn:diabetes", "--standardize"], {}),  # z-scores: not the raw-units recipe
+        (["--dataset", "synthetic:linear"], {}),
+    ],
+)  # fmt: skip
+def test_table_recipe_fills_in_what_is_not_given_on_raw_tables(extra, applied):
+    args = cli.parse_args(["--output-dir", "x", *extra])
+    assert args.table_recipe_applied == applied
+    for key, value in applied.items():
+        assert getattr(args, key) == value
+    if "steps" not in applied and "--steps" not in extra:
+        assert args.steps == cli.DEFAULT_STEPS == 600
+    if "--numeric-input-noise" in extra:
+        assert (args.numeric_input_noise, args.numeric_input_noise_relative) == (0.2, False)
+
+
+def test_table_recipe_leaves_a_checkpoint_base_alone(tmp_path):
+    from causalqwen.tokenization.tiny_vocab import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    config = cli.CausalQwenConfig(vocab_size=len(tok), num_token_id=tok.num_token_id, **cli.TINY_BASE)
+    cli.CausalQwenForNumericCausalLM(config).save_pretrained(tmp_path)
+    args = cli.parse_args(["--output-dir", "x", "--dataset", "sklearn:diabetes", "--base", str(tmp_path)])
+    assert args.table_recipe_applied == {} and args.value_bin_width is None and args.steps == 600
+
+
 def test_config_file_and_console_entry(tmp_path, monkeypatch):
     config = tmp_path / "train.json"
     config.write_text(json.dumps({"dataset": "synthetic:unit", "batch-size": 2, "seed": 3}))
@@ -269,7 +304,7 @@ def test_help_is_plain_text_with_defaults(capsys):
     assert info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "``" not in text and ":class:" not in text
-    assert "(default: 600)" in text and "(default: synthetic:linear)" in text and "--debug" in text
+    assert "optimizer steps (default: 600; 2400 under the table recipe) --" in text and "(default: synthetic:linear)" in text and "--debug" in text
 
 
 def test_a_run_that_learns_nothing_says_so(capsys):
