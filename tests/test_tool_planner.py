@@ -346,7 +346,8 @@ def test_save_and_auto_load_are_bit_identical(tmp_path):
 def test_remote_code_load_without_the_package(tmp_path):
     from remote_helpers import forward_as_remote_code
 
-    model = tiny(resource_frequencies=2)  # the optional resource encoder must travel as remote code too
+    # the optional resource encoder and budget comparator must travel as remote code too
+    model = tiny(resource_frequencies=2, budget_frequencies=2)
     model.save_pretrained(tmp_path)
     inputs = batch(model, plans=[[0, 1], [], [2]])
     with torch.no_grad():
@@ -494,7 +495,7 @@ def test_trainer_and_lora_train_the_backbone_adapters_and_the_heads(tmp_path):
 
     from causalqwen.training.planner_trainer import apply_planner_lora, train_planner
 
-    model = tiny(resource_frequencies=2).train()
+    model = tiny(resource_frequencies=2, budget_frequencies=2).train()
     wrapped = apply_planner_lora(model, r=4)
     trainable = {n for n, p in wrapped.named_parameters() if p.requires_grad}
     assert any("language_model.layers.0.self_attn.q_proj.lora_A" in n for n in trainable)
@@ -503,6 +504,7 @@ def test_trainer_and_lora_train_the_backbone_adapters_and_the_heads(tmp_path):
     )
     assert any("pointer" in n for n in trainable) and any("step_embedding" in n for n in trainable)
     assert any("resource_encoder" in n for n in trainable)
+    assert any("budget_comparator" in n and n.endswith("threshold") for n in trainable)  # trained in full
     rows = []
     for r in learning_rows(20, seed=0):
         tools = [t if isinstance(t, dict) else {"name": t[0].split(":")[0], "text": t[0], "resources": t[1]}
