@@ -51,8 +51,8 @@ Decisions:
   ``<NUM>`` encoding, relative input noise 0.08, 2,400 steps), each part only where its flag is not given;
   ``metrics.json`` records what was filled in (``args.table_recipe_applied``). Why by default: with the synthetic
   sets' defaults a tiny model reading raw diabetes rows underfits (columns at different magnitudes barely move
-  the magnitude features; docs/causal_qwen.md, "Raw tables"): test MAE 54.4 mean over seeds 0-4 at 1,200 steps
-  against 44.6 with the recipe. Why not for everything: the bins halve the accuracy on the synthetic linear set
+  the magnitude features; docs/causal_qwen.md, "Raw tables"): test MAE 50.3 mean over seeds 0-4 at 1,200 steps
+  against 45.7 with the recipe, better on every seed. Why not for everything: the bins halve the accuracy on the synthetic linear set
   and cost a ``<NUM>`` decision on a wide seed; why not on other bases: a CausalQwen base brings its encoding,
   and the recipe was measured on the tiny model only. ``off`` keeps the plain defaults.
 * ``--config file.json``: a JSON object whose keys are flag names (``"batch_size"`` or ``"batch-size"``); flags
@@ -99,8 +99,9 @@ TINY_BASE = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
 )
 # What --table-recipe auto fills in, for a table in raw units on --base tiny, where the flag is not given: the
-# raw-table recipe (docs/causal_qwen.md, "Raw tables"). Through this CLI on sklearn:diabetes, seeds 0-4: test MAE
-# 43.8 / 44.1 / 47.0 / 45.4 / 42.7 (mean 44.6) against 58.8 / 58.0 / 54.4 / 49.3 / 51.6 without it at 1,200 steps.
+# raw-table recipe (docs/causal_qwen.md, "Raw tables"). Through this CLI on sklearn:diabetes, seeds 0-4, 1 thread
+# (2026-12-05): test MAE 46.1 / 43.2 / 47.2 / 48.0 / 43.9 (mean 45.7) against 56.1 / 49.0 / 53.8 / 48.7 / 44.1
+# (mean 50.3) with --table-recipe off at 1,200 steps.
 TABLE_RECIPE = dict(
     value_bin_width=0.25, numeric_input_noise=0.08, numeric_input_noise_relative=True, steps=2400
 )
