@@ -304,7 +304,11 @@ def test_help_is_plain_text_with_defaults(capsys):
     assert info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "``" not in text and ":class:" not in text
-    assert "optimizer steps (default: 600; 2400 under the table recipe) --" in text and "(default: synthetic:linear)" in text and "--debug" in text
+    assert (
+        "optimizer steps (default: 600; 2400 under the table recipe) --" in text
+        and "(default: synthetic:linear)" in text
+        and "--debug" in text
+    )
 
 
 def test_a_run_that_learns_nothing_says_so(capsys):
