@@ -275,6 +275,10 @@ def test_budget_comparator_reads_each_request_number_against_each_resource_field
         )
     with pytest.raises(ValueError, match="budget_frequencies > 0 reads the request's <NUM> values"):
         model(**{k: v for k, v in inputs.items() if k != "numeric_values"})
+    bad = inputs["numeric_values"].clone()
+    bad[0][inputs["input_ids"][0] == TOK.num_token_id] = float("nan")
+    with pytest.raises(ValueError, match="numeric_values contains NaN"):  # never a NaN comparison
+        model(**dict(inputs, numeric_values=bad))
 
 
 def test_allow_repeated_tools_false_masks_earlier_choices():

@@ -219,9 +219,8 @@ class BudgetComparator(nn.Module):
         log_r = torch.expm1(resource_vectors.float()).clamp_min(_LOG_FLOOR).log()
         d = log_v[:, :, None, None] - log_r[:, None]  # [B, N, T, R]
         angles = d.unsqueeze(-1) * self.frequencies
-        shifted = (d.unsqueeze(-1) - _THRESHOLD_SCALE * self.threshold.float()).unsqueeze(
-            -1
-        )  # [..., R, G, 1]
+        thresholds = _THRESHOLD_SCALE * self.threshold.float()  # [R, G]
+        shifted = (d.unsqueeze(-1) - thresholds).unsqueeze(-1)  # [B, N, T, R, G, 1]
         steps = torch.tanh(shifted * shifted.new_tensor(_STEP_SHARPNESS)).flatten(-2)
         features = torch.cat([d.unsqueeze(-1) / 10.0, torch.sin(angles), torch.cos(angles), steps], dim=-1)
         per_number = self.mlp(features.flatten(-2).to(self.mlp.linear_1.weight.dtype))  # [B, N, T, H]
@@ -381,7 +380,7 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
     # ----------------------------------------------------------------- inputs
     def _tool_states(self, tool_states, tool_kwargs: dict[str, Any]) -> torch.Tensor:
         if tool_states is not None:
-            # The resource encoder reads resource_vectors beside precomputed states (decoding passes both).
+            # The resource readers take resource_vectors beside precomputed states (decoding passes both).
             allowed = ("tool_mask", "resource_vectors") if self._reads_resource_values else ("tool_mask",)
             if any(tool_kwargs.get(k) is not None for k in _TOOL_KEYS if k not in allowed):
                 raise ValueError("pass either tool_states or the tool inputs (tool_input_ids, ...), not both")
