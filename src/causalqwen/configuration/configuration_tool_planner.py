@@ -73,9 +73,9 @@ class ToolPlannerConfig(KnownKeysMixin, PreTrainedConfig):
     state. The tool tower reads them through ``log1p`` and LayerNorms, which blur a few percent; a plan that
     compares a budget with a tool's need must resolve them (docs/tool_planner.md). 0 (default) = off.
     ``budget_frequencies`` > 0 (CausalQwen backbone only) adds to each tool's state a comparison of its 6 raw
-    resource fields with every ``<NUM>`` value of the request: the log-ratio ``ln|v| - ln r`` and its sinusoids
-    at ``budget_frequencies`` frequencies up to ``budget_max_frequency``, through a two-layer MLP, averaged over
-    the request's numbers (``BudgetComparator``). 0 (default) = off.
+    resource fields with every ``<NUM>`` value of the request: the log-ratio ``ln|v| - ln r``, its sinusoids at
+    ``budget_frequencies`` frequencies up to ``budget_max_frequency`` and steps at learned thresholds, through a
+    two-layer MLP, averaged over the request's numbers (``BudgetComparator``). 0 (default) = off.
     """
 
     model_type = "tool_planner"

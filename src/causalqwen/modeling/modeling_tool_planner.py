@@ -62,7 +62,7 @@ from ._init import apply_special_init, unit_softplus_scale, unit_variance_rows, 
 from .cauchy import cauchy_interval, cauchy_nll
 from .modeling_causal_qwen import CausalQwenForNumericCausalLM, CausalQwenModel
 from .modeling_tool_router import ToolRouterModel
-from .numeric_embedding import embed_numbers, multiscale_feature_count, multiscale_features
+from .numeric_embedding import embed_numbers, frequency_ladder, multiscale_feature_count, multiscale_features
 
 STOP = 0
 IGNORE_INDEX = -100
@@ -204,11 +204,8 @@ class BudgetComparator(nn.Module):
 
     @property
     def frequencies(self) -> torch.Tensor:
-        """The ``<NUM>`` encoding's ladder: ``max_frequency * 10000^(-i / n)``."""
-        steps = torch.arange(
-            self.num_frequencies, dtype=torch.float32, device=self.mlp.linear_1.weight.device
-        )
-        return self.max_frequency * torch.pow(10000.0, -steps / self.num_frequencies)
+        """The ``<NUM>`` encoding's ladder (:func:`frequency_ladder`)."""
+        return frequency_ladder(self.num_frequencies, self.max_frequency, self.mlp.linear_1.weight.device)
 
     def forward(
         self, numbers: torch.Tensor, number_mask: torch.Tensor, resource_vectors: torch.Tensor

@@ -49,6 +49,7 @@ __all__ = [
     "embed_numbers",
     "fit_log_standardization",
     "fit_symlog_normalization",
+    "frequency_ladder",
     "log_bin_centres",
     "log_bin_features",
     "multiscale_feature_count",
@@ -124,6 +125,12 @@ def log_bin_features(values: torch.Tensor, bin_width: float) -> torch.Tensor:
     return hats * torch.sign(v).unsqueeze(-1)
 
 
+def frequency_ladder(num_frequencies: int, max_frequency: float, device=None) -> torch.Tensor:
+    """The sinusoids' frequencies [K], ``max_frequency * 10000^(-i / K)``: geometric from ``max_frequency`` down."""
+    steps = torch.arange(num_frequencies, device=device, dtype=torch.float32)
+    return max_frequency * torch.pow(10000.0, -steps / num_frequencies)
+
+
 def multiscale_features(
     values: torch.Tensor,
     num_frequencies: int,
@@ -143,10 +150,7 @@ def multiscale_features(
     log_abs = torch.log(safe_abs)
     log10 = torch.log10(safe_abs)
     decade = torch.floor(log10)
-    freqs = max_frequency * torch.pow(
-        10000.0, -torch.arange(num_frequencies, device=v.device, dtype=torch.float32) / num_frequencies
-    )
-    angles = log_abs.unsqueeze(-1) * freqs
+    angles = log_abs.unsqueeze(-1) * frequency_ladder(num_frequencies, max_frequency, v.device)
     scalars = [torch.sign(v), log_abs / 10.0, decade / 10.0, log10 - decade]
     if normalizer is not None:
         # A tiny normalisation scale can overflow float32 to inf; clamped, both features saturate instead.
