@@ -60,6 +60,7 @@ bench-routing:
 bench-planning:
 	$(MAKE) venv EXTRAS=train,peft,router-data,dev,bench
 	$(BIN)/python benchmarks/planning.py --quick
+	$(BIN)/python benchmarks/planning.py --quick --task synthetic-total
 	$(BIN)/python benchmarks/planning.py --quick --task bfcl
 
 clean:

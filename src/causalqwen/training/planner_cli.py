@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="seed of the data, the init and the training order"
     )
     parser.add_argument("--train-rows", type=int, default=2000, help="synthetic training requests")
+    parser.add_argument("--total-budgets", action="store_true", help="draw the set with a fifth of the requests "
+                        "under a total latency budget ('all under 2000 ms in total', TOTAL_BUDGET_MIX)")  # fmt: skip
     parser.add_argument("--lora", action="store_true", help="LoRA on the backbone (a checkpoint backbone)")
     parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
     parser.add_argument("--freeze-tool-tower", action="store_true", help="keep the whole tool tower fixed")
@@ -66,7 +68,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str]) -> int:
-    from .planner_data import argument_metrics, build_synthetic_planning_dataset, plan_metrics
+    from .planner_data import (
+        DEFAULT_BUDGET_MIX,
+        TOTAL_BUDGET_MIX,
+        argument_metrics,
+        build_synthetic_planning_dataset,
+        plan_metrics,
+    )
     from .planner_trainer import BACKBONE_KINDS, apply_planner_lora, build_planner, rows_tools, train_planner
 
     args = build_parser().parse_args(argv)
@@ -82,7 +90,8 @@ def _run(argv: list[str]) -> int:
         if args.quick
         else (args.train_rows, 300, 500)
     )
-    data = build_synthetic_planning_dataset(*sizes, seed=args.seed)
+    mix = TOTAL_BUDGET_MIX if args.total_budgets else DEFAULT_BUDGET_MIX
+    data = build_synthetic_planning_dataset(*sizes, seed=args.seed, budget_mix=mix)
     model, processor = build_planner(
         args.backbone, router=None if args.router is None else str(args.router), seed=args.seed,
         freeze_tool_tower=args.freeze_tool_tower, generate_arguments=args.arguments,
@@ -114,6 +123,7 @@ def _run(argv: list[str]) -> int:
         "backbone": args.backbone,
         "steps": trainer.state.global_step,
         "train_seconds": seconds,
+        "budget_mix": mix,
         "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
         "dev": metrics,
     }

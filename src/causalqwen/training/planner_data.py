@@ -60,6 +60,8 @@ from .router_data import (
 __all__ = [
     "BFCL_PLANNING_TEST_CATEGORIES",
     "BUDGET_KINDS",
+    "DEFAULT_BUDGET_MIX",
+    "TOTAL_BUDGET_MIX",
     "MISSING_LATENCY",
     "build_bfcl_planning_dataset",
     "argument_metrics",
@@ -72,6 +74,7 @@ __all__ = [
     "errors_by_budget_margin",
     "format_budget_value",
     "plan_metrics",
+    "plan_within_budget",
     "tool_needs",
 ]
 
@@ -102,11 +105,23 @@ if set(_FIRST_STEPS) != set(_FAMILIES) or set(_FOLLOW_UPS) != set(_FAMILIES):
 _LANGUAGES = ("French", "German", "Spanish", "Italian", "Japanese")
 _CONNECTORS = ("then", "and then", "after that")
 
-BUDGET_KINDS = ("latency", "memory", "cost", "cpu_only", "none")
-# 4 in 5 requests carry a number to compare; cpu_only and none (never abstained) make up the rest.
-_BUDGET_WEIGHTS = (0.28, 0.26, 0.26, 0.1, 0.1)
+BUDGET_KINDS = ("latency", "memory", "cost", "cpu_only", "none", "total_latency")
+# 4 in 5 requests carry a number to compare; cpu_only and none (never abstained) make up the rest. The default mix
+# has no total budgets (the set of the README's main table); TOTAL_BUDGET_MIX adds them.
+DEFAULT_BUDGET_MIX = {"latency": 0.28, "memory": 0.26, "cost": 0.26, "cpu_only": 0.1, "none": 0.1}
+# A fifth of the requests bound the plan's summed latency ("all under 2000 ms in total"), as many as bound each
+# step's: the same number means a different limit depending on the words around it.
+TOTAL_BUDGET_MIX = {
+    "latency": 0.2,
+    "total_latency": 0.2,
+    "memory": 0.2,
+    "cost": 0.2,
+    "cpu_only": 0.1,
+    "none": 0.1,
+}
 _BUDGET_PHRASES = {
     "latency": "with every step under {v} ms",
+    "total_latency": "all under {v} ms in total",
     "memory": "each tool using at most {v} GB of memory",
     "cost": "for at most {v} dollars per thousand calls per tool",
     "cpu_only": "on CPU only, no GPU",
@@ -114,7 +129,10 @@ _BUDGET_PHRASES = {
 }
 # Log-uniform ranges; each lower end lies below the smallest size's need (20-30 ms, 0.5 GB, $0.01), which makes
 # the abstained requests, and each upper end above the largest size's, which lets the large size win.
-_BUDGET_RANGES = {"latency": (10.0, 5000.0), "memory": (0.2, 50.0), "cost": (0.003, 5.0)}
+_BUDGET_RANGES = {"latency": (10.0, 5000.0), "memory": (0.2, 50.0), "cost": (0.003, 5.0),
+                  "total_latency": (10.0, 15000.0)}  # fmt: skip
+# Budget kinds that bound the sum over the plan's steps rather than each step.
+_TOTAL_KINDS = {"total_latency": "latency"}
 
 
 def _round_significant(value: float, digits: int = 2) -> float:
@@ -128,8 +146,8 @@ def format_budget_value(value: float) -> str:
     return "0" if text in ("-0", "") else text
 
 
-def _draw_budget(rng: random.Random) -> tuple[str, float]:
-    kind = rng.choices(BUDGET_KINDS, weights=_BUDGET_WEIGHTS)[0]
+def _draw_budget(rng: random.Random, mix: dict[str, float]) -> tuple[str, float]:
+    kind = rng.choices(tuple(mix), weights=tuple(mix.values()))[0]
     if kind not in _BUDGET_RANGES:
         return kind, 0.0
     low, high = _BUDGET_RANGES[kind]
@@ -150,7 +168,8 @@ def _request_text(rng: random.Random, steps: Sequence[str], kind: str, value: fl
 
 
 # The argument a budget kind puts in every call (JSON key); cpu_only and none carry no number.
-_BUDGET_ARGUMENTS = {"latency": "timeout_ms", "memory": "max_memory_gb", "cost": "max_cost"}
+_BUDGET_ARGUMENTS = {"latency": "timeout_ms", "memory": "max_memory_gb", "cost": "max_cost",
+                     "total_latency": "total_timeout_ms"}  # fmt: skip
 
 
 def _step_arguments(family: str, kind: str, value: float, lang: str) -> str:
@@ -163,13 +182,23 @@ def _step_arguments(family: str, kind: str, value: float, lang: str) -> str:
     return "{" + ", ".join(fields) + "}"
 
 
-def _planning_example(rng: random.Random, index: int, split: str, num_families: int, max_steps: int) -> dict:
+def _fits(kind: str, value: float, size: tuple, effective: float, num_steps: int) -> bool:
+    """The budget predicate of ``router_data._satisfies``; a total budget holds when this size, serving every one
+    of the ``num_steps`` steps, keeps the summed latency within it (steps of a plan share a size)."""
+    if kind in _TOTAL_KINDS:
+        return _satisfies(_TOTAL_KINDS[kind], value / num_steps, size, effective)
+    return _satisfies(kind, value, size, effective)
+
+
+def _planning_example(
+    rng: random.Random, index: int, split: str, num_families: int, max_steps: int, mix: dict[str, float]
+) -> dict:
     num_steps = rng.randint(1, max_steps)
     # A random sample is in random order, so its head is an ordered list of distinct step families.
     families = rng.sample(sorted(_FAMILIES), num_families)
     steps = families[:num_steps]
     load = round(rng.random(), 3)
-    kind, value = _draw_budget(rng)
+    kind, value = _draw_budget(rng, mix)
     query, lang = _request_text(rng, steps, kind, value)
     order = [(f, s) for f in families for s in _SIZES]
     rng.shuffle(order)
@@ -177,7 +206,7 @@ def _planning_example(rng: random.Random, index: int, split: str, num_families: 
     best: dict[str, int] = {}
     for family, size in order:
         effective = _effective_latency(size, load)
-        fits = _satisfies(kind, value, size, effective)
+        fits = _fits(kind, value, size, effective, num_steps)
         names.append(f"{family}_{size[0]}")
         texts.append(f"{family}_{size[0]}: {_FAMILIES[family][0]} ({size[0]} model)")
         resources.append([float(size[1]), size[2], float(size[3]), round(effective, 5), size[5], size[6]])
@@ -204,6 +233,16 @@ def _planning_example(rng: random.Random, index: int, split: str, num_families: 
         "num_steps": num_steps,
         "arguments": [_step_arguments(steps[i], kind, value, lang) for i in range(len(plan))],
     }
+
+
+def _checked_mix(mix: dict[str, float]) -> dict[str, float]:
+    unknown = sorted(set(mix) - set(BUDGET_KINDS))
+    if unknown:
+        raise ValueError(f"budget_mix names unknown budget kinds {unknown}; known: {list(BUDGET_KINDS)}")
+    bad = {k: w for k, w in mix.items() if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0)}
+    if bad or not sum(mix.values()) > 0:
+        raise ValueError(f"budget_mix weights must be finite, non-negative and not all zero, got {dict(mix)}")
+    return dict(mix)
 
 
 def _features():
@@ -238,6 +277,7 @@ def build_synthetic_planning_dataset(
     num_families: int = 4,
     max_steps: int = 3,
     seed: int = 0,
+    budget_mix: dict[str, float] | None = None,
 ):
     """``DatasetDict(train, dev, test)`` of resource-aware multi-step planning requests.
 
@@ -247,6 +287,12 @@ def build_synthetic_planning_dataset(
     step, the index of the largest variant of that step's family that meets the budget at that load; it is
     ``[]`` (abstain) when some step has no such variant. Deterministic for a ``seed``; each split draws from its
     own ``random.Random(seed * 1000 + offset)``.
+
+    ``budget_mix`` (budget kind -> weight, default :data:`DEFAULT_BUDGET_MIX`) sets how often each kind of
+    :data:`BUDGET_KINDS` is drawn. :data:`TOTAL_BUDGET_MIX` adds ``total_latency`` ("all under 2000 ms in
+    total"): the plan's summed latency is bounded, every step is served by one size, the largest whose latency
+    times the number of steps fits (``compliant`` marks the sizes that do), and a plan is within budget when its
+    steps' latencies add up to at most the total (:func:`plan_metrics`).
     """
     from datasets import Dataset, DatasetDict
 
@@ -261,11 +307,12 @@ def build_synthetic_planning_dataset(
     if not 1 <= max_steps <= num_families:
         raise ValueError(f"max_steps must lie in [1, num_families={num_families}] (steps are distinct families), "
                          f"got {max_steps}")  # fmt: skip
+    mix = _checked_mix(DEFAULT_BUDGET_MIX if budget_mix is None else budget_mix)
     features = _features()
     splits = {}
     for offset, (split, n) in enumerate((("train", num_train), ("dev", num_dev), ("test", num_test))):
         rng = random.Random(seed * 1000 + offset)
-        rows = [_planning_example(rng, i, split, num_families, max_steps) for i in range(n)]
+        rows = [_planning_example(rng, i, split, num_families, max_steps, mix) for i in range(n)]
         splits[split] = Dataset.from_list(rows, features=features)
     return DatasetDict(splits)
 
@@ -278,6 +325,24 @@ def _column(examples: Any, name: str) -> list:
     return [row[name] for row in examples]
 
 
+def _total_budget_rows(examples: Any) -> dict[int, dict[str, Any]]:
+    """The rows under a total budget, by index (rows without a ``budget_kind`` column have none)."""
+    names = examples.column_names if hasattr(examples, "column_names") else set().union(*map(set, examples))
+    if "budget_kind" not in names:
+        return {}
+    kinds = _column(examples, "budget_kind")
+    return {i: examples[i] for i, kind in enumerate(kinds) if kind in _TOTAL_KINDS}
+
+
+def plan_within_budget(plan: Sequence[int], example: dict[str, Any]) -> bool:
+    """A plan meets a total budget when its steps' needs (in the budget's unit) add up to at most the budget;
+    under a per-step budget, when every chosen tool is ``compliant``."""
+    if example["budget_kind"] not in _TOTAL_KINDS:
+        return all(example["compliant"][t] for t in plan)
+    index, unit = _BUDGET_NEEDS[_TOTAL_KINDS[example["budget_kind"]]]
+    return sum(example["resource_vectors"][t][index] * unit for t in plan) <= example["budget_value"]
+
+
 def _ratio(numerator: float, denominator: float, empty: float) -> float:
     return numerator / denominator if denominator else empty
 
@@ -287,8 +352,9 @@ def plan_metrics(predicted: Sequence[Sequence[int]], examples: Any) -> dict[str,
     planning split (a ``datasets`` split or a list of row dicts with ``plan`` and ``compliant``).
 
     * ``exact_match``: the predicted list equals the gold plan, order included; abstain on abstain matches;
-    * ``budget_compliance``: among non-empty predictions, the share whose every tool is ``compliant``. With no
-      non-empty prediction it is 1.0: nothing was called, so no budget was broken (abstaining too often shows in
+    * ``budget_compliance``: among non-empty predictions, the share whose every tool is ``compliant`` (under a
+      total budget, whose steps' needs add up to at most it: :func:`plan_within_budget`). With no non-empty
+      prediction it is 1.0: nothing was called, so no budget was broken (abstaining too often shows in
       ``abstain_precision`` and ``exact_match`` instead);
     * ``step_accuracy``: over all gold steps, the share whose position holds the same tool in the prediction
       (1.0 when no request has a gold step: there is nothing to get wrong);
@@ -304,6 +370,7 @@ def plan_metrics(predicted: Sequence[Sequence[int]], examples: Any) -> dict[str,
     if not len(examples):
         raise ValueError("plan_metrics needs at least one example")
     gold_plans, compliant = _column(examples, "plan"), _column(examples, "compliant")
+    totals = _total_budget_rows(examples)
     exact = lengths = steps = correct_steps = called = within_budget = 0
     true_abstain = false_abstain = missed_abstain = 0
     for i, (raw, gold, fits) in enumerate(zip(predicted, gold_plans, compliant)):
@@ -318,7 +385,9 @@ def plan_metrics(predicted: Sequence[Sequence[int]], examples: Any) -> dict[str,
         correct_steps += sum(j < len(plan) and plan[j] == g for j, g in enumerate(gold))
         if plan:
             called += 1
-            within_budget += all(fits[t] for t in plan)
+            within_budget += (
+                plan_within_budget(plan, totals[i]) if i in totals else all(fits[t] for t in plan)
+            )
         true_abstain += not plan and not gold
         false_abstain += not plan and bool(gold)
         missed_abstain += bool(plan) and not gold
@@ -346,11 +415,15 @@ MARGIN_BUCKETS = (("within_5pct", 0.05), ("within_25pct", 0.25), ("beyond_25pct"
 def tool_needs(example: dict[str, Any]) -> list[float] | None:
     """Each offered tool's need in the unit of the request's budget (ms of effective latency, GB, dollars per
     thousand calls), read from its resource vector; ``None`` for a budget without a number (``cpu_only``,
-    ``none``). A tool is ``compliant`` exactly when its need is at most the budget."""
-    if example["budget_kind"] not in _BUDGET_NEEDS:
+    ``none``); under a total budget, the need of serving every step with the tool's size (need x
+    ``num_steps``). A tool is ``compliant`` exactly when its need is at most the budget."""
+    kind = example["budget_kind"]
+    steps = example["num_steps"] if kind in _TOTAL_KINDS else 1
+    kind = _TOTAL_KINDS.get(kind, kind)
+    if kind not in _BUDGET_NEEDS:
         return None
-    index, unit = _BUDGET_NEEDS[example["budget_kind"]]
-    return [resources[index] * unit for resources in example["resource_vectors"]]
+    index, unit = _BUDGET_NEEDS[kind]
+    return [resources[index] * unit * steps for resources in example["resource_vectors"]]
 
 
 def budget_margin(example: dict[str, Any]) -> float | None:
