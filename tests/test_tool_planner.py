@@ -457,6 +457,42 @@ def test_greedy_plan_takes_the_argmax_at_each_step_and_respects_caps_and_budgets
         model.plan(proc, QUERIES[0], TOOLS, runtime_context=[[0.5]], budget={"speed": 1})
 
 
+def test_total_budget_bounds_the_sum_of_the_plan_in_greedy_and_beam_decoding():
+    model = tiny(seed=3, max_plan_steps=4)
+    proc = processor(model)
+    latency = [t["resources"][3] if isinstance(t, dict) else t[1][3] for t in TOOLS]  # 0.08, 1.2, 0.02, 0.3
+    free = model.plan(proc, QUERIES[0], TOOLS, runtime_context=[[0.5]])
+    for beams in (1, 3):
+        for limit in (0.1, 0.35, 1.3, 5.0):
+            plan = model.plan(proc, QUERIES, TOOLS, runtime_context=[[0.5], [0.2], [0.9]], num_beams=beams,
+                              total_budget={"latency": limit})  # fmt: skip
+            assert all(sum(latency[t] for t in p.tools) <= limit + 1e-9 for p in plan)
+    # a total the cheapest tool alone exceeds leaves nothing to call
+    assert model.plan(
+        proc, QUERIES[0], TOOLS, runtime_context=[[0.5]], total_budget={"latency": 0.01}
+    ).abstain
+    # a total no plan can reach changes nothing
+    roomy = model.plan(proc, QUERIES[0], TOOLS, runtime_context=[[0.5]], total_budget={"latency": 100.0})
+    assert roomy.tools == free.tools
+    # each field's sum over the prefix, a repeated call counted each time: 0.02 + 0.02 fits 0.05, a third does not
+    from causalqwen.modeling.modeling_tool_planner import _TotalBudget
+
+    fields = proc.budget_fields({"latency": 0.05, "memory": 3})
+    assert fields == [(3, 0.05), (1, 3.0)]
+    raw = torch.tensor(
+        [[t["resources"] if isinstance(t, dict) else t[1] for t in TOOLS]], dtype=torch.float32
+    )
+    blocked = _TotalBudget(raw, fields).blocked([0, 0, 0], [[], [2], [2, 2]])
+    assert blocked.tolist() == [
+        [True, True, False, True],
+        [True, True, False, True],
+        [True, True, True, True],
+    ]
+    for bad, message in (({"speed": 1}, "unknown budget field"), ({"latency": float("nan")}, "not finite")):
+        with pytest.raises(ValueError, match=message):
+            model.plan(proc, QUERIES[0], TOOLS, runtime_context=[[0.5]], total_budget=bad)
+
+
 def test_frozen_tool_tower_with_cached_text_states_equals_token_ids():
     model = tiny(freeze_tool_tower=True)
     assert not any(p.requires_grad for p in model.tool_tower.parameters())

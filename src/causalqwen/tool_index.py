@@ -70,6 +70,15 @@ def budget_mask(
     :data:`RESOURCE_FIELDS` -> maximum). ``has_resources=False`` (tools given without resource vectors) refuses
     any budget."""
     keep = torch.ones(resource_vectors.shape[:-1], dtype=torch.bool, device=resource_vectors.device)
+    for column, limit in budget_fields(budget, has_resources=has_resources):
+        keep &= resource_vectors[..., column] <= limit
+    return keep
+
+
+def budget_fields(budget: dict[str, float] | None, *, has_resources: bool = True) -> list[tuple[int, float]]:
+    """A budget (field name of :data:`RESOURCE_FIELDS` -> maximum) as (field index, finite maximum) pairs; an
+    unknown field, a non-finite maximum or a budget on tools without resource vectors raises."""
+    fields = []
     for key, limit in (budget or {}).items():
         if key not in RESOURCE_FIELDS:
             raise ValueError(f"unknown budget field {key!r}; choose from {RESOURCE_FIELDS}")
@@ -77,8 +86,8 @@ def budget_mask(
             raise ValueError("a budget needs an index built with resource_vectors")
         if not math.isfinite(float(limit)):
             raise ValueError(f"budget {key}={limit} is not finite")
-        keep &= resource_vectors[..., RESOURCE_FIELDS.index(key)] <= float(limit)
-    return keep
+        fields.append((RESOURCE_FIELDS.index(key), float(limit)))
+    return fields
 
 
 def tool_name_and_text(tool: Any) -> tuple[str, str]:

@@ -771,6 +771,7 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
         *,
         runtime_context=None,
         budget: dict[str, float] | None = None,
+        total_budget: dict[str, float] | None = None,
         max_steps: int | None = None,
         num_beams: int = 1,
         interval: float = 0.9,
@@ -779,8 +780,10 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
         """Decode a plan per request. ``tools``: one tool list for every query, a list of tool lists (one per
         query), or a :class:`~causalqwen.tool_index.ToolIndex`; a tool is ``{"name", "text", "resources"}``, a
         ``(text, resources)`` pair or an index tool (see :class:`ToolPlannerProcessor`). ``budget`` (resource field
-        -> maximum, as ``ToolIndex.route``) masks the tools that exceed it before the pointer chooses; the budgets
-        written in the query are the model's to read. ``num_beams > 1`` searches plans by the sum of step
+        -> maximum, as ``ToolIndex.route``) masks the tools that exceed it before the pointer chooses;
+        ``total_budget`` (the same fields) bounds the plan's sum: at each step it masks the tools that would take
+        the sum of the steps so far past it (``{"latency": 2.0}``: the calls' latencies add up to at most 2 s).
+        The budgets written in the query are the model's to read. ``num_beams > 1`` searches plans by the sum of step
         log-probabilities. ``write_arguments`` (default: ``config.generate_arguments``) then writes each step's
         arguments greedily (:class:`_ArgumentWriter`). Returns one :class:`Plan` for a string query, a list
         otherwise."""
@@ -795,8 +798,9 @@ class ToolPlannerModel(RemoteCodeMixin, ToolPlannerPreTrainedModel):
         names, raw = batch.pop("tool_names"), batch.pop("raw_resource_vectors")
         batch = {k: v.to(self.device) for k, v in batch.items()}
         allowed = batch["tool_mask"] & processor.budget_mask(raw, budget).to(self.device)
+        totals = _TotalBudget(raw.to(self.device), processor.budget_fields(total_budget))
         states = self._tool_states(None, {k: batch.get(k) for k in _TOOL_KEYS})
-        decoder = _BeamDecoder(self, batch, states, allowed, steps_cap, num_beams)
+        decoder = _BeamDecoder(self, batch, states, allowed, steps_cap, num_beams, totals)
         decoded = decoder.run()
         chosen_tools = [chosen for chosen, _, _ in decoded]
         texts = _ArgumentWriter(self, processor, batch, states).run(chosen_tools) if write_arguments else None
@@ -860,15 +864,33 @@ def _request_inputs(batch: dict, rows: list[int], tails: list[list[int]], tail_v
     return inputs
 
 
+class _TotalBudget:
+    """A budget on the plan's sum (resource field -> maximum): which tools would take it past the maximum after
+    the steps chosen so far."""
+
+    def __init__(self, raw_resources: torch.Tensor, fields: list[tuple[int, float]]):
+        self.raw, self.fields = raw_resources, fields
+
+    def blocked(self, rows: list[int], prefixes: list[list[int]]) -> torch.Tensor:
+        """[N, T]: True where adding the tool to the row's prefix would exceed a maximum."""
+        blocked = torch.zeros(len(rows), self.raw.shape[1], dtype=torch.bool, device=self.raw.device)
+        for column, limit in self.fields:
+            spent = torch.stack([self.raw[r, prefix, column].sum() for r, prefix in zip(rows, prefixes)])
+            blocked |= spent[:, None] + self.raw[rows, :, column] > limit
+        return blocked
+
+
 class _BeamDecoder:
     """Step-by-step plan decoding: each step re-reads the request with one more ``<PLAN>`` token (plans are a few
     steps long, so re-running the backbone is cheaper to get right than a cache of inputs_embeds). A beam holds
     (tools so far, summed log-probability); a beam that chose STOP is finished."""
 
-    def __init__(self, model: ToolPlannerModel, batch: dict, states, allowed, max_steps: int, num_beams: int):
+    def __init__(self, model: ToolPlannerModel, batch: dict, states, allowed, max_steps: int, num_beams: int,
+                 totals: _TotalBudget):  # fmt: skip
         if num_beams < 1:
             raise ValueError(f"num_beams must be >= 1, got {num_beams}")
         self.model, self.batch, self.states, self.allowed = model, batch, states, allowed
+        self.totals = totals
         self.max_steps, self.num_beams = max_steps, num_beams
         self.latency: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.plan_id = model.config.plan_token_id
@@ -891,7 +913,7 @@ class _BeamDecoder:
         out = self.model(**self._step_inputs(rows, prefixes))
         last = torch.tensor([len(p) for p in prefixes], device=out.pointer_logits.device)
         logits = out.pointer_logits[torch.arange(len(rows)), last].float()
-        blocked = ~self.allowed[rows]
+        blocked = ~self.allowed[rows] | self.totals.blocked(rows, prefixes).to(logits.device)
         if not self.model.config.allow_repeated_tools:
             for i, prefix in enumerate(prefixes):
                 blocked[i, prefix] = True

@@ -131,6 +131,12 @@ class ToolPlannerProcessor:
 
         return budget_mask(raw_resources, budget)
 
+    def budget_fields(self, budget: dict[str, float] | None) -> list[tuple[int, float]]:
+        """``budget`` (resource field -> maximum) as (index into the raw resource vectors, maximum) pairs."""
+        from ..tool_index import budget_fields
+
+        return budget_fields(budget)
+
     # ----------------------------------------------------------------- call
     def __call__(
         self,
