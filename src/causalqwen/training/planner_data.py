@@ -3,7 +3,8 @@
 Each request asks for ``k`` steps (``k`` uniform in ``1..max_steps``), each a *distinct* capability family of the
 single-step routing set (:mod:`causalqwen.training.router_data`), in an order the text states ("transcribe the
 recording of a job interview, then translate it into French, then summarize the result"), under one budget that
-applies to every step. The offered tools are every size of ``num_families`` families (the step families plus
+applies to every step or, for ``total_latency`` (``budget_mix=TOTAL_BUDGET_MIX``), to the plan's summed latency
+("…, all under 2000 ms in total"). The offered tools are every size of ``num_families`` families (the step families plus
 distractors), shuffled. The sizes, families, topics, load model, latency noise and budget predicate are imported
 from ``router_data``, so a plan step is labelled exactly as a routing query is.
 
@@ -19,9 +20,10 @@ latency        list[float]            observed (heavy-tailed) latency per tool i
 runtime_load   float                  machine load in [0, 1] when the request was planned
 plan           list[int]              tool index per step, in step order; ``[]`` = abstain
 step_families  list[str]              the requested families in step order (also when abstained)
-budget_kind    str                    ``latency``, ``memory``, ``cost``, ``cpu_only`` or ``none``
+budget_kind    str                    ``latency``, ``memory``, ``cost``, ``cpu_only``, ``none``, ``total_latency``
 budget_value   float                  ms, GB or $/1k calls; 0.0 for ``cpu_only`` and ``none``
-compliant      list[bool]             per tool: it meets the budget at this load (family ignored)
+compliant      list[bool]             per tool: it meets the budget at this load (family ignored; under a
+                                      total: its size serving all ``num_steps`` steps fits)
 num_steps      int                    ``k``, the number of requested steps
 arguments      list[str]              per plan step, its call's arguments as JSON text; ``[]`` when abstained
 ============== ====================== ===========================================================
