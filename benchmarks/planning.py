@@ -40,15 +40,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from causalqwen.training import planner_data  # noqa: E402
 from common import apply_threads, base_parser, markdown_table, mean_std, write_results  # noqa: E402
 
 PLANNERS = {"planner-causalqwen": "causal_qwen", "planner-qwen2-digits": "qwen2"}
-# The synthetic tasks by their budget mix: ``synthetic-total`` adds budgets on the plan's summed latency.
-SYNTHETIC_MIXES = {
-    "synthetic": planner_data.DEFAULT_BUDGET_MIX,
-    "synthetic-total": planner_data.TOTAL_BUDGET_MIX,
-}
+# The synthetic tasks: ``synthetic-total`` draws the set with budgets on the plan's summed latency too
+# (planner_data.TOTAL_BUDGET_MIX). The package is imported inside the functions, as everywhere in this script.
+SYNTHETIC_TASKS = ("synthetic", "synthetic-total")
 
 
 @dataclass
@@ -107,12 +104,19 @@ def synthetic_metrics(plans: list[list[int]], split) -> dict[str, float]:
 
 
 def build_task(name: str, sizes: tuple[int, int, int]) -> Task:
-    from causalqwen.training.planner_data import build_bfcl_planning_dataset, build_synthetic_planning_dataset
+    from causalqwen.training.planner_data import (
+        DEFAULT_BUDGET_MIX,
+        TOTAL_BUDGET_MIX,
+        build_bfcl_planning_dataset,
+        build_synthetic_planning_dataset,
+    )
 
-    if name in SYNTHETIC_MIXES:
+    if name in SYNTHETIC_TASKS:
         columns = (("exact match", "exact_match"), ("budget compliance", "budget_compliance"),
                    ("step accuracy", "step_accuracy"), ("abstain F1", "abstain_f1"))  # fmt: skip
-        data = build_synthetic_planning_dataset(*sizes, seed=0, budget_mix=SYNTHETIC_MIXES[name])
+        data = build_synthetic_planning_dataset(
+            *sizes, seed=0, budget_mix=TOTAL_BUDGET_MIX if name == "synthetic-total" else DEFAULT_BUDGET_MIX
+        )
         return Task(name, data, 3, {"runtime_context_dim": 1}, synthetic_metrics, "exact_match", columns)
     # BFCL: no budgets or load; the pretrained query embedding carries the request's meaning (a backbone trained
     # from scratch on 1,180 questions cannot learn English).
@@ -338,7 +342,7 @@ def results_table(models: dict[str, Any], columns, with_time: bool) -> tuple[lis
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--task", choices=(*SYNTHETIC_MIXES, "bfcl"), default="synthetic",
+    parser.add_argument("--task", choices=(*SYNTHETIC_TASKS, "bfcl"), default="synthetic",
                         help="synthetic-total: a fifth of the budgets bound the plan's summed latency")  # fmt: skip
     parser.add_argument("--seeds", default=None, help="comma list (default: 0,1,2; smoke: 0)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per planner")
@@ -367,7 +371,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sizes, steps, seeds = (4000, 300, 500), args.steps or 2000, [0, 1, 2, 3, 4]
     if args.seeds:
         seeds = [int(s) for s in args.seeds.split(",")]
-    default_models = [*PLANNERS, "router", "bm25"] if args.task in SYNTHETIC_MIXES else ["planner-causalqwen", "router",
+    default_models = [*PLANNERS, "router", "bm25"] if args.task in SYNTHETIC_TASKS else ["planner-causalqwen", "router",
                                                                                     "bm25"]  # fmt: skip
     if args.arguments:
         default_models = [m for m in default_models if m in PLANNERS]
@@ -408,7 +412,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(markdown_table(headers, table))
     results["table"] = {"headers": headers, "rows": table}
     first = next(iter(results["models"].values()), None)
-    if task.name in SYNTHETIC_MIXES and first is not None:
+    if task.name in SYNTHETIC_TASKS and first is not None:
         run = first.get("per_seed", [first])[0]
         group_sizes = [int(run[f"rows_{group}"]) for group, _ in MARGIN_GROUPS]
         margin_headers, margin_rows = results_table(results["models"], MARGIN_COLUMNS, with_time=False)
