@@ -663,3 +663,43 @@ def test_numeric_diabetes_runs_the_raw_table_recipe_with_its_budget(tmp_path, mo
     ]
     spec = numeric.MODEL_SPECS["cq-table"]
     assert spec.input_noise == numeric.TABLE_RELATIVE_NOISE and spec.input_noise_relative
+
+
+# -------------------------------------------------------------------------------------------- table_floor
+
+
+def test_table_floor_smoke_on_diabetes(tmp_path):
+    from sklearn.linear_model import LinearRegression
+
+    import table_floor
+
+    out = tmp_path / "floor.json"
+    results = table_floor.main(["--smoke", "--out", str(out)])
+    fams = results["families"]
+    assert set(fams) == {"ridge", "median regression"}
+    for name, fam in fams.items():
+        # the cross-validated pick is one of the grid's settings, so the grid's best on test cannot be worse
+        assert fam["best_on_test_mae"] <= fam["cv_mae"] + 1e-9, name
+        assert fam["settings"] == {"ridge": 13, "median regression": 6}[name]
+    assert results["floor"] == min(f["best_on_test_mae"] for f in fams.values())
+    # ridge's grid reaches alpha = 1e-3 on standardised features: ordinary least squares, to within 0.01 MAE
+    task, _ = numeric.load_task("diabetes")
+    X, X_test = numeric.table_design(task.train_cells, task.test_cells)
+    ols = np.abs(LinearRegression().fit(X, task.train.values).predict(X_test) - task.test.values).mean()
+    assert fams["ridge"]["best_on_test_mae"] <= ols + 0.01
+    assert results["training_mean_mae"] > results["floor"] + 15  # the features explain a good part of it
+    assert json.loads(out.read_text())["floor"] == pytest.approx(results["floor"])
+
+
+def test_table_floor_on_an_exact_csv_and_its_argument_errors(tmp_path):
+    import table_floor
+
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,price\n" + "\n".join(f"{i},{i % 3},{2 * i + 1}" for i in range(40)) + "\n")
+    results = table_floor.main(
+        ["--smoke", "--csv", str(path), "--target", "price", "--out", str(tmp_path / "f.json")]
+    )
+    assert results["task"] == "t.csv"
+    assert results["floor"] < 0.05  # price = 2a + 1: an unregularised linear fit is exact
+    with pytest.raises(ValueError, match="--csv and --target go together"):
+        table_floor.main(["--smoke", "--csv", str(path)])
