@@ -14,7 +14,7 @@ scikit-learn regressors on the same split and the same design matrix as ``numeri
 Every family standardises the features first (``StandardScaler``), so ``diabetes`` and ``diabetes-std`` (the
 same rows with features written as z-scores) share one design matrix and one floor.
 
-    python benchmarks/table_floor.py --quick          # diabetes, every family (~3 min on 2 CPU cores)
+    python benchmarks/table_floor.py --quick          # diabetes, every family (~4 min on one CPU core)
     python benchmarks/table_floor.py --csv data.csv --target price
 """
 
