@@ -869,13 +869,22 @@ def load_task(name: str, csv: Path | None = None, target: str | None = None) -> 
     return task, "causalqwen.training.data"
 
 
+def parse_with_csv(parser, argv: list[str] | None, csv_help: str):
+    """Parse ``argv`` with ``--csv FILE --target COL`` added to ``parser`` (this script and ``table_floor.py``);
+    one of the two without the other raises."""
+    parser.add_argument("--csv", type=Path, default=None, help=csv_help)
+    parser.add_argument("--target", default=None, help="target column of --csv")
+    args = parser.parse_args(argv)
+    if (args.csv is None) != (args.target is None):
+        raise ValueError("--csv and --target go together (the CSV file and its target column)")
+    return args
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument(
         "--tasks", default=None, help=f"comma list of {', '.join(DEFAULT_TASKS)} (default: all)"
     )
-    parser.add_argument("--csv", type=Path, default=None, help="also benchmark this CSV table")
-    parser.add_argument("--target", default=None, help="target column of --csv")
     parser.add_argument(
         "--models",
         default=None,
@@ -891,9 +900,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=None,
         help="tasks that run the CausalQwen ablations, or 'all' (default: all; --quick: synthetic-linear)",
     )
-    args = parser.parse_args(argv)
-    if (args.csv is None) != (args.target is None):
-        raise ValueError("--csv and --target go together (the CSV file and its target column)")
+    args = parse_with_csv(parser, argv, "also benchmark this CSV table")
     device = resolve_device(args.device)
     apply_threads(args.threads)
     budget = replace(BUDGETS["smoke" if args.smoke else "quick" if args.quick else "full"])

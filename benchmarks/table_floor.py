@@ -123,14 +123,9 @@ def family_floor(estimator, grid: dict[str, list], X, y, X_test, y_test) -> dict
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--csv", type=Path, default=None, help="a CSV table instead of diabetes")
-    parser.add_argument("--target", default=None, help="target column of --csv")
-    args = parser.parse_args(argv)
-    if (args.csv is None) != (args.target is None):
-        raise ValueError("--csv and --target go together")
-    from numeric import load_task, table_design
+    from numeric import load_task, parse_with_csv, table_design
 
+    args = parse_with_csv(base_parser(__doc__.splitlines()[0]), argv, "a CSV table instead of diabetes")
     task, _ = load_task("csv" if args.csv else "diabetes", args.csv, args.target)
     X, X_test = table_design(task.train_cells, task.test_cells)
     y, y_test = task.train.values, task.test.values
