@@ -27,6 +27,46 @@ def test_demo_runs_both_tasks(run):
     assert linear["examples"][0]["prompt"].startswith("x is ")
 
 
+def test_demo_trains_causalqwen_on_diabetes_with_the_clis_table_recipe(run):
+    """--table-recipe auto (default): diabetes is a table in raw units, so CausalQwen gets the recipe that
+    causalqwen-train applies to it (its log-magnitude bins are extra input features: exactly H weights each);
+    the synthetic linear task keeps the default configuration."""
+    from causalqwen.modeling.numeric_embedding import multiscale_feature_count
+    from causalqwen.training import cli
+
+    tasks = run[0]["tasks"]
+    recipe = tasks["diabetes"]["table_recipe"]
+    assert recipe == cli.table_recipe_config() and tasks["linear"]["table_recipe"] == {}
+    assert recipe["value_encoding_bin_width"] == cli.TABLE_RECIPE["value_bin_width"] == 0.25
+    bins = multiscale_feature_count(16, True, 0.25) - multiscale_feature_count(16, True, 0.0)
+    extra = tasks["diabetes"]["parameters"]["causalqwen"] - tasks["linear"]["parameters"]["causalqwen"]
+    assert bins > 50 and extra == demo.BACKBONE["hidden_size"] * bins
+    # --steps is an explicit budget for both models; without it the recipe's 2,400 steps go to CausalQwen only
+    assert tasks["diabetes"]["steps"] == {"causalqwen": 5, "qwen2-digits": 5}
+
+
+@pytest.mark.parametrize(
+    "argv, task, steps",
+    [
+        ([], "diabetes", (2400, 1200)),  # the recipe's budget for CausalQwen, the digits model's better one
+        ([], "linear", (600, 600)),
+        (["--table-recipe", "off"], "diabetes", (1200, 1200)),
+        (["--steps", "300"], "diabetes", (300, 300)),
+    ],
+)
+def test_demo_task_plan(argv, task, steps):
+    recipe, *plan = demo.task_plan(task, demo._parser().parse_args(argv))
+    assert tuple(plan) == steps
+    assert bool(recipe) == (task == "diabetes" and "off" not in argv)
+
+
+def test_demo_table_recipe_off_keeps_the_default_config():
+    results = demo.main(["--steps", "1", "--examples", "0", "--task", "diabetes", "--table-recipe", "off"])
+    diabetes = results["tasks"]["diabetes"]
+    assert diabetes["table_recipe"] == {}
+    assert diabetes["parameters"]["causalqwen"] == 121_089  # the linear task's model: no bins
+
+
 def test_demo_runs_one_task_on_request():
     results = demo.main(["--steps", "1", "--examples", "0", "--task", "linear"])
     assert list(results["tasks"]) == ["linear"]

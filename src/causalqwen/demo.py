@@ -1,8 +1,9 @@
 """``make demo``: fine-tune a tiny CausalQwen on scikit-learn's diabetes table written as sentences (and on a
-synthetic linear task), next to a digits-as-text Qwen2 of the same size and budget, and print their test
-metrics and example generations.
+synthetic linear task), next to a digits-as-text Qwen2 of the same size, and print their test metrics and
+example generations.
 
-    python -m causalqwen.demo [--task diabetes|linear|all] [--steps N] [--seed S] [--output-dir DIR]
+    python -m causalqwen.demo [--task diabetes|linear|all] [--steps N] [--seed S] [--table-recipe auto|off]
+                              [--output-dir DIR]
 
 What runs (CPU, nothing downloaded, deterministic given ``--seed``):
 
@@ -17,9 +18,14 @@ What runs (CPU, nothing downloaded, deterministic given ``--seed``):
 2. CausalQwen: :class:`CausalQwenForNumericCausalLM` with the :data:`BACKBONE` shape and the default
    :class:`CausalQwenConfig` (``multiscale_linear`` value encoding, ``reg_lambda=5``), value normalisation
    ``affine`` with the training targets' mean and std, trained by :class:`CausalQwenTrainer` (lr 1e-3, cosine).
+   On diabetes, a table in raw units, ``--table-recipe auto`` (default) adds what ``causalqwen-train`` adds
+   to such a table (:data:`~causalqwen.training.cli.TABLE_RECIPE`: log-magnitude bins in the ``<NUM>``
+   encoding, relative input noise 0.08, 2,400 steps); the default config alone underfits the raw columns
+   (docs/causal_qwen.md, "Raw tables"). Why the demo shows it: it is what a user gets from the CLI on a table.
 3. Baseline: ``Qwen2ForCausalLM`` of the same shape reading and writing numbers as digit tokens (the same
    vocabulary through its backend, without number parsing), trained by ``transformers.Trainer`` with the
-   same ``TrainingArguments`` (steps, batch, learning rate, schedule, seed).
+   same ``TrainingArguments`` (batch, learning rate, schedule, seed; steps: the task's, 1,200 on diabetes
+   whatever the recipe, its better budget: at 2,400 it overfits, docs/causal_qwen.md).
 4. Evaluation on the test rows: CausalQwen teacher-forced (:func:`predict_values`: the value's Cauchy median
    is the point prediction, its quantiles give the 50%/90% intervals, ``<NUM>`` accuracy is whether
    ``<NUM>`` is the argmax where the number starts); Qwen2 by greedy generation after the target's prefix,
@@ -51,6 +57,7 @@ from .modeling.loss import IGNORE_INDEX
 from .modeling.modeling_causal_qwen import CausalQwenForNumericCausalLM
 from .tokenization.tiny_vocab import build_tiny_tokenizer
 from .training.baselines import BackendDigitsView, feature_matrix, predict_digits, target_prefix
+from .training.cli import TABLE_RECIPE, table_recipe_config
 from .training.collator import NumericDataCollator
 from .training.data import build_synthetic_dataset, build_table_dataset, tokenize_numeric_dataset
 from .training.evaluation import (
@@ -63,7 +70,7 @@ from .training.evaluation import (
 )
 from .training.trainer import CausalQwenTrainer, numeric_training_arguments
 
-__all__ = ["BACKBONE", "LEVELS", "main"]
+__all__ = ["BACKBONE", "LEVELS", "main", "task_plan"]
 
 # The shared backbone of both language models (~0.2 M parameters with the 301-token vocabulary).
 BACKBONE = dict(
@@ -76,10 +83,14 @@ BACKBONE = dict(
     tie_word_embeddings=True,
 )
 LEVELS = (0.5, 0.9)
-DEFAULTS = dict(steps=None, batch_size=16, lr=1e-3, seed=0, examples=3, threads=1)
+DEFAULTS = dict(steps=None, batch_size=16, lr=1e-3, seed=0, examples=3, threads=1, table_recipe="auto")
 # Steps per task when --steps is not given (issue #13's recipe, docs/causal_qwen.md): the linear task is
-# learned on every seed in 600 steps; diabetes needs 1,200 (at 600, one seed in five stayed at the mean).
+# learned on every seed in 600 steps; diabetes needs 1,200 (at 600, one seed in five stayed at the mean). Under
+# the raw-table recipe CausalQwen takes the recipe's 2,400 on diabetes; the digits model keeps 1,200, its better
+# budget (at 2,400 it overfits: mean test MAE 69.0 against 62.4 in benchmarks/numeric.py, docs/causal_qwen.md).
 TASK_STEPS = {"diabetes": 1200, "linear": 600}
+# Tasks that are tables in raw units: there --table-recipe auto trains CausalQwen with the CLI's raw-table recipe.
+TABLE_TASKS = ("diabetes",)
 # Two tasks: the real table the issue asks for, and a noise-free one that shows what the value path can learn
 # when the function is within a tiny model's reach (one number in, y = 2x + 3 out).
 TASKS = ("diabetes", "linear")
@@ -111,6 +122,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--task", choices=[*TASKS, "all"], default="all", help="which task(s) to run (default: both)"
+    )
+    parser.add_argument(
+        "--table-recipe",
+        choices=["auto", "off"],
+        default=DEFAULTS["table_recipe"],
+        help="auto: on diabetes, CausalQwen trains with the raw-table recipe that causalqwen-train applies to "
+        "tables (log-magnitude bins, relative input noise, 2400 steps); off: the default config at 1200 steps",
     )
     parser.add_argument("--output-dir", type=Path, default=None, help="write demo_results.json here")
     return parser
@@ -271,6 +289,15 @@ def _run(args: argparse.Namespace, started: float) -> dict[str, Any]:
     return results
 
 
+def task_plan(task: str, args: argparse.Namespace) -> tuple[dict[str, Any], int, int]:
+    """(CausalQwen's extra config, its steps, the digits model's steps) for a task: under ``--table-recipe
+    auto`` a raw-units table gets the CLI's recipe and its steps; ``--steps`` is an explicit budget for both."""
+    recipe = table_recipe_config() if task in TABLE_TASKS and args.table_recipe == "auto" else {}
+    digits_steps = args.steps if args.steps is not None else TASK_STEPS[task]
+    steps = args.steps if args.steps is not None else TABLE_RECIPE["steps"] if recipe else digits_steps
+    return recipe, steps, digits_steps
+
+
 def _run_task(task: str, tok, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train both language models on one task, evaluate them and the references; (results, training logs)."""
     num_id = tok.convert_tokens_to_ids("<NUM>")
@@ -280,7 +307,7 @@ def _run_task(task: str, tok, args: argparse.Namespace) -> tuple[dict[str, Any],
     print(f"{len(train_rows)} train / {len(test_rows)} test rows, e.g.")
     print(f"  {test_rows[0]['prompt']!r} -> {test_rows[0]['target']!r}")
 
-    steps = args.steps if args.steps is not None else TASK_STEPS[task]
+    recipe, steps, digits_steps = task_plan(task, args)
     common = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, **BACKBONE)
     norm = dict(
         value_normalization="affine",
@@ -288,7 +315,7 @@ def _run_task(task: str, tok, args: argparse.Namespace) -> tuple[dict[str, Any],
         value_norm_scale=float(y_train.std()),
     )
     torch.manual_seed(args.seed)
-    causal = CausalQwenForNumericCausalLM(CausalQwenConfig(num_token_id=num_id, **common, **norm))
+    causal = CausalQwenForNumericCausalLM(CausalQwenConfig(num_token_id=num_id, **common, **norm, **recipe))
     from transformers import Qwen2Config, Qwen2ForCausalLM, Trainer
 
     torch.manual_seed(args.seed)
@@ -302,14 +329,20 @@ def _run_task(task: str, tok, args: argparse.Namespace) -> tuple[dict[str, Any],
     view = BackendDigitsView(tok)
     results: dict[str, Any] = {
         "normalization": norm,
-        "steps": steps,
+        "steps": {"causalqwen": steps, "qwen2-digits": digits_steps},
+        "table_recipe": recipe,
         "parameters": params,
         "n_train": len(train_rows),
         "n_test": len(test_rows),
     }
     training: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as workdir:
-        print(f"training CausalQwen: {steps} steps x batch {args.batch_size}, lr {args.lr} ...", flush=True)
+        with_recipe = " (raw-table recipe: " + ", ".join(f"{k}={v}" for k, v in recipe.items()) + ")"
+        print(
+            f"training CausalQwen{with_recipe if recipe else ''}: {steps} steps x batch {args.batch_size}, "
+            f"lr {args.lr} ...",
+            flush=True,
+        )
         training["causalqwen"] = _train(
             CausalQwenTrainer,
             causal,
@@ -320,7 +353,7 @@ def _run_task(task: str, tok, args: argparse.Namespace) -> tuple[dict[str, Any],
             os.path.join(workdir, "causalqwen"),
         )
         print(
-            f"training Qwen2 digits: {steps} steps x batch {args.batch_size}, lr {args.lr} ...",
+            f"training Qwen2 digits: {digits_steps} steps x batch {args.batch_size}, lr {args.lr} ...",
             flush=True,
         )
         training["qwen2-digits"] = _train(
@@ -329,7 +362,7 @@ def _run_task(task: str, tok, args: argparse.Namespace) -> tuple[dict[str, Any],
             _digits_dataset(train_rows, view, tok.eos_token_id),
             _DigitsCollator(tok.pad_token_id),
             args,
-            steps,
+            digits_steps,
             os.path.join(workdir, "qwen2-digits"),
         )
     for name, info in training.items():

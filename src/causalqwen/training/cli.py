@@ -105,6 +105,20 @@ TINY_BASE = dict(
 TABLE_RECIPE = dict(
     value_bin_width=0.25, numeric_input_noise=0.08, numeric_input_noise_relative=True, steps=2400
 )
+# TABLE_RECIPE's keys that are CausalQwenConfig fields, by flag name (the rest, ``steps``, is the budget).
+_RECIPE_CONFIG_KEYS = dict(
+    value_bin_width="value_encoding_bin_width",
+    numeric_input_noise="numeric_input_noise",
+    numeric_input_noise_relative="numeric_input_noise_relative",
+)
+
+
+def table_recipe_config() -> dict[str, Any]:
+    """:data:`TABLE_RECIPE`'s model part as ``CausalQwenConfig`` keyword arguments (for callers that build the
+    configuration themselves, such as ``python -m causalqwen.demo``)."""
+    return {field: TABLE_RECIPE[flag] for flag, field in _RECIPE_CONFIG_KEYS.items()}
+
+
 DEFAULT_STEPS = 600
 # --quick: enough to prove the pipeline end to end in seconds.
 QUICK = dict(steps=4, rows=64, batch_size=4, logging_steps=1, eval_rows=8)
