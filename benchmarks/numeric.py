@@ -74,6 +74,7 @@ from causalqwen.training.evaluation import (  # noqa: E402
     fit_interval_table,
     regression_metrics,
 )
+from causalqwen.training.presets import TINY_BACKBONE  # noqa: E402
 from common import (  # noqa: E402
     RESULTS_DIR,
     apply_threads,
@@ -94,15 +95,7 @@ INTERVAL_LEVELS = (0.5, 0.9)
 # columns: the trained Cauchy's own intervals.
 METRICS = ("mae", "rmse", "r2", "median_ae", "cover50", "cover90", "cover50_raw", "cover90_raw", "num_acc")
 
-BACKBONE = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=1024,
-    tie_word_embeddings=True,
-)
+BACKBONE = dict(TINY_BACKBONE, max_position_embeddings=1024, tie_word_embeddings=True)
 
 
 @dataclass

@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
 from causalqwen import CausalQwenConfig, CausalQwenForNumericCausalLM  # noqa: E402
+from causalqwen.training.presets import TINY_BACKBONE  # noqa: E402
 from common import (  # noqa: E402
     MemoryMeter,
     Timing,
@@ -75,16 +76,7 @@ def target_for(metric: str, size: str, shape: str = "") -> float:
 
 # Backbone shapes. ``0.5b`` is Qwen2.5-0.5B's config (tied embeddings, 151,936 rows).
 SHAPES: dict[str, dict[str, Any]] = {
-    "tiny": dict(
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-    ),
+    "tiny": dict(TINY_BACKBONE, vocab_size=512, max_position_embeddings=512, tie_word_embeddings=True),
     "0.5b": dict(
         vocab_size=151936,
         hidden_size=896,

@@ -144,3 +144,21 @@ def test_demo_metrics_are_those_of_its_predictions(run):
     widths = dict(zip(table["levels"], table["half_widths"]))
     assert cq["cover50"] == pytest.approx(np.mean(z <= widths[0.5]))
     assert cq["cover90"] == pytest.approx(np.mean(z <= widths[0.9]))
+
+
+def test_tiny_models_share_one_backbone_shape():
+    """The demo, the CLI's --base tiny and the planner's CPU backbone are one preset (the docs call all three
+    "the tiny backbone"): 64 wide, 2 layers, 4/2 heads, MLP 128."""
+    from causalqwen.training import cli, planner_trainer, presets
+
+    names = (
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+    )
+    expected = dict(zip(names, (64, 128, 2, 4, 2)))
+    assert expected == presets.TINY_BACKBONE
+    for shape in (demo.BACKBONE, cli.TINY_BASE, planner_trainer.CPU_BACKBONE):
+        assert {key: shape[key] for key in expected} == expected

@@ -68,20 +68,13 @@ from .training.evaluation import (
     predict_values,
     regression_metrics,
 )
+from .training.presets import TINY_BACKBONE
 from .training.trainer import CausalQwenTrainer, numeric_training_arguments
 
 __all__ = ["BACKBONE", "LEVELS", "main", "task_plan"]
 
 # The shared backbone of both language models (~0.2 M parameters with the 301-token vocabulary).
-BACKBONE = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=512,
-    tie_word_embeddings=True,
-)
+BACKBONE = dict(TINY_BACKBONE, max_position_embeddings=512, tie_word_embeddings=True)
 LEVELS = (0.5, 0.9)
 DEFAULTS = dict(steps=None, batch_size=16, lr=1e-3, seed=0, examples=3, threads=1, table_recipe="auto")
 # Steps per task when --steps is not given (issue #13's recipe, docs/causal_qwen.md): the linear task is

@@ -18,14 +18,14 @@ from typing import Any
 from ..configuration.configuration_causal_qwen import FROM_SCRATCH_TOKEN_PRIOR
 from ..modeling.modeling_tool_planner import ToolPlannerModel
 from .lora import LORA_TARGET_MODULES, _peft
+from .presets import TINY_BACKBONE
 
 __all__ = ["ARGUMENT_BACKBONE_SETTINGS", "ARGUMENT_PLANNER_SETTINGS", "CAUSAL_QWEN_PLANNER_SETTINGS", "CPU_BACKBONE", "PLANNER_BACKBONE_SETTINGS", "PlannerDataCollator", "apply_planner_lora", "build_planner", "load_planner",
            "planner_lora_config", "planner_training_args", "rows_tools", "train_planner"]  # fmt: skip
 
 # The CPU-sized backbone of the benchmark, the CLI and the quickstart (over the real Qwen2.5 vocabulary: only the
 # rows a request uses are read, so the 151,936-row embedding costs memory, not compute per token).
-CPU_BACKBONE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=2, max_position_embeddings=512)  # fmt: skip
+CPU_BACKBONE = dict(TINY_BACKBONE, max_position_embeddings=512)
 BACKBONE_KINDS = ("causal_qwen", "qwen2")
 # What every fresh CausalQwen backbone of a planner gets (under any backbone_settings given): a plan turns on
 # comparing a budget with each tool's need, often a few percent apart, and at the seed's highest frequency 1 no
