@@ -114,36 +114,27 @@ class Budget:
         return replace(self, steps=self.task_steps.get(task, self.steps))
 
 
+# 600 steps: at 300 the tiny models have learned where a number goes but not yet which (value learning starts
+# once the <NUM> gate opens); measured 2026-12-01, causalqwen on synthetic-linear MAE 55 at 300 steps. LR 1e-3 and
+# 5 seeds: chosen with the default config by the 2026-12-03 ablation (docs/causal_qwen.md); at 3e-3 strong value
+# losses overwrote the <NUM> decision on some seeds.
+_QUICK = Budget(
+    steps=600,
+    batch_size=16,
+    lr=1e-3,
+    seeds=5,
+    noise_levels=(0.0, 0.1, 0.2, 0.3, 0.4),
+    max_train=None,
+    max_test=None,
+    # Diabetes needs 1,200 steps: at 600 one seed in five stays at the training mean (docs/causal_qwen.md).
+    task_steps={"diabetes": 1200, "diabetes-std": 1200},
+)
 BUDGETS = {
     "smoke": Budget(
         steps=3, batch_size=4, lr=3e-3, seeds=1, noise_levels=(0.0, 0.2), max_train=16, max_test=8
     ),
-    # 600 steps: at 300 the tiny models have learned where a number goes but not yet which (value learning
-    # starts once the <NUM> gate opens); measured 2026-12-01, causalqwen on synthetic-linear MAE 55 at 300 steps.
-    # LR 1e-3 and 5 seeds: chosen with the default config by the 2026-12-03 ablation (docs/causal_qwen.md); at
-    # 3e-3 strong value losses overwrote the <NUM> decision on some seeds.
-    "quick": Budget(
-        steps=600,
-        batch_size=16,
-        lr=1e-3,
-        seeds=5,
-        noise_levels=(0.0, 0.1, 0.2, 0.3, 0.4),
-        max_train=None,
-        max_test=None,
-        # Diabetes needs 1,200 steps: at 600 one seed in five stays at the training mean (docs/causal_qwen.md).
-        task_steps={"diabetes": 1200, "diabetes-std": 1200},
-    ),
-    "full": Budget(
-        steps=1000,
-        batch_size=16,
-        lr=1e-3,
-        seeds=5,
-        noise_levels=(0.0, 0.1, 0.2, 0.3, 0.4),
-        max_train=None,
-        max_test=None,
-        # Diabetes needs 1,200 steps: at 600 one seed in five stays at the training mean (docs/causal_qwen.md).
-        task_steps={"diabetes": 1200, "diabetes-std": 1200},
-    ),
+    "quick": _QUICK,
+    "full": replace(_QUICK, steps=1000),
 }
 
 

@@ -750,21 +750,16 @@ class CausalQwenForNumericCausalLM(RemoteCodeMixin, CausalQwenPreTrainedModel, G
 
         if return_logits is None:
             return_logits = labels is None or not self.training
-        if not return_logits:
-            return CausalQwenOutput(
-                loss=loss,
-                loss_cls=loss_cls,
-                loss_reg=loss_reg,
-                **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
-                hidden_states=outputs.hidden_states,
-                attentions=outputs.attentions,
-            )
-
+        heads = (
+            self._head_outputs(slice_logits_to_keep(hidden, logits_to_keep), mode, temp, scale_weight)
+            if return_logits
+            else {}
+        )
         return CausalQwenOutput(
             loss=loss,
             loss_cls=loss_cls,
             loss_reg=loss_reg,
-            **self._head_outputs(slice_logits_to_keep(hidden, logits_to_keep), mode, temp, scale_weight),
+            **heads,
             **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
