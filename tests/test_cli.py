@@ -214,7 +214,7 @@ def test_table_recipe_leaves_a_checkpoint_base_alone(tmp_path):
     from causalqwen.tokenization.tiny_vocab import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
-    config = cli.CausalQwenConfig(vocab_size=len(tok), num_token_id=tok.num_token_id, **cli.TINY_BASE)
+    config = cli.CausalQwenConfig(vocab_size=len(tok), num_token_id=tok.num_token_id, **cli.TINY_BACKBONE)
     cli.CausalQwenForNumericCausalLM(config).save_pretrained(tmp_path)
     args = cli.parse_args(["--output-dir", "x", "--dataset", "sklearn:diabetes", "--base", str(tmp_path)])
     assert args.table_recipe_applied == {} and args.value_bin_width is None and args.steps == 600

@@ -286,9 +286,9 @@ def task_plan(task: str, args: argparse.Namespace) -> tuple[dict[str, Any], int,
     """(CausalQwen's extra config, its steps, the digits model's steps) for a task: under ``--table-recipe
     auto`` a raw-units table gets the CLI's recipe and its steps; ``--steps`` is an explicit budget for both."""
     recipe = table_recipe_config() if task in TABLE_TASKS and args.table_recipe == "auto" else {}
-    digits_steps = args.steps if args.steps is not None else TASK_STEPS[task]
-    steps = args.steps if args.steps is not None else TABLE_RECIPE["steps"] if recipe else digits_steps
-    return recipe, steps, digits_steps
+    if args.steps is not None:
+        return recipe, args.steps, args.steps
+    return recipe, TABLE_RECIPE["steps"] if recipe else TASK_STEPS[task], TASK_STEPS[task]
 
 
 def _run_task(task: str, tok, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -330,10 +330,10 @@ def _run_task(task: str, tok, args: argparse.Namespace) -> tuple[dict[str, Any],
     }
     training: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as workdir:
-        with_recipe = " (raw-table recipe: " + ", ".join(f"{k}={v}" for k, v in recipe.items()) + ")"
+        settings = ", ".join(f"{key}={value}" for key, value in recipe.items())
         print(
-            f"training CausalQwen{with_recipe if recipe else ''}: {steps} steps x batch {args.batch_size}, "
-            f"lr {args.lr} ...",
+            f"training CausalQwen{f' (raw-table recipe: {settings})' if recipe else ''}: {steps} steps x batch "
+            f"{args.batch_size}, lr {args.lr} ...",
             flush=True,
         )
         training["causalqwen"] = _train(

@@ -96,7 +96,6 @@ from .trainer import CausalQwenTrainer, numeric_training_arguments
 
 __all__ = ["build_parser", "main", "run"]
 
-TINY_BASE = dict(TINY_BACKBONE)
 # What --table-recipe auto fills in, for a table in raw units on --base tiny, where the flag is not given: the
 # raw-table recipe (docs/causal_qwen.md, "Raw tables"). Through this CLI on sklearn:diabetes, seeds 0-4, 1 thread
 # (2026-12-05): test MAE 46.1 / 43.2 / 47.2 / 48.0 / 43.9 (mean 45.7) against 56.1 / 49.0 / 53.8 / 48.7 / 44.1
@@ -384,7 +383,7 @@ def build_model(
             num_token_id=tokenizer.num_token_id,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
-            **TINY_BASE,
+            **TINY_BACKBONE,
             **normalization,
             **({} if args.value_bin_width is None else {"value_encoding_bin_width": args.value_bin_width}),
         )
